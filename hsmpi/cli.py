@@ -1,0 +1,145 @@
+"""Command line: flags + TOML -> a validated Config, and the abort-on-exception wrapper.
+
+Exit status: 0 done; 2 a usage error (bad flag, config value, task, space,
+data or output folder), reported once by rank 0 before any training; 1 an
+exception during the run, which aborts every rank (`MPI_Abort`) so none waits
+forever in a collective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .comm import SerialComm, world
+from .config import Config, ConfigError
+from .sampling import SAMPLERS
+from .selection import SELECTIONS
+from .session import SetupError
+from .tasks import BUILTIN, TaskError, load_task
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class UsageError(ValueError):
+    """Raised instead of argparse's print-and-exit, so only rank 0 prints."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            raise UsageError(message.strip())
+        raise SystemExit(status)
+
+
+def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m hsmpi", add_help=False,
+                description="Hypersearch as an MPI job: mpirun -n 8 python -m hsmpi [options]",
+                argument_default=argparse.SUPPRESS)
+    p.add_argument("-h", "--help", action="store_true", default=False, help="show this help and exit")
+    p.add_argument("--version", action="store_true", default=False, help="print the version and exit")
+    p.add_argument("--config", metavar="TOML", default=None, help="read options from a TOML file (flags win)")
+    p.add_argument("--task", help=f"built-in ({', '.join(BUILTIN)}), package.module:Class or file.py:Class")
+    p.add_argument("-S", "--population", type=int, help="members S (default: max(8, ranks x members-per-rank))")
+    p.add_argument("-M", "--epochs", type=int, help="epochs in all, M (default 30)")
+    p.add_argument("-m", "--sessions", type=int, help="sessions m <= M (default 6)")
+    p.add_argument("--seed", type=int, help="run seed (default 0)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="neighbourhood sampler (default urs)")
+    p.add_argument("--radius", type=float, help="urs: box half-width in normalised units (default 0.15)")
+    p.add_argument("--resample-probability", type=float, help="perturb: chance of a fresh draw (default 0.25)")
+    p.add_argument("--select", choices=list(SELECTIONS), help="selection rule (default winner)")
+    p.add_argument("--truncation-fraction", type=float, help="truncation: bottom/top fraction (default 0.25)")
+    p.add_argument("--out", help="output folder (default hsmpi-out)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
+    p.add_argument("--members-per-rank", type=int, help="K members per rank, trained one after the other")
+    p.add_argument("--independent-init", action="store_true", help="each member its own initial weights")
+    p.add_argument("--batch-size", type=int, help="training batch size when the space has none (default 64)")
+    p.add_argument("--threads", type=int, help="torch threads per rank (default: cores / ranks per node)")
+    return p
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"config file {path!r} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot read config file {path!r}: {err.strerror}") from None
+    fields = set(Config.field_names())
+    options = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise UsageError(f"config file {path!r}: unknown option {key!r}; known: {', '.join(sorted(fields))}")
+        options[name] = value
+    return options
+
+
+def parse(argv: Sequence[str]) -> Config | str:
+    """Flags (over TOML) -> Config; or 'help' / 'version'."""
+    parser = build_parser()
+    args = vars(parser.parse_args(list(argv)))
+    if args.pop("help"):
+        return "help"
+    if args.pop("version"):
+        return "version"
+    config_path = args.pop("config")
+    options = _read_toml(config_path) if config_path else {}
+    options.update(args)
+    try:
+        return Config(**options)
+    except TypeError as err:  # e.g. a TOML value of the wrong kind for a dataclass field
+        raise UsageError(str(err)) from None
+
+
+def _say(comm: SerialComm, message: str, stream: Any = sys.stdout) -> None:
+    if comm.is_root:
+        print(message, file=stream, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m hsmpi` and the `hsmpi` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    comm = world()
+    from .api import execute  # after MPI is up; keeps `--help` light
+
+    try:
+        parsed = parse(argv)
+        if parsed == "help":
+            _say(comm, build_parser().format_help())
+            return 0
+        if parsed == "version":
+            _say(comm, f"hsmpi {__version__}")
+            return 0
+        assert isinstance(parsed, Config)
+        task = load_task(parsed.task)
+        execute(parsed, task, comm, log=lambda line: print(line, flush=True))
+    except (UsageError, ConfigError, TaskError, SetupError) as err:
+        _say(comm, f"hsmpi: error: {err}", sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - any failure on one rank must end every rank
+        if isinstance(err, SystemExit) and not err.code:
+            return 0
+        sys.stderr.write(f"hsmpi: rank {comm.rank} of {comm.size} failed ({os.uname().nodename}): "
+                         f"{type(err).__name__}: {err}\n")
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.abort(EXIT_FAILURE)
+        return EXIT_FAILURE
+    return 0

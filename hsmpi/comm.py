@@ -1,0 +1,156 @@
+"""The only module that talks MPI.
+
+Everything else in hsmpi sees a `Comm`: a small set of named collectives that
+the search loop needs.  `SerialComm` implements the same calls for one process
+without importing mpi4py, so the search logic runs (and is tested) without MPI.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _finite_or_inf(value: float) -> float:
+    """NaN or inf never wins a MINLOC (MPICH propagates NaN; see shared/NOTES.md)."""
+    return float(value) if math.isfinite(value) else math.inf
+
+
+def local_min(values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:
+    """Smallest value and its index; non-finite counts as +inf, ties go to the lowest index."""
+    best = (math.inf, min(indices) if len(indices) else 2**31 - 1)
+    for value, index in zip(values, indices):
+        candidate = (_finite_or_inf(value), int(index))
+        if candidate < best:
+            best = candidate
+    return best
+
+
+class SerialComm:
+    """One process, no MPI: every collective is the identity."""
+
+    rank = 0
+    size = 1
+    local_rank = 0
+    local_size = 1
+    is_root = True
+
+    def allreduce_minloc(self, values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:
+        return local_min(values, indices)
+
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
+        return array.copy()
+
+    def allreduce_max(self, value: float) -> float:
+        return value
+
+    def bcast_buffer(self, buffer: np.ndarray, root: int = 0) -> None:
+        pass
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+    def scatter(self, objs: Sequence[Any] | None, root: int = 0) -> Any:
+        assert objs is not None and len(objs) == 1
+        return objs[0]
+
+    def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
+        return [obj]
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int = 1) -> None:
+        sys.stderr.flush()
+        os._exit(code)
+
+    def library(self) -> str:
+        return "none (serial)"
+
+
+class Comm(SerialComm):
+    """A thin wrapper around an mpi4py communicator."""
+
+    def __init__(self, mpi_comm: Any) -> None:
+        from mpi4py import MPI
+        from mpi4py.util import dtlib
+
+        self._MPI = MPI
+        self._comm = mpi_comm
+        self.rank = mpi_comm.Get_rank()
+        self.size = mpi_comm.Get_size()
+        self.is_root = self.rank == 0
+        node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = node.Get_rank()
+        self.local_size = node.Get_size()
+        node.Free()
+        self._pair_dtype = dtlib.to_numpy_dtype(MPI.DOUBLE_INT)
+
+    def allreduce_minloc(self, values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:
+        """Global (min value, its index) over all ranks with one buffer Allreduce(MINLOC)."""
+        value, index = local_min(values, indices)
+        send = np.array([(value, index)], dtype=self._pair_dtype)
+        recv = np.empty_like(send)
+        self._comm.Allreduce([send, self._MPI.DOUBLE_INT], [recv, self._MPI.DOUBLE_INT], op=self._MPI.MINLOC)
+        return float(recv[0]["f0"]), int(recv[0]["f1"])
+
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
+        out = np.empty_like(array)
+        self._comm.Allreduce(np.ascontiguousarray(array), out, op=self._MPI.SUM)
+        return out
+
+    def allreduce_max(self, value: float) -> float:
+        return float(self._comm.allreduce(value, op=self._MPI.MAX))
+
+    def bcast_buffer(self, buffer: np.ndarray, root: int = 0) -> None:
+        """In-place broadcast of one contiguous numpy buffer (no pickling)."""
+        self._comm.Bcast(buffer, root=root)
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return self._comm.bcast(obj, root=root)
+
+    def scatter(self, objs: Sequence[Any] | None, root: int = 0) -> Any:
+        return self._comm.scatter(objs, root=root)
+
+    def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
+        return self._comm.gather(obj, root=root)
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return self._comm.allgather(obj)
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._comm.Abort(code)
+
+    def library(self) -> str:
+        return self._MPI.Get_library_version().splitlines()[0].strip()
+
+
+def world() -> SerialComm:
+    """The job's communicator: MPI's COMM_WORLD when mpi4py is there, else serial."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return SerialComm()
+    return Comm(MPI.COMM_WORLD)
+
+
+def as_comm(comm: Any) -> SerialComm:
+    """Accept None (COMM_WORLD), one of ours, or a raw mpi4py communicator."""
+    if comm is None:
+        return world()
+    if isinstance(comm, SerialComm):
+        return comm
+    return Comm(comm)

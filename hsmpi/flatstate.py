@@ -1,0 +1,147 @@
+"""A member's weights and optimizer state as one flat byte buffer.
+
+The winner's state crosses the network as a single contiguous buffer with one
+`Bcast`; a small header (names, dtypes, shapes, offsets and the optimizer's
+non-tensor values) goes first so receivers can view into the buffer without
+copies.  Bytes, not floats, so every dtype round-trips exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+_ALIGN = 16  # every tensor starts on an aligned offset so dtype views are legal
+
+
+@dataclass
+class Entry:
+    """Where one tensor lives in the buffer. `key` is ('model', name) or ('opt', param_index, name)."""
+
+    key: tuple[Any, ...]
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    on_cpu: bool = False  # e.g. Adam's `step`, which stays on the CPU beside GPU parameters
+
+
+@dataclass
+class Header:
+    entries: list[Entry]
+    scalars: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # non-tensor optimizer state
+    optimizer: str = ""
+    nbytes: int = 0
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name.replace("torch.", ""))
+    assert isinstance(dtype, torch.dtype)
+    return dtype
+
+
+Key = tuple[Any, ...]
+
+
+def _tensors(model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer) -> tuple[list[tuple[Key, torch.Tensor]], dict[Key, Any]]:
+    tensors: list[tuple[Key, torch.Tensor]] = [(("model", k), v) for k, v in model.state_dict().items()]
+    scalars: dict[Key, Any] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors.append((("opt", index, name), value))
+            else:
+                scalars[("opt", index, name)] = value
+    return tensors, scalars
+
+
+def make_header(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Header:
+    """The layout of this member's state (it changes once the optimizer has stepped)."""
+    tensors, scalars = _tensors(model, optimizer)
+    entries, offset = [], 0
+    for key, t in tensors:
+        nbytes = t.numel() * t.element_size()
+        entries.append(Entry(key, str(t.dtype), tuple(t.shape), offset, nbytes, t.device.type == "cpu"))
+        offset += -(-nbytes // _ALIGN) * _ALIGN
+    return Header(entries, scalars, type(optimizer).__name__, offset)
+
+
+def _view(flat: torch.Tensor, entry: Entry) -> torch.Tensor:
+    return flat[entry.offset:entry.offset + entry.nbytes].view(_dtype(entry.dtype)).view(entry.shape)
+
+
+def pack(model: torch.nn.Module, optimizer: torch.optim.Optimizer, header: Header, flat: torch.Tensor) -> None:
+    """Copy the state into `flat` (a uint8 tensor of at least header.nbytes, on the model's device)."""
+    tensors, _ = _tensors(model, optimizer)
+    for entry, (_, t) in zip(header.entries, tensors):
+        _view(flat, entry).copy_(t)
+
+
+def unpack(
+    header: Header,
+    flat: torch.Tensor,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Load weights and optimizer state from `flat` into `model` and `optimizer`.
+
+    The optimizer keeps its own param_groups (its hyperparameters), so the
+    new values win over the sender's.  Its state tensors are fresh copies:
+    members on one rank must never share momentum buffers.
+    """
+    device = next(iter(model.state_dict().values())).device
+    weights = {}
+    opt_state: dict[int, dict[str, Any]] = {}
+    for entry in header.entries:
+        view = _view(flat, entry)
+        if entry.key[0] == "model":
+            weights[entry.key[1]] = view
+        else:
+            target = torch.device("cpu") if entry.on_cpu else device
+            opt_state.setdefault(entry.key[1], {})[entry.key[2]] = view.to(target, copy=True)
+    model.load_state_dict(weights)
+    if header.optimizer != type(optimizer).__name__:
+        optimizer.state.clear()  # another optimizer's state means nothing to this one
+        return
+    for (_, index, name), value in header.scalars.items():
+        opt_state.setdefault(index, {})[name] = value
+    sd = optimizer.state_dict()
+    sd["state"] = opt_state
+    optimizer.load_state_dict(sd)
+
+
+class Buffer:
+    """A reusable host buffer (pinned when the state lives on a GPU) plus a device staging copy."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.host: torch.Tensor = torch.empty(0, dtype=torch.uint8)
+        self.staging: torch.Tensor | None = None
+
+    def ensure(self, nbytes: int) -> None:
+        """Grow (never shrink) so repeated sessions reuse the same memory."""
+        if self.host.numel() >= nbytes:
+            return
+        pin = self.device.type == "cuda"
+        self.host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+        if pin:
+            self.staging = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    def array(self, nbytes: int) -> np.ndarray:
+        """The first nbytes of the host buffer as numpy, for MPI."""
+        return self.host[:nbytes].numpy()
+
+    def device_view(self) -> torch.Tensor:
+        return self.staging if self.staging is not None else self.host
+
+    def to_host(self, nbytes: int) -> None:
+        if self.staging is not None:
+            self.host[:nbytes].copy_(self.staging[:nbytes])
+
+    def to_device(self, nbytes: int) -> None:
+        if self.staging is not None:
+            self.staging[:nbytes].copy_(self.host[:nbytes])

@@ -1,0 +1,120 @@
+"""The results file: plain HDF5 (arrays and attributes, no pickles), written atomically.
+
+Layout (S members, m sessions, R ranks):
+- attributes of `/`: format, hsmpi version, task, population, ranks, every
+  setting of the run (also as JSON in `config`), the space as JSON in `space`;
+- `history/`: `train_loss`, `val_loss` (m x S), `winner`, `winner_loss`,
+  `epochs` (m), `sources` (m x S: whose state each member took after the
+  session; its own index = kept, -1 = the best state so far), `note` (m),
+  `hparams/<name>` (m x S: the values each member trained with),
+  `time/<phase>` (m x R seconds: train, val, select, scatter, bcast);
+- `best/`: the best member ever seen on validation: `weights/<tensor>`,
+  `hparams/<name>` (scalars), attributes `val_loss`, `session`, `member`;
+- `population/`: the final population: `weights/<tensor>` (S x shape),
+  `hparams/<name>` (S), `val_loss` (S, last session);
+- `test/`: `best_loss` (the best member's test loss), `ensemble_loss` (the
+  population's averaged prediction), `ensemble_members` (how many finite
+  members were averaged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import h5py
+import numpy as np
+
+FORMAT = "hsmpi-results"
+
+
+def hparam_array(values: Sequence[Any]) -> np.ndarray:
+    """A column of hyperparameter values as an HDF5-friendly array (strings as UTF-8)."""
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        return np.asarray(values, dtype=bool)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray([str(v) for v in values], dtype=h5py.string_dtype())
+
+
+def _attr(value: Any) -> Any:
+    """Attribute values h5py can store: None becomes '', containers become JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def write_atomic(path: str, fill: Any) -> None:
+    """Write an HDF5 file through a temporary file in the same folder, fsync, then rename over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any], space: Mapping[str, Any],
+                  history: Mapping[str, Any], best: Mapping[str, Any], population: Mapping[str, Any],
+                  test: Mapping[str, Any]) -> None:
+    """Write the whole results file; every argument is a plain dict of arrays and numbers."""
+    def fill(f: h5py.File) -> None:
+        f.attrs["format"] = FORMAT
+        for key, value in meta.items():
+            f.attrs[key] = _attr(value)
+        for key, value in config.items():
+            f.attrs[key] = _attr(value)
+        f.attrs["config"] = json.dumps(dict(config))
+        f.attrs["space"] = json.dumps(dict(space))
+        h = f.create_group("history")
+        for key in ("train_loss", "val_loss", "winner", "winner_loss", "sources", "epochs"):
+            h[key] = np.asarray(history[key])
+        h["note"] = np.asarray(history["note"], dtype=h5py.string_dtype())
+        for name, values in history["hparams"].items():
+            h[f"hparams/{name}"] = values
+        for phase, values in history["time"].items():
+            h[f"time/{phase}"] = values
+        b = f.create_group("best")
+        for key in ("val_loss", "session", "member"):
+            b.attrs[key] = best[key]
+        for name, array in best["weights"].items():
+            b[f"weights/{name}"] = array
+        for name, value in best["hparams"].items():
+            b[f"hparams/{name}"] = hparam_array([value])[0]
+        p = f.create_group("population")
+        for name, array in population["weights"].items():
+            p[f"weights/{name}"] = array
+        for name, values in population["hparams"].items():
+            p[f"hparams/{name}"] = values
+        p["val_loss"] = population["val_loss"]
+        t = f.create_group("test")
+        for key, value in test.items():
+            t[key] = value
+    write_atomic(path, fill)
+
+
+def read_results(path: str) -> dict[str, Any]:
+    """The whole file as nested dicts of numpy arrays and attributes (for tests and tools)."""
+    def walk(group: h5py.Group) -> dict[str, Any]:
+        out: dict[str, Any] = {"attrs": dict(group.attrs)}
+        for key, item in group.items():
+            out[key] = walk(item) if isinstance(item, h5py.Group) else item[()]
+        return out
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an hsmpi results file")
+        return walk(f)

@@ -1,0 +1,84 @@
+"""Selection rules: who copies whom after a session.
+
+A rule is a small object with one pure method,
+`plan(losses, winner, rng) -> sources`, where `sources[i]` is the member
+whose weights, optimizer state and (perturbed) hyperparameters member i takes
+next; `sources[i] == i` means member i carries on as it is.  Donors never copy
+anyone in the same plan, so every donor's state can be sent before any member
+loads a new one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class SelectionError(ValueError):
+    """A selection name or option that does not validate."""
+
+
+def finite_losses(losses: np.ndarray) -> np.ndarray:
+    """Losses with NaN and inf mapped to +inf: a diverged member never wins."""
+    out = np.asarray(losses, dtype=np.float64).copy()
+    out[~np.isfinite(out)] = np.inf
+    return out
+
+
+def best_member(losses: np.ndarray) -> int:
+    """Index of the smallest loss; NaN/inf count as +inf and ties go to the lowest index."""
+    return int(np.argmin(finite_losses(losses)))  # argmin returns the first of equal minima
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The paper's rule: one winner, everyone else becomes a copy of it."""
+
+    def plan(self, losses: np.ndarray, winner: int, rng: np.random.Generator) -> np.ndarray:
+        sources = np.full(len(losses), winner, dtype=np.int64)
+        return sources
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "winner"}
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """PBT's truncation selection: the bottom `fraction` copies random members of the top `fraction`."""
+
+    fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 0.5):
+            raise SelectionError(f"truncation: fraction must be in (0, 0.5], but got {self.fraction!r}")
+
+    def plan(self, losses: np.ndarray, winner: int, rng: np.random.Generator) -> np.ndarray:
+        n = len(losses)
+        sources = np.arange(n, dtype=np.int64)
+        k = max(1, math.ceil(self.fraction * n)) if n > 1 else 0
+        # Stable sort on (loss, index): ties keep the lower index in front, as MINLOC does.
+        order = np.argsort(finite_losses(losses), kind="stable")
+        top, bottom = order[:k], order[n - k:]
+        for i in bottom:
+            sources[i] = int(top[int(rng.integers(len(top)))])
+        return sources
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "truncation", "fraction": self.fraction}
+
+
+Selection = Winner | Truncation
+
+SELECTIONS = ("winner", "truncation")
+
+
+def make_selection(name: str, fraction: float = 0.25) -> Selection:
+    """Build a selection rule from its command-line name."""
+    if name == "winner":
+        return Winner()
+    if name == "truncation":
+        return Truncation(fraction=fraction)
+    raise SelectionError(f"unknown selection {name!r}; expected one of {list(SELECTIONS)}")

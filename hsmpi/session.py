@@ -1,0 +1,392 @@
+"""The Hypersearch loop: train -> evaluate -> select -> share -> resample.
+
+Talks only to a `Comm`.  Rank 0 owns every hyperparameter stream and the
+selection stream (keyed by member index and run seed) and decides who copies
+whom; the ranks holding donors broadcast their state as one flat buffer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import flatstate
+from .comm import SerialComm
+from .config import Config, layout, resolve_population, session_epochs
+from .data import Data
+from .device import pick_device, set_threads
+from .member import HPARAMS, SELECTION, Member, derive_seed
+from .sampling import make_sampler
+from .selection import make_selection
+from .space import HParams, SpaceError, check_hparams, sample_space
+from .tasks import task_loss
+
+PHASES = ("train", "val", "select", "scatter", "bcast")
+BEST_EVER = -1  # a source index meaning "the best state seen so far", held by rank 0
+
+
+class SetupError(ValueError):
+    """A problem with the task or settings found before training; every rank raises it."""
+
+
+@dataclass
+class Best:
+    """The best member ever seen on validation (elitism), kept on rank 0."""
+
+    val_loss: float = math.inf
+    session: int = -1
+    member: int = 0
+    hp: HParams = field(default_factory=dict)
+    header: flatstate.Header | None = None
+    state: np.ndarray | None = None
+
+
+@dataclass
+class History:
+    """Per-session records, filled on rank 0 (S columns are member indices)."""
+
+    train_loss: list[np.ndarray] = field(default_factory=list)
+    val_loss: list[np.ndarray] = field(default_factory=list)
+    winner: list[int] = field(default_factory=list)
+    winner_loss: list[float] = field(default_factory=list)
+    sources: list[np.ndarray] = field(default_factory=list)
+    hparams: list[list[HParams]] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    time: list[np.ndarray] = field(default_factory=list)  # (ranks, phases) per session
+    note: list[str] = field(default_factory=list)
+
+
+def _agree(comm: SerialComm, error: str | None) -> None:
+    """Raise SetupError on every rank if any rank found a problem (rank order decides which is told)."""
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise SetupError(errors[0])
+
+
+def _check_model(task: Any, member: Member, data: Data, split: str) -> None:
+    """One forward pass on two items: the loss must be a finite scalar and shapes must match."""
+    x, y = data.sample(2)
+    with torch.no_grad():
+        out = member.model(x)
+        if getattr(task, "loss", None) is None and tuple(out.shape) != tuple(y.shape):
+            raise SetupError(f"the model's output shape {tuple(out.shape)} does not match the {split} targets' "
+                             f"shape {tuple(y.shape)} (mean squared error needs equal shapes)")
+        loss = task_loss(task, out, y)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise SetupError(f"the task's loss must return a scalar tensor, but returned {loss!r:.80}")
+
+
+class Search:
+    """The state of one Hypersearch job on one rank."""
+
+    def __init__(self, config: Config, task: Any, comm: SerialComm, log: Callable[[str], None]) -> None:
+        self.config = config
+        self.task = task
+        self.comm = comm
+        self.log = log if comm.is_root else (lambda _: None)
+        self.space = task.space
+        self.sampler = make_sampler(config.sampler, config.radius, config.resample_probability)
+        self.selection = make_selection(config.select, config.truncation_fraction)
+        self.population = 0
+        self.blocks: list[range] = []
+        self.members: list[Member] = []
+        self.hps: list[HParams] = []  # rank 0: every member's current hyperparameters
+        self.hp_rngs: list[np.random.Generator] = []
+        self.sel_rng = np.random.default_rng(derive_seed(config.seed, SELECTION))
+        self.schedule = session_epochs(config.epochs, config.sessions)
+        self.history = History()
+        self.best = Best()
+        self.device = torch.device("cpu")
+        self.buffer = flatstate.Buffer(self.device)
+        self.data: dict[str, Data] = {}
+        self.threads = 0
+
+    # ---- setup -------------------------------------------------------------
+    def setup(self) -> None:
+        """Everything before the first session; user errors surface here on every rank at once."""
+        c, comm = self.config, self.comm
+        error = None
+        try:
+            self.population = resolve_population(c, comm.size)
+            self.device = pick_device(c.device, comm.local_rank)
+        except ValueError as err:
+            error = str(err)
+        _agree(comm, error)
+        self.blocks = layout(self.population, comm.size)
+        self.threads = set_threads(c.threads, comm.local_size)
+        self.buffer = flatstate.Buffer(self.device)
+        _agree(comm, self._load_data())
+        if comm.is_root:
+            self.hp_rngs = [np.random.default_rng(derive_seed(c.seed, HPARAMS, i)) for i in range(self.population)]
+            self.hps = [sample_space(self.space, rng) for rng in self.hp_rngs]
+        mine = comm.scatter(self._per_rank(self.hps) if comm.is_root else None)
+        _agree(comm, self._build_members(mine))
+        if comm.is_root:  # before any training, the best state is the shared initial one
+            m0 = self.members[0]
+            header = m0.header()
+            self.best = Best(hp=dict(m0.hp), header=header, member=0, state=self._pack(m0, header).copy())
+
+    def _load_data(self) -> str | None:
+        try:
+            splits = self.task.data(self.config.seed)
+            if not isinstance(splits, (tuple, list)) or len(splits) != 3:
+                return f"the task's data() must return (train, val, test), but returned {type(splits).__name__}"
+            for name, ds in zip(("train", "val", "test"), splits):
+                if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
+                    return f"the task's {name} split is not a torch Dataset: {type(ds).__name__}"
+                if len(ds) == 0:
+                    return f"the task's {name} split is empty"
+                self.data[name] = Data(ds, self.device)
+            x0, y0 = self.data["train"].sample(1)
+            for name in ("val", "test"):
+                x, y = self.data[name].sample(1)
+                if x.shape[1:] != x0.shape[1:] or y.shape[1:] != y0.shape[1:]:
+                    return (f"the task's {name} split has inputs {tuple(x.shape[1:])} / targets {tuple(y.shape[1:])} "
+                            f"but train has {tuple(x0.shape[1:])} / {tuple(y0.shape[1:])}")
+        except Exception as err:  # a user's task: report what it raised, once
+            return f"the task's data() failed: {type(err).__name__}: {err}"
+        return None
+
+    def _build_members(self, mine: dict[int, HParams]) -> str | None:
+        c = self.config
+        try:
+            for i, hp in sorted(mine.items()):
+                check_hparams(self.space, hp)
+                try:
+                    member = Member.create(self.task, i, hp, c.seed, self.device, c.independent_init, c.batch_size)
+                except Exception as err:
+                    return f"the task rejected member {i}'s hyperparameters {hp}: {type(err).__name__}: {err}"
+                self.members.append(member)
+            if self.members:
+                for split in ("train", "val", "test"):
+                    _check_model(self.task, self.members[0], self.data[split], split)
+        except (SetupError, SpaceError) as err:
+            return str(err)
+        except Exception as err:
+            return f"a first forward pass of the task's model failed: {type(err).__name__}: {err}"
+        return None
+
+    def _per_rank(self, values: list[Any]) -> list[dict[int, Any]]:
+        return [{i: values[i] for i in block} for block in self.blocks]
+
+    def owner(self, member: int) -> int:
+        return next(r for r, block in enumerate(self.blocks) if member in block)
+
+    # ---- one session -------------------------------------------------------
+    def run_session(self, k: int) -> None:
+        """Train every local member, pick the winner, share its state, resample."""
+        comm, times = self.comm, np.zeros(len(PHASES))
+        t = time.perf_counter()
+        train = [m.train(self.data["train"], self.schedule[k]) for m in self.members]
+        times[0] = time.perf_counter() - t
+        t = time.perf_counter()
+        val = [m.evaluate(self.data["val"]) if math.isfinite(tl) else math.inf for m, tl in zip(self.members, train)]
+        times[1] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        value, winner = comm.allreduce_minloc(val, [m.index for m in self.members])
+        losses = comm.gather((train, val))
+        last = k == len(self.schedule) - 1
+        sources, new_hps, note = self._plan(k, losses, value, winner, last)
+        sources = comm.bcast(sources)
+        times[2] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        mine: dict[int, HParams] = comm.scatter(self._per_rank(new_hps) if comm.is_root else None)
+        times[3] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        new_best = value < self.best.val_loss
+        donors = sorted({int(s) for i, s in enumerate(sources) if s != i} | ({winner} if new_best else set()))
+        for donor in donors:
+            self._share(donor, sources, mine, winner, new_best, value, k)
+        times[4] = time.perf_counter() - t
+
+        all_times = comm.gather(times)
+        if comm.is_root:
+            self.history.time.append(np.array(all_times))
+            self._log_session(k, value, winner, note, times)
+
+    def _plan(self, k: int, losses: Any, value: float, winner: int, last: bool
+              ) -> tuple[np.ndarray | None, list[HParams], str]:
+        """Rank 0: record the session, choose sources and draw new hyperparameters."""
+        if not self.comm.is_root:
+            return None, [], ""
+        train = np.concatenate([np.asarray(t, dtype=float) for t, _ in losses])
+        val = np.concatenate([np.asarray(v, dtype=float) for _, v in losses])
+        h = self.history
+        h.train_loss.append(train)
+        h.val_loss.append(val)
+        h.winner.append(winner)
+        h.winner_loss.append(value)
+        h.hparams.append([dict(hp) for hp in self.hps])
+        h.epochs.append(self.schedule[k])
+        note = ""
+        if last:
+            sources = np.arange(self.population)
+        elif not math.isfinite(value):
+            note = "every member diverged: restarting all from the best state so far"
+            sources = np.full(self.population, BEST_EVER)
+        else:
+            sources = self.selection.plan(val, winner, self.sel_rng)
+        h.sources.append(sources.copy())
+        h.note.append(note)
+        new_hps = list(self.hps)
+        for i, s in enumerate(sources):
+            if s != i:
+                base = self.best.hp if s == BEST_EVER else self.hps[s]
+                new_hps[i] = self.sampler.neighbour(self.space, base, self.hp_rngs[i])
+        self.hps = new_hps
+        return sources, new_hps, note
+
+    def _pack(self, member: Member, header: flatstate.Header) -> np.ndarray:
+        self.buffer.ensure(header.nbytes)
+        member.pack(header, self.buffer.device_view())
+        self.buffer.to_host(header.nbytes)
+        return self.buffer.array(header.nbytes)
+
+    def _share(self, donor: int, sources: np.ndarray, mine: dict[int, HParams],
+               winner: int, new_best: bool, value: float, k: int) -> None:
+        """Broadcast one donor's state with one Bcast; local members whose source it is adopt it."""
+        comm = self.comm
+        root = 0 if donor == BEST_EVER else self.owner(donor)
+        local = {m.index: m for m in self.members}
+        header = None
+        if comm.rank == root:
+            header = self.best.header if donor == BEST_EVER else local[donor].header()
+        header = comm.bcast(header, root=root)
+        assert header is not None
+        self.buffer.ensure(header.nbytes)
+        array = self.buffer.array(header.nbytes)
+        if comm.rank == root:
+            if donor == BEST_EVER:
+                assert self.best.state is not None
+                array[:] = self.best.state
+            else:
+                self._pack(local[donor], header)
+        comm.bcast_buffer(array, root=root)
+        self.buffer.to_device(header.nbytes)
+        if donor == winner and new_best and comm.is_root:
+            self.best = Best(value, k, winner, dict(self.history.hparams[-1][winner]), header, array.copy())
+        for i, s in enumerate(sources):
+            if s == donor and i in local and i != donor:
+                local[i].adopt(header, self.buffer.device_view(), mine[i])
+
+    def _log_session(self, k: int, value: float, winner: int, note: str, times: np.ndarray) -> None:
+        m, done = len(self.schedule), sum(self.schedule[:k + 1])
+        hp = ", ".join(f"{n}={_fmt(v)}" for n, v in self.history.hparams[-1][winner].items())
+        line = (f"session {k + 1}/{m} | epochs {done}/{self.config.epochs} | best val {value:.5g} "
+                f"(member {winner}) | {hp} | {times.sum():.2f}s "
+                f"(train {times[0]:.2f}, val {times[1]:.2f}, share {times[2:].sum():.3f})")
+        self.log(line + (f" | {note}" if note else ""))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@dataclass
+class Result:
+    """What a run hands back (on every rank)."""
+
+    best_model: torch.nn.Module
+    best_hparams: HParams
+    best_val_loss: float
+    best_session: int  # 0-based session in which the best member was evaluated
+    best_member: int
+    test_loss: float  # the best member's
+    ensemble_test_loss: float  # the final population's averaged prediction
+    history: dict[str, Any]  # the results file's `history/` group, on rank 0 (empty elsewhere)
+    path: str | None  # the results file, on rank 0
+
+
+def finish(search: Search) -> tuple[Result, dict[str, Any]]:
+    """After the last session: the best model to every rank, test losses, the final population.
+
+    Returns the Result and, on rank 0, the dicts the results file is made of.
+    """
+    comm, task, best = search.comm, search.task, search.best
+    header, hp, meta = comm.bcast((best.header, best.hp, (best.val_loss, best.session, best.member))
+                                  if comm.is_root else None)
+    search.buffer.ensure(header.nbytes)
+    array = search.buffer.array(header.nbytes)
+    if comm.is_root:
+        assert best.state is not None
+        array[:] = best.state
+    comm.bcast_buffer(array)
+    search.buffer.to_device(header.nbytes)
+    c = search.config
+    champion = Member.create(task, meta[2], hp, c.seed, search.device, c.independent_init, c.batch_size)
+    champion.adopt(header, search.buffer.device_view(), hp)
+    test_loss = champion.evaluate(search.data["test"]) if comm.is_root else math.nan
+    test_loss = comm.bcast(test_loss)
+    ensemble_loss, count = _ensemble_loss(search)
+
+    record: dict[str, Any] = {}
+    gathered = comm.gather([(m.index, m.weights(), m.hp) for m in search.members])
+    if comm.is_root:
+        assert gathered is not None
+        members = sorted((x for part in gathered for x in part), key=lambda x: x[0])
+        record = _record(search, members, champion, test_loss, ensemble_loss, count)
+    result = Result(champion.model, dict(hp), float(meta[0]), int(meta[1]), int(meta[2]), float(test_loss),
+                    float(ensemble_loss), record.get("history", {}), None)
+    return result, record
+
+
+def _ensemble_loss(search: Search) -> tuple[float, int]:
+    """Test loss of the population's averaged prediction (non-finite members left out)."""
+    task, test = search.task, search.data["test"]
+    into = getattr(task, "ensemble_in", lambda out: out)
+    back = getattr(task, "ensemble_out", lambda mean: mean)
+    total: torch.Tensor | None = None
+    count = 0
+    for m in search.members:
+        out = into(m.predict(test)).double()
+        if torch.isfinite(out).all():
+            total = out if total is None else total + out
+            count += 1
+    shape = tuple(search.members[0].predict(test).shape) if total is None else tuple(total.shape)
+    local = np.zeros(int(np.prod(shape)) + 1)
+    if total is not None:
+        local[:-1] = total.cpu().numpy().ravel()
+    local[-1] = count
+    summed = search.comm.allreduce_sum(local)
+    count = int(summed[-1])
+    if count == 0:
+        return math.nan, 0
+    mean = torch.from_numpy(summed[:-1].reshape(shape) / count).float().to(search.device)
+    with torch.no_grad():
+        target = torch.cat([y for _, y in test.in_order()])
+        return float(task_loss(task, back(mean), target)), count
+
+
+def _record(search: Search, members: list[Any], champion: Member, test_loss: float,
+            ensemble_loss: float, count: int) -> dict[str, Any]:
+    """Rank 0: the results file's content as plain dicts of arrays."""
+    from .results import hparam_array
+
+    h, names = search.history, list(search.space)
+    history = {
+        "train_loss": np.array(h.train_loss), "val_loss": np.array(h.val_loss),
+        "winner": np.array(h.winner, dtype=np.int64), "winner_loss": np.array(h.winner_loss),
+        "sources": np.array(h.sources, dtype=np.int64), "epochs": np.array(h.epochs, dtype=np.int64),
+        "note": list(h.note),
+        "hparams": {n: np.stack([hparam_array([hp[n] for hp in row]) for row in h.hparams]) for n in names},
+        "time": {p: np.array([t[:, j] for t in h.time]) for j, p in enumerate(PHASES)},
+    }
+    best = {"val_loss": search.best.val_loss, "session": search.best.session, "member": search.best.member,
+            "weights": champion.weights(), "hparams": dict(search.best.hp)}
+    keys = list(members[0][1])
+    population = {
+        "weights": {k: np.stack([w[k] for _, w, _ in members]) for k in keys},
+        "hparams": {n: hparam_array([hp[n] for _, _, hp in members]) for n in names},
+        "val_loss": h.val_loss[-1],
+    }
+    test = {"best_loss": test_loss, "ensemble_loss": ensemble_loss, "ensemble_members": count}
+    return {"history": history, "best": best, "population": population, "test": test}

@@ -1,0 +1,38 @@
+"""Shared pieces of the built-in tasks: splits and small MLPs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+
+def split(x: np.ndarray, y: np.ndarray, seed: int, fractions: tuple[float, float] = (0.6, 0.2),
+          standardize_y: bool = True) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """Shuffle with `seed`, split train/val/test, standardise with the training split's statistics."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_train = int(round(fractions[0] * len(x)))
+    n_val = int(round(fractions[1] * len(x)))
+    parts = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+    mean, std = x[parts[0]].mean(0), x[parts[0]].std(0) + 1e-8
+    x = (x - mean) / std
+    if standardize_y and y.dtype.kind == "f":
+        y = (y - y[parts[0]].mean()) / (y[parts[0]].std() + 1e-8)
+    def make(idx: np.ndarray) -> TensorDataset:
+        ty = torch.as_tensor(y[idx])
+        ty = ty.float().reshape(-1, 1) if ty.dtype.is_floating_point else ty.long()
+        return TensorDataset(torch.as_tensor(x[idx], dtype=torch.float32), ty)
+    return make(parts[0]), make(parts[1]), make(parts[2])
+
+
+def mlp(sizes: list[int], activation: type[torch.nn.Module] = torch.nn.ReLU,
+        dropout: float = 0.0) -> torch.nn.Sequential:
+    """Linear layers of the given sizes with an activation (and dropout) between them."""
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(torch.nn.Dropout(dropout))
+    return torch.nn.Sequential(*layers)
