@@ -55,9 +55,9 @@ class Config:
         if self.sessions > self.epochs:
             raise ConfigError(f"sessions (-m) must not exceed epochs (-M), but got m={self.sessions} > M={self.epochs}")
         _int("seed", self.seed, 0)
-        if self.sampler not in SAMPLERS:
+        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, but got {self.sampler!r}")
-        if self.select not in SELECTIONS:
+        if not isinstance(self.select, str) or self.select not in SELECTIONS:
             raise ConfigError(f"select must be one of {list(SELECTIONS)}, but got {self.select!r}")
         try:
             make_sampler(self.sampler, radius=self.radius, resample_probability=self.resample_probability)

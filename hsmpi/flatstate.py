@@ -127,9 +127,9 @@ class Buffer:
         if self.host.numel() >= nbytes:
             return
         pin = self.device.type == "cuda"
-        self.host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+        self.host = torch.zeros(nbytes, dtype=torch.uint8, pin_memory=pin)  # zeroed: padding bytes are defined
         if pin:
-            self.staging = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            self.staging = torch.zeros(nbytes, dtype=torch.uint8, device=self.device)
 
     def array(self, nbytes: int) -> np.ndarray:
         """The first nbytes of the host buffer as numpy, for MPI."""

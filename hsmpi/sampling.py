@@ -35,7 +35,7 @@ class URS:
     radius: float = 0.15
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.radius, (int, float)) and 0.0 < self.radius <= 1.0):
+        if isinstance(self.radius, bool) or not (isinstance(self.radius, (int, float)) and 0.0 < self.radius <= 1.0):
             raise SamplerError(f"urs: radius must be in (0, 1], but got {self.radius!r}")
 
     def _one(self, param: Param, value: Value, rng: np.random.Generator) -> Value:
@@ -65,7 +65,7 @@ class Perturb:
 
     def __post_init__(self) -> None:
         p = self.resample_probability
-        if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+        if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
             raise SamplerError(f"perturb: resample_probability must be in [0, 1], but got {p!r}")
         if len(self.factors) != 2 or not all(isinstance(f, (int, float)) and f > 0 for f in self.factors):
             raise SamplerError(f"perturb: factors must be two positive numbers, but got {self.factors!r}")

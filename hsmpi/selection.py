@@ -58,7 +58,8 @@ class Truncation:
     def plan(self, losses: np.ndarray, winner: int, rng: np.random.Generator) -> np.ndarray:
         n = len(losses)
         sources = np.arange(n, dtype=np.int64)
-        k = max(1, math.ceil(self.fraction * n)) if n > 1 else 0
+        # At most half, so the top and bottom never overlap (a donor must not copy anyone).
+        k = min(max(1, math.ceil(self.fraction * n)), n // 2)
         # Stable sort on (loss, index): ties keep the lower index in front, as MINLOC does.
         order = np.argsort(finite_losses(losses), kind="stable")
         top, bottom = order[:k], order[n - k:]

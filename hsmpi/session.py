@@ -101,7 +101,8 @@ class Search:
         self.sel_rng = np.random.default_rng(derive_seed(config.seed, SELECTION))
         self.schedule = session_epochs(config.epochs, config.sessions)
         self.history = History()
-        self.best = Best()
+        self.best = Best()  # its state lives on rank 0 only
+        self.best_val_loss = math.inf  # the same on every rank
         self.device = torch.device("cpu")
         self.buffer = flatstate.Buffer(self.device)
         self.data: dict[str, Data] = {}
@@ -181,14 +182,23 @@ class Search:
     # ---- one session -------------------------------------------------------
     def run_session(self, k: int) -> None:
         """Train every local member, pick the winner, share its state, resample."""
-        comm, times = self.comm, np.zeros(len(PHASES))
+        train, val, times = self.train_local(k)
+        self.select_and_share(k, train, val, times)
+
+    def train_local(self, k: int) -> tuple[list[float], list[float], np.ndarray]:
+        """Session k's training and validation of this rank's members (no communication)."""
+        times = np.zeros(len(PHASES))
         t = time.perf_counter()
         train = [m.train(self.data["train"], self.schedule[k]) for m in self.members]
         times[0] = time.perf_counter() - t
         t = time.perf_counter()
         val = [m.evaluate(self.data["val"]) if math.isfinite(tl) else math.inf for m, tl in zip(self.members, train)]
         times[1] = time.perf_counter() - t
+        return train, val, times
 
+    def select_and_share(self, k: int, train: list[float], val: list[float], times: np.ndarray) -> None:
+        """MINLOC over validation losses, rank 0's plan, the hyperparameter scatter, the state broadcasts."""
+        comm = self.comm
         t = time.perf_counter()
         value, winner = comm.allreduce_minloc(val, [m.index for m in self.members])
         losses = comm.gather((train, val))
@@ -202,7 +212,9 @@ class Search:
         times[3] = time.perf_counter() - t
 
         t = time.perf_counter()
-        new_best = value < self.best.val_loss
+        new_best = value < self.best_val_loss  # every rank knows both numbers, so every rank agrees
+        if new_best:
+            self.best_val_loss = value
         donors = sorted({int(s) for i, s in enumerate(sources) if s != i} | ({winner} if new_best else set()))
         for donor in donors:
             self._share(donor, sources, mine, winner, new_best, value, k)

@@ -123,8 +123,12 @@ class Choice:
         for v in values:
             if not isinstance(v, (int, float, str, bool)):
                 raise SpaceError(f"Choice: values must be numbers, strings or booleans, but got {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SpaceError(f"Choice: values must be finite, but got {v!r}")
         if len(set(values)) != len(values):
             raise SpaceError(f"Choice: values must be distinct, but got {list(values)!r}")
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            values = tuple(sorted(values))  # numbers are ordered: neighbours are the next smaller/larger
         object.__setattr__(self, "values", values)
 
     @property

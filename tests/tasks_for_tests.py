@@ -1,0 +1,119 @@
+"""Small tasks for the tests: fast, and some deliberately broken."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import TensorDataset
+
+from hsmpi import Choice, IntUniform, LogUniform, Uniform
+
+
+def _data(seed: int, n: int = 64, features: int = 3) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    g = torch.Generator().manual_seed(seed)
+    def split(m: int) -> TensorDataset:
+        x = torch.randn(m, features, generator=g)
+        y = (x.sum(1, keepdim=True) ** 2) / features + 0.1 * torch.randn(m, 1, generator=g)
+        return TensorDataset(x, y)
+    return split(n), split(n // 2), split(n // 2)
+
+
+class Tiny:
+    """A 3-16-1 MLP with dropout on 64 samples; every parameter type, including batch_size."""
+
+    space = {
+        "lr": LogUniform(1e-3, 1e-1),
+        "momentum": Uniform(0.0, 0.95),
+        "batch_size": Choice([8, 16, 32]),
+        "nesterov": Choice(["no", "yes"]),
+        "width_unused": IntUniform(1, 4),
+    }
+
+    def data(self, seed: int) -> Any:
+        return _data(seed)
+
+    def model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Dropout(0.1),
+                                   torch.nn.Linear(16, 1))
+
+    def optimizer(self, params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> torch.optim.Optimizer:
+        nesterov = hp["nesterov"] == "yes" and hp["momentum"] > 0
+        return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov)
+
+
+class TinyAdam(Tiny):
+    space = {"lr": LogUniform(1e-3, 1e-1), "beta1": Uniform(0.5, 0.95)}
+
+    def optimizer(self, params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], 0.999))
+
+
+class PlantedFailure(TinyAdam):
+    """Raises during training on MPI rank 2 only (PMI_RANK is set by MPICH's mpirun)."""
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if os.environ.get("PMI_RANK") == "2" and torch.is_grad_enabled():
+            raise RuntimeError("planted failure on rank 2")
+        return torch.nn.functional.mse_loss(output, target)
+
+
+class NaNSGD(torch.optim.SGD):
+    """SGD that turns the weights into NaN once its learning rate is above `limit`: a sure divergence."""
+
+    limit = 0.05
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        out = super().step(closure)
+        for group in self.param_groups:
+            if group["lr"] > self.limit:
+                for p in group["params"]:
+                    p.fill_(float("nan"))
+        return out
+
+
+class Diverging(TinyAdam):
+    """Members with lr above 0.05 blow up to NaN."""
+
+    def optimizer(self, params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> torch.optim.Optimizer:
+        return NaNSGD(params, lr=hp["lr"])
+
+
+class AllDiverge(TinyAdam):
+    """Every member blows up in the first session."""
+
+    def optimizer(self, params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> torch.optim.Optimizer:
+        opt = NaNSGD(params, lr=hp["lr"])
+        opt.limit = 0.0
+        return opt
+
+
+class BadSpace(TinyAdam):
+    @property
+    def space(self) -> Any:  # type: ignore[override]
+        return {"lr": LogUniform(0.0, 1.0)}  # built on use, so importing this file works
+
+
+class WrongOutput(TinyAdam):
+    def model(self) -> torch.nn.Module:
+        return torch.nn.Linear(3, 2)
+
+
+class EmptyData(TinyAdam):
+    def data(self, seed: int) -> Any:
+        train, val, test = _data(seed)
+        return train, TensorDataset(torch.zeros(0, 3), torch.zeros(0, 1)), test
+
+
+class RejectsHparams(TinyAdam):
+    space = {"lr": Uniform(-1.0, -0.5), "beta1": Uniform(0.5, 0.95)}
+
+
+class NoModel:
+    space = {"lr": LogUniform(1e-3, 1e-1)}
+
+    def data(self, seed: int) -> Any:
+        return _data(seed)

@@ -1,0 +1,111 @@
+"""The command line under a real mpirun: errors once with exit 2, failures end every rank."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_hsmpi, task_spec
+
+SMALL = ["-S", "4", "-M", "2", "-m", "2", "--threads", "1"]
+
+
+def _one_error(result, needle: str) -> None:  # noqa: ANN001
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hsmpi: error:")]
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert len(lines) == 1, f"expected one error line, got:\n{result.stderr}"
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert "session 1/" not in result.stdout, "no training may start after a usage error"
+
+
+BAD_INPUTS = [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["-S", "many"], "invalid int value"),
+    (["-M", "5", "-m", "10"], "sessions (-m) must not exceed epochs"),
+    (["-M", "0"], "epochs (-M) must be at least 1"),
+    (["--sampler", "grid"], "invalid choice: 'grid'"),
+    (["--radius", "0"], "radius must be in (0, 1]"),
+    (["--truncation-fraction", "0.9", "--select", "truncation"], "fraction must be in (0, 0.5]"),
+    (["--task", "nosuch"], "is not a built-in task"),
+    (["--task", "nosuch_pkg.mod:Task"], "cannot import 'nosuch_pkg.mod'"),
+    (["--task", "missing/file.py:Task"], "does not exist"),
+    (["--task", "hsmpi.tasks.friedman1:Nope"], "has no attribute 'Nope'"),
+    (["--task", task_spec("BadSpace")], "low > 0 must hold"),
+    (["--task", task_spec("NoModel")], "has no method model()"),
+    (["--task", task_spec("WrongOutput")], "does not match the train targets' shape"),
+    (["--task", task_spec("EmptyData")], "val split is empty"),
+    (["--task", task_spec("RejectsHparams")], "rejected member 0's hyperparameters"),
+    (["-S", "1"], "more ranks (2) than members (-S 1)"),
+    (["-S", "6", "--members-per-rank", "2"], "must equal ranks x members-per-rank"),
+    (["--out", "/proc/hsmpi-cannot-write-here"], "cannot write to the output folder"),
+    (["--device", "cuda"], "device cuda was asked for"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_INPUTS, ids=[" ".join(a)[:40] for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
+    if "--device" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    _one_error(run_hsmpi([*SMALL, *out, *args], ranks=2, timeout=60), needle)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("population = 4\nepochs = 'many'\n", "epochs (-M) must be an integer"),
+    ("popuation = 4\n", "unknown option 'popuation'"),
+    ("population = [4\n", "is not valid TOML"),
+])
+def test_bad_config_file(text: str, needle: str, tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    _one_error(run_hsmpi(["--config", str(path), "--out", str(tmp_path)], ranks=2, timeout=60), needle)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    _one_error(run_hsmpi(["--config", str(tmp_path / "none.toml")], ranks=2, timeout=60), "does not exist")
+
+
+def test_config_file_is_read_and_flags_win(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(f'task = "{task_spec("TinyAdam")}"\npopulation = 6\nepochs = 4\nsessions = 2\n'
+                    f'out = "{tmp_path / "from-toml"}"\nthreads = 1\n')
+    result = run_hsmpi(["--config", str(path), "-m", "4"], ranks=2, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert "S=6 members on 2 ranks" in result.stdout
+    assert "session 4/4" in result.stdout and "session 5/" not in result.stdout
+    assert (tmp_path / "from-toml" / "results.h5").exists()
+
+
+def test_planted_exception_on_one_rank_ends_a_4_rank_job_fast(tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = run_hsmpi(["--task", task_spec("PlantedFailure"), "-S", "4", "-M", "20", "-m", "10",
+                        "--out", str(tmp_path)], ranks=4, timeout=60)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert elapsed < 30, f"took {elapsed:.1f}s"
+    assert result.stderr.count("hsmpi: rank 2 of 4 failed") == 1, result.stderr
+    assert "planted failure on rank 2" in result.stderr
+    assert not (tmp_path / "results.h5").exists()
+
+
+def test_help_and_version_print_once() -> None:
+    result = run_hsmpi(["--help"], ranks=2, timeout=60)
+    assert result.returncode == 0 and result.stdout.count("usage:") == 1
+    assert "--members-per-rank" in result.stdout
+    result = run_hsmpi(["--version"], ranks=2, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().startswith("hsmpi ")
+    assert result.stdout.count("hsmpi ") == 1
+
+
+def test_settings_and_session_lines_come_from_rank_0_only(tmp_path: Path) -> None:
+    result = run_hsmpi(["--task", task_spec("TinyAdam"), *SMALL, "--out", str(tmp_path)], ranks=2, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("hsmpi 0.") == 1
+    assert result.stdout.count("session 1/2") == 1 and result.stdout.count("session 2/2") == 1
+    assert result.stdout.count("test loss: best member") == 1
+    assert result.stdout.count("results: ") == 1

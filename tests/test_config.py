@@ -1,0 +1,219 @@
+"""hsmpi.config: Config validates each field with a clear message; the schedule and layout helpers split evenly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+
+from hsmpi.config import DEVICES, Config, ConfigError, layout, resolve_population, session_epochs
+from hsmpi.sampling import SAMPLERS
+from hsmpi.selection import SELECTIONS
+
+
+def test_defaults_are_valid() -> None:
+    c = Config()
+    assert c.population is None and c.members_per_rank is None
+    assert c.sampler in SAMPLERS and c.select in SELECTIONS and c.device in DEVICES
+    assert c.sessions <= c.epochs
+
+
+def test_keyword_only_and_frozen() -> None:
+    with pytest.raises(TypeError):
+        Config("regression1d")  # type: ignore[misc]
+    c = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.epochs = 3  # type: ignore[misc]
+
+
+def test_to_dict_round_trips_and_is_json() -> None:
+    c = Config(task="mypkg.mod:Task", population=16, epochs=12, sessions=4, seed=3, sampler="perturb",
+               resample_probability=0.5, select="truncation", truncation_fraction=0.5, out="runs/a",
+               device="cpu", members_per_rank=2, independent_init=True, batch_size=32, threads=2)
+    d = c.to_dict()
+    assert list(d) == Config.field_names()
+    assert Config(**d) == c
+    assert json.loads(json.dumps(d)) == d
+
+
+@pytest.mark.parametrize("options", [
+    {"population": 1}, {"epochs": 1, "sessions": 1}, {"epochs": 5, "sessions": 5}, {"seed": 0}, {"seed": 2**40},
+    {"sampler": "urs", "radius": 1.0}, {"sampler": "urs", "radius": 1e-6}, {"sampler": "perturb"},
+    {"sampler": "perturb", "resample_probability": 0.0}, {"sampler": "perturb", "resample_probability": 1},
+    {"select": "truncation", "truncation_fraction": 0.5}, {"device": "cpu"}, {"device": "cuda"},
+    {"members_per_rank": 1}, {"batch_size": 1}, {"threads": 0}, {"threads": 8}, {"independent_init": True},
+    {"task": "pkg.module:Task"},
+])
+def test_good_options(options: dict) -> None:
+    c = Config(**options)
+    for k, v in options.items():
+        assert getattr(c, k) == v
+
+
+BAD = [
+    # (options, a regex the message must match)
+    ({"population": 0}, r"population \(-S\) must be at least 1, but got 0"),
+    ({"population": -4}, r"population \(-S\) must be at least 1, but got -4"),
+    ({"population": 8.0}, r"population \(-S\) must be an integer, but got 8\.0"),
+    ({"population": "8"}, r"population \(-S\) must be an integer, but got '8'"),
+    ({"population": True}, r"population \(-S\) must be an integer, but got True"),
+    ({"epochs": 0}, r"epochs \(-M\) must be at least 1, but got 0"),
+    ({"epochs": 10.5}, r"epochs \(-M\) must be an integer, but got 10\.5"),
+    ({"epochs": True}, r"epochs \(-M\) must be an integer, but got True"),
+    ({"sessions": 0}, r"sessions \(-m\) must be at least 1, but got 0"),
+    ({"sessions": None}, r"sessions \(-m\) must be an integer, but got None"),
+    ({"sessions": 7, "epochs": 6}, r"sessions \(-m\) must not exceed epochs \(-M\), but got m=7 > M=6"),
+    ({"sessions": 31}, r"must not exceed epochs.*m=31 > M=30"),
+    ({"seed": -1}, r"seed must be at least 0, but got -1"),
+    ({"seed": 1.0}, r"seed must be an integer, but got 1\.0"),
+    ({"seed": False}, r"seed must be an integer, but got False"),
+    ({"sampler": "URS"}, r"sampler must be one of \['perturb', 'urs'\], but got 'URS'"),
+    ({"sampler": "pbt"}, r"sampler must be one of .*'pbt'"),
+    ({"sampler": None}, r"sampler must be one of .*None"),
+    ({"select": "tournament"}, r"select must be one of \['winner', 'truncation'\], but got 'tournament'"),
+    ({"select": ""}, r"select must be one of .*''"),
+    ({"radius": 0}, r"urs: radius must be in \(0, 1\], but got 0"),
+    ({"radius": -0.1}, r"urs: radius must be in \(0, 1\], but got -0\.1"),
+    ({"radius": 1.5}, r"urs: radius must be in \(0, 1\], but got 1\.5"),
+    ({"radius": math.nan}, r"urs: radius must be in \(0, 1\], but got nan"),
+    ({"radius": "0.1"}, r"urs: radius must be in \(0, 1\], but got '0\.1'"),
+    ({"sampler": "perturb", "resample_probability": 1.5}, r"resample_probability must be in \[0, 1\], but got 1\.5"),
+    ({"sampler": "perturb", "resample_probability": -0.5}, r"resample_probability must be in \[0, 1\]"),
+    ({"select": "truncation", "truncation_fraction": 0.75}, r"fraction must be in \(0, 0\.5\], but got 0\.75"),
+    ({"select": "truncation", "truncation_fraction": 0}, r"fraction must be in \(0, 0\.5\], but got 0"),
+    ({"out": ""}, r"out must be a folder path, but got ''"),
+    ({"out": None}, r"out must be a folder path, but got None"),
+    ({"device": "gpu"}, r"device must be one of \['auto', 'cpu', 'cuda'\], but got 'gpu'"),
+    ({"device": "CUDA"}, r"device must be one of .*'CUDA'"),
+    ({"device": "cuda:0"}, r"device must be one of .*'cuda:0'"),
+    ({"members_per_rank": 0}, r"members-per-rank must be at least 1, but got 0"),
+    ({"members_per_rank": 2.0}, r"members-per-rank must be an integer, but got 2\.0"),
+    ({"members_per_rank": True}, r"members-per-rank must be an integer, but got True"),
+    ({"independent_init": 1}, r"independent-init must be true or false, but got 1"),
+    ({"independent_init": "yes"}, r"independent-init must be true or false, but got 'yes'"),
+    ({"batch_size": 0}, r"batch-size must be at least 1, but got 0"),
+    ({"batch_size": True}, r"batch-size must be an integer, but got True"),
+    ({"batch_size": 64.0}, r"batch-size must be an integer, but got 64\.0"),
+    ({"threads": -1}, r"threads must be at least 0, but got -1"),
+    ({"threads": 1.5}, r"threads must be an integer, but got 1\.5"),
+    ({"task": ""}, r"task must be a name or module:Class, but got ''"),
+    ({"task": None}, r"task must be a name or module:Class, but got None"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD, ids=[re.sub(r"\W+", "-", repr(o)).strip("-") for o, _ in BAD])
+def test_bad_option(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        Config(**options)
+    # A user error, not a traceback from deep inside: no chained cause, one line.
+    assert err.value.__cause__ is None
+    assert "\n" not in str(err.value)
+
+
+def test_unhashable_sampler_raises_config_error() -> None:
+    with pytest.raises(ConfigError):
+        Config(sampler=["urs"])  # type: ignore[arg-type]
+
+
+def test_unhashable_select_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"select must be one of"):
+        Config(select=["winner"])  # type: ignore[arg-type]
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- session_epochs --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("epochs", range(1, 61))
+def test_session_epochs_split_evenly(epochs: int) -> None:
+    for sessions in range(1, epochs + 1):
+        parts = session_epochs(epochs, sessions)
+        assert len(parts) == sessions
+        assert sum(parts) == epochs
+        assert all(type(p) is int and p >= 1 for p in parts), parts
+        assert max(parts) - min(parts) <= 1, (epochs, sessions, parts)
+        assert set(parts) <= {epochs // sessions, -(-epochs // sessions)}
+
+
+@pytest.mark.parametrize("epochs, sessions, parts", [
+    (30, 6, [5, 5, 5, 5, 5, 5]),
+    (1, 1, [1]),
+    (5, 5, [1, 1, 1, 1, 1]),
+    (7, 1, [7]),
+])
+def test_session_epochs_examples(epochs: int, sessions: int, parts: list[int]) -> None:
+    assert session_epochs(epochs, sessions) == parts
+
+
+def test_session_epochs_large() -> None:
+    parts = session_epochs(10_007, 13)
+    assert sum(parts) == 10_007 and max(parts) - min(parts) <= 1
+
+
+# --- layout ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("population", list(range(1, 41)) + [97, 128])
+def test_layout_blocks_are_contiguous_and_even(population: int) -> None:
+    for size in range(1, population + 1):
+        blocks = layout(population, size)
+        assert len(blocks) == size
+        assert blocks[0].start == 0 and blocks[-1].stop == population
+        for a, b in zip(blocks, blocks[1:]):
+            assert a.stop == b.start
+        assert all(isinstance(b, range) and b.step == 1 and len(b) >= 1 for b in blocks)
+        assert [i for b in blocks for i in b] == list(range(population))
+        sizes = [len(b) for b in blocks]
+        assert max(sizes) - min(sizes) <= 1, sizes
+
+
+@pytest.mark.parametrize("population, size, blocks", [
+    (8, 1, [range(0, 8)]),
+    (8, 4, [range(0, 2), range(2, 4), range(4, 6), range(6, 8)]),
+    (10, 4, [range(0, 3), range(3, 6), range(6, 8), range(8, 10)]),
+    (3, 3, [range(0, 1), range(1, 2), range(2, 3)]),
+])
+def test_layout_examples(population: int, size: int, blocks: list[range]) -> None:
+    assert layout(population, size) == blocks
+
+
+# --- resolve_population ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, expected", [(1, 8), (2, 8), (7, 8), (8, 8), (9, 9), (12, 12), (64, 64)])
+def test_resolve_population_default(size: int, expected: int) -> None:
+    assert resolve_population(Config(), size) == expected
+
+
+@pytest.mark.parametrize("k, size", [(1, 1), (1, 4), (3, 4), (2, 16), (5, 1)])
+def test_resolve_population_from_members_per_rank(k: int, size: int) -> None:
+    assert resolve_population(Config(members_per_rank=k), size) == k * size
+
+
+@pytest.mark.parametrize("population, size", [(1, 1), (5, 1), (5, 2), (5, 5), (100, 7)])
+def test_resolve_population_given(population: int, size: int) -> None:
+    assert resolve_population(Config(population=population), size) == population
+
+
+def test_resolve_population_given_with_matching_members_per_rank() -> None:
+    assert resolve_population(Config(population=12, members_per_rank=3), 4) == 12
+
+
+@pytest.mark.parametrize("population, k, size", [(12, 3, 3), (12, 3, 5), (8, 1, 4), (4, 2, 4)])
+def test_resolve_population_mismatch(population: int, k: int, size: int) -> None:
+    with pytest.raises(ConfigError, match=rf"population \(-S {population}\) must equal ranks x members-per-rank "
+                                          rf"\({size} x {k} = {size * k}\); give one of them"):
+        resolve_population(Config(population=population, members_per_rank=k), size)
+
+
+@pytest.mark.parametrize("population, size", [(1, 2), (4, 8), (7, 8)])
+def test_resolve_population_more_ranks_than_members(population: int, size: int) -> None:
+    with pytest.raises(ConfigError, match=rf"more ranks \({size}\) than members \(-S {population}\); "
+                                          rf"use -S {size} or fewer ranks"):
+        resolve_population(Config(population=population), size)

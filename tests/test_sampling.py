@@ -1,0 +1,388 @@
+"""hsmpi.sampling: one contract every sampler passes, then each sampler's own behaviour."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hsmpi.sampling import SAMPLERS, URS, Perturb, SamplerError, make_sampler
+from hsmpi.space import Choice, IntUniform, LogUniform, Param, Uniform, check_hparams, sample_space
+
+SPACE: dict[str, Param] = {
+    "lr": LogUniform(1e-5, 1e-1),
+    "dropout": Uniform(0.0, 0.5),
+    "layers": IntUniform(1, 8),
+    "batch_size": Choice([16, 32, 64, 128]),
+    "optimizer": Choice(["adam", "sgd", "rmsprop"]),
+}
+
+
+def _corner(which: str) -> dict[str, Any]:
+    """Every parameter at its low (or high) end."""
+    hp: dict[str, Any] = {}
+    for name, p in SPACE.items():
+        if isinstance(p, Choice):
+            hp[name] = p.values[0] if which == "low" else p.values[-1]
+        else:
+            hp[name] = p.low if which == "low" else p.high
+            if not isinstance(p, IntUniform):
+                hp[name] = float(hp[name])
+    return hp
+
+
+def _starts() -> list[dict[str, Any]]:
+    rng = np.random.default_rng(1234)
+    return [_corner("low"), _corner("high")] + [sample_space(SPACE, rng) for _ in range(8)]
+
+
+def _check_types(new: dict[str, Any]) -> None:
+    for name, p in SPACE.items():
+        v = new[name]
+        if isinstance(p, IntUniform):
+            assert type(v) is int, (name, v, type(v))
+        elif isinstance(p, Uniform):
+            assert type(v) is float, (name, v, type(v))
+        else:
+            assert v in p.values and type(v) in {type(x) for x in p.values}, (name, v, type(v))
+
+
+# The contract: every sampler in SAMPLERS, built both directly and by name.
+def _builders() -> list:
+    out = []
+    for name, cls in sorted(SAMPLERS.items()):
+        out.append(pytest.param(cls, id=f"{name}-default"))
+        out.append(pytest.param(lambda name=name: make_sampler(name), id=f"{name}-by-name"))
+    return out
+
+
+@pytest.fixture(params=_builders())
+def sampler(request: pytest.FixtureRequest) -> object:
+    build: Callable[[], object] = request.param
+    return build()
+
+
+class TestSamplerContract:
+    def test_results_in_bounds_and_typed(self, sampler: URS | Perturb) -> None:
+        rng = np.random.default_rng(0)
+        for hp in _starts():
+            for _ in range(100):
+                new = sampler.neighbour(SPACE, hp, rng)
+                check_hparams(SPACE, new)
+                _check_types(new)
+
+    def test_chains_stay_in_bounds(self, sampler: URS | Perturb) -> None:
+        rng = np.random.default_rng(1)
+        for hp in _starts()[:3]:
+            for _ in range(300):
+                hp = sampler.neighbour(SPACE, hp, rng)
+                check_hparams(SPACE, hp)
+                _check_types(hp)
+
+    def test_names_preserved_in_order(self, sampler: URS | Perturb) -> None:
+        rng = np.random.default_rng(2)
+        for hp in _starts():
+            new = sampler.neighbour(SPACE, hp, rng)
+            assert list(new) == list(SPACE)
+
+    def test_input_not_mutated(self, sampler: URS | Perturb) -> None:
+        rng = np.random.default_rng(3)
+        for hp in _starts():
+            before = copy.deepcopy(hp)
+            new = sampler.neighbour(SPACE, hp, rng)
+            assert hp == before
+            assert new is not hp
+            new["lr"] = -1.0
+            assert hp == before
+
+    def test_space_not_mutated(self, sampler: URS | Perturb) -> None:
+        space = dict(SPACE)
+        sampler.neighbour(space, _corner("low"), np.random.default_rng(4))
+        assert space == SPACE and list(space) == list(SPACE)
+
+    def test_same_seed_same_output(self, sampler: URS | Perturb) -> None:
+        for hp in _starts():
+            a = [sampler.neighbour(SPACE, hp, np.random.default_rng(42)) for _ in range(3)]
+            ra, rb = np.random.default_rng(7), np.random.default_rng(7)
+            sa = [sampler.neighbour(SPACE, hp, ra) for _ in range(20)]
+            sb = [sampler.neighbour(SPACE, hp, rb) for _ in range(20)]
+            assert a[0] == a[1] == a[2]
+            assert sa == sb
+
+    def test_no_global_random_state(self, sampler: URS | Perturb) -> None:
+        hp = _starts()[3]
+        np.random.seed(0)
+        random.seed(0)
+        a = [sampler.neighbour(SPACE, hp, np.random.default_rng(9)) for _ in range(5)]
+        np.random.seed(999)
+        random.seed(999)
+        np.random.random(17)
+        random.random()
+        b = [sampler.neighbour(SPACE, hp, np.random.default_rng(9)) for _ in range(5)]
+        assert a == b
+        # ...and it leaves the global streams alone.
+        np.random.seed(5)
+        expected = np.random.random()
+        np.random.seed(5)
+        sampler.neighbour(SPACE, hp, np.random.default_rng(9))
+        assert np.random.random() == expected
+
+    def test_uses_the_rng(self, sampler: URS | Perturb) -> None:
+        hp = _starts()[3]
+        outs = {json.dumps(sampler.neighbour(SPACE, hp, np.random.default_rng(s))) for s in range(20)}
+        assert len(outs) > 10
+
+    def test_describe_is_json_and_names_itself(self, sampler: URS | Perturb) -> None:
+        d = sampler.describe()
+        assert d["name"] in SAMPLERS
+        assert isinstance(sampler, SAMPLERS[d["name"]])
+        assert json.loads(json.dumps(d)) == d
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_make_sampler_builds_the_registered_class(name: str) -> None:
+    assert type(make_sampler(name)) is SAMPLERS[name]
+
+
+# --- URS -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("radius", [0.02, 0.1])
+def test_urs_stays_within_radius_in_normalised_coordinates(radius: float) -> None:
+    urs = URS(radius=radius)
+    rng = np.random.default_rng(10)
+    for hp in _starts():
+        for _ in range(100):
+            new = urs.neighbour(SPACE, hp, rng)
+            for name, p in SPACE.items():
+                if isinstance(p, Choice) and not p.ordered:
+                    continue
+                # Discrete values sit at the centre of their slot, so they may land half a slot further.
+                slack = 1e-9
+                if isinstance(p, IntUniform):
+                    slack += 0.5 / (p.high - p.low + 1)
+                elif isinstance(p, Choice):
+                    slack += 0.5 / len(p.values)
+                assert abs(p.encode(new[name]) - p.encode(hp[name])) <= radius + slack, (name, hp[name], new[name])
+
+
+def test_urs_box_is_uniform_around_the_value() -> None:
+    p = Uniform(0.0, 10.0)
+    urs = URS(radius=0.1)
+    rng = np.random.default_rng(11)
+    x = np.array([urs.neighbour({"x": p}, {"x": 5.0}, rng)["x"] for _ in range(4000)])
+    assert x.min() >= 4.0 and x.max() <= 6.0
+    assert x.min() < 4.05 and x.max() > 5.95
+    assert abs(x.mean() - 5.0) < 0.05
+    hist, _ = np.histogram(x, bins=4, range=(4.0, 6.0))
+    assert hist.min() > 0.85 * 1000, hist
+
+
+@pytest.mark.parametrize("at, inside", [(0.0, (0.0, 0.2)), (1.0, (0.8, 1.0))])
+def test_urs_box_is_cut_at_the_bounds_not_clipped(at: float, inside: tuple[float, float]) -> None:
+    p = Uniform(0.0, 1.0)
+    urs = URS(radius=0.2)
+    rng = np.random.default_rng(12)
+    x = np.array([urs.neighbour({"x": p}, {"x": at}, rng)["x"] for _ in range(4000)])
+    assert x.min() >= inside[0] and x.max() <= inside[1]
+    # Clipping would put about half the draws exactly on the bound; cutting puts essentially none there.
+    assert np.mean(x == at) < 0.01
+    assert abs(x.mean() - sum(inside) / 2) < 0.01
+
+
+def test_urs_moves_log_parameters_by_factors() -> None:
+    p = LogUniform(1e-6, 1.0)  # six decades; radius 0.1 is +-0.6 decades
+    urs = URS(radius=0.1)
+    ratios = {}
+    for start in (1e-4, 1e-2):
+        rng = np.random.default_rng(13)
+        moved = [float(urs.neighbour({"lr": p}, {"lr": start}, rng)["lr"]) for _ in range(2000)]
+        ratios[start] = np.array(moved) / start
+    r = ratios[1e-4]
+    # The same draws move both starting points by the same factor, whatever the value's size.
+    np.testing.assert_allclose(ratios[1e-4], ratios[1e-2], rtol=1e-9)
+    assert r.min() >= 10 ** -0.6 * (1 - 1e-9) and r.max() <= 10 ** 0.6 * (1 + 1e-9)
+    assert r.min() < 10 ** -0.55 and r.max() > 10 ** 0.55
+    # Uniform in the log of the factor: its median is 1, not the arithmetic midpoint.
+    assert abs(np.median(np.log10(r))) < 0.05
+    assert abs(np.mean(r < 1) - 0.5) < 0.05
+
+
+def test_urs_unordered_choice_keeps_value_or_resamples() -> None:
+    p = Choice(["a", "b", "c", "d"])
+    urs = URS(radius=0.2)
+    rng = np.random.default_rng(14)
+    x = [urs.neighbour({"c": p}, {"c": "b"}, rng)["c"] for _ in range(4000)]
+    changed = np.mean([v != "b" for v in x])
+    # Resampled with probability 0.2, and a fresh draw repeats "b" a quarter of the time: 0.2 * 0.75.
+    assert abs(changed - 0.15) < 0.03
+    assert set(x) == {"a", "b", "c", "d"}
+
+
+def test_urs_int_small_radius_moves_to_neighbours() -> None:
+    p = IntUniform(0, 100)
+    urs = URS(radius=0.01)
+    rng = np.random.default_rng(15)
+    x = {urs.neighbour({"n": p}, {"n": 50}, rng)["n"] for _ in range(500)}
+    assert x <= {49, 50, 51} and len(x) >= 2
+
+
+def test_urs_full_radius_covers_the_whole_range() -> None:
+    p = Uniform(0.0, 1.0)
+    urs = URS(radius=1.0)
+    rng = np.random.default_rng(16)
+    x = np.array([urs.neighbour({"x": p}, {"x": 0.9}, rng)["x"] for _ in range(2000)])
+    assert x.min() < 0.02 and x.max() > 0.98
+
+
+# --- Perturb -------------------------------------------------------------------------------------------------
+
+
+def _perturb_all(param: Any, value: Any, n: int = 400, seed: int = 20, **kw: Any) -> list[Any]:
+    pert = Perturb(resample_probability=0.0, **kw)
+    rng = np.random.default_rng(seed)
+    return [pert.neighbour({"p": param}, {"p": value}, rng)["p"] for _ in range(n)]
+
+
+@pytest.mark.parametrize("param, value", [(Uniform(0.0, 10.0), 5.0), (Uniform(-10.0, 10.0), 2.5),
+                                          (LogUniform(1e-5, 1.0), 1e-3)], ids=repr)
+def test_perturb_multiplies_by_0_8_or_1_2(param: Uniform, value: float) -> None:
+    x = _perturb_all(param, value)
+    assert all(type(v) is float for v in x)
+    assert sorted({round(v / value, 12) for v in x}) == [0.8, 1.2]
+    assert abs(np.mean([v > value for v in x]) - 0.5) < 0.1
+
+
+def test_perturb_custom_factors() -> None:
+    x = _perturb_all(Uniform(0.0, 100.0), 10.0, factors=(0.5, 2.0))
+    assert set(x) == {5.0, 20.0}
+
+
+@pytest.mark.parametrize("param, value, expected", [
+    (Uniform(0.0, 1.0), 1.0, {0.8, 1.0}),
+    (Uniform(0.0, 1.0), 0.9, {0.72, 1.0}),
+    (LogUniform(0.1, 1.0), 0.1, {0.1, 0.12}),
+    (Uniform(1.0, 2.0), 1.1, {1.0, 1.32}),
+], ids=repr)
+def test_perturb_clips_to_bounds(param: Uniform, value: float, expected: set) -> None:
+    x = _perturb_all(param, value)
+    assert {round(v, 12) for v in x} == expected
+    assert all(param.low <= v <= param.high for v in x)
+
+
+def test_perturb_value_at_high_times_1_2_stays_at_high() -> None:
+    p = Uniform(0.0, 3.0)
+    x = _perturb_all(p, 3.0)
+    ups = [v for v in x if v >= 3.0]
+    assert ups and all(v == 3.0 for v in ups)
+
+
+def test_perturb_int_moves_at_least_one_step() -> None:
+    p = IntUniform(0, 20)
+    for value in range(1, 20):  # away from the bounds, a move is always possible
+        x = _perturb_all(p, value, n=60, seed=value)
+        assert all(type(v) is int for v in x)
+        assert all(v != value for v in x), (value, set(x))
+        assert {v > value for v in x} == {True, False}, (value, set(x))
+
+
+@pytest.mark.parametrize("value, expected", [(50, {40, 60}), (10, {8, 12}), (1, {0, 2}), (2, {1, 3}),
+                                             (0, {0, 1}), (100, {80, 100})])
+def test_perturb_int_values(value: int, expected: set) -> None:
+    assert set(_perturb_all(IntUniform(0, 100), value)) == expected
+
+
+@pytest.mark.parametrize("values, value, expected", [
+    ([8, 16, 32, 64], 16, {8, 32}),
+    ([8, 16, 32, 64], 8, {8, 16}),
+    ([8, 16, 32, 64], 64, {32, 64}),
+    (["adam", "sgd", "rmsprop"], "sgd", {"adam", "rmsprop"}),
+    (["only"], "only", {"only"}),
+], ids=repr)
+def test_perturb_choice_moves_to_adjacent_value(values: list, value: object, expected: set) -> None:
+    assert set(_perturb_all(Choice(values), value)) == expected
+
+
+def test_perturb_numeric_choice_moves_in_value_order() -> None:
+    assert set(_perturb_all(Choice([32, 8, 16]), 32)) == {16, 32}
+
+
+def test_perturb_always_resamples_with_probability_one() -> None:
+    p = Uniform(0.0, 1.0)
+    pert = Perturb(resample_probability=1.0)
+    rng = np.random.default_rng(21)
+    x = np.array([pert.neighbour({"x": p}, {"x": 0.5}, rng)["x"] for _ in range(2000)])
+    assert not np.any(np.isclose(x, 0.4) | np.isclose(x, 0.6))
+    assert x.min() < 0.02 and x.max() > 0.98
+
+
+def test_perturb_resample_probability_is_respected() -> None:
+    p = Uniform(0.0, 100.0)
+    pert = Perturb(resample_probability=0.25)
+    rng = np.random.default_rng(22)
+    x = np.array([pert.neighbour({"x": p}, {"x": 50.0}, rng)["x"] for _ in range(4000)])
+    moved_by_factor = np.isclose(x, 40.0) | np.isclose(x, 60.0)
+    assert abs(moved_by_factor.mean() - 0.75) < 0.03
+
+
+# --- options ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("radius", [0, 0.0, -0.1, 1.0000001, 1.5, math.nan, math.inf, "0.1", None])
+def test_urs_bad_radius(radius: object) -> None:
+    with pytest.raises(SamplerError, match=r"urs: radius must be in \(0, 1\]") as err:
+        URS(radius=radius)  # type: ignore[arg-type]
+    assert repr(radius) in str(err.value)
+    with pytest.raises(SamplerError):
+        make_sampler("urs", radius=radius)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("radius", [1e-6, 0.15, 1, 1.0])
+def test_urs_good_radius(radius: float) -> None:
+    assert make_sampler("urs", radius=radius).describe() == {"name": "urs", "radius": radius}
+
+
+@pytest.mark.parametrize("build", [lambda: URS(radius=True), lambda: Perturb(resample_probability=False)],
+                         ids=["urs-radius", "perturb-probability"])
+def test_bool_options_rejected(build: Callable[[], object]) -> None:
+    with pytest.raises(SamplerError):
+        build()
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.1, math.nan, "0.5", None])
+def test_perturb_bad_resample_probability(p: object) -> None:
+    with pytest.raises(SamplerError, match=r"perturb: resample_probability must be in \[0, 1\]") as err:
+        Perturb(resample_probability=p)  # type: ignore[arg-type]
+    assert repr(p) in str(err.value)
+    with pytest.raises(SamplerError):
+        make_sampler("perturb", resample_probability=p)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("p", [0, 0.0, 0.5, 1, 1.0])
+def test_perturb_good_resample_probability(p: float) -> None:
+    assert make_sampler("perturb", resample_probability=p).describe()["resample_probability"] == p
+
+
+@pytest.mark.parametrize("factors", [(1.2,), (0.8, 1.2, 1.5), (0.0, 1.2), (-0.8, 1.2), (0.8, "1.2")])
+def test_perturb_bad_factors(factors: tuple) -> None:
+    with pytest.raises(SamplerError, match=r"factors must be two positive numbers"):
+        Perturb(factors=factors)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["", "URS", "random", "pbt", "perturb "])
+def test_unknown_sampler_name(name: str) -> None:
+    with pytest.raises(SamplerError, match=r"unknown sampler") as err:
+        make_sampler(name)
+    assert repr(name) in str(err.value)
+    for known in SAMPLERS:
+        assert known in str(err.value)
+
+
+def test_sampler_error_is_a_value_error() -> None:
+    assert issubclass(SamplerError, ValueError)
