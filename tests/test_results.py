@@ -1,0 +1,102 @@
+"""The results file: everything readable with plain h5py, and consistent with itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import hsmpi
+from conftest import run_hsmpi, task_spec
+from hsmpi.results import read_results
+from tasks_for_tests import Tiny, TinyAdam
+
+S, M, SESSIONS = 4, 6, 3
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("results")
+    result = run_hsmpi(["--task", task_spec("Tiny"), "-S", str(S), "-M", str(M), "-m", str(SESSIONS),
+                        "--seed", "2", "--threads", "1", "--out", str(out)], ranks=2, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"results: {out}/results.h5" in result.stdout
+    return out / "results.h5"
+
+
+def test_history_shapes_and_settings(results: Path) -> None:
+    with h5py.File(results, "r") as f:
+        assert f.attrs["format"] == "hsmpi-results"
+        assert f.attrs["population"] == S and f.attrs["ranks"] == 2
+        assert f.attrs["epochs"] == M and f.attrs["sessions"] == SESSIONS and f.attrs["sampler"] == "urs"
+        assert json.loads(f.attrs["config"])["seed"] == 2
+        assert set(json.loads(f.attrs["space"])) == set(Tiny.space)
+        h = f["history"]
+        for key in ("train_loss", "val_loss", "sources"):
+            assert h[key].shape == (SESSIONS, S), key
+        assert h["winner"].shape == (SESSIONS,) and h["epochs"][()].sum() == M
+        for name in Tiny.space:
+            assert h[f"hparams/{name}"].shape == (SESSIONS, S)
+        for phase in ("train", "val", "select", "scatter", "bcast"):
+            assert h[f"time/{phase}"].shape == (SESSIONS, 2)
+        assert (h["time/train"][()] > 0).all()
+
+
+def test_winner_is_the_argmin_and_keeps_its_hparams(results: Path) -> None:
+    with h5py.File(results, "r") as f:
+        h = f["history"]
+        val, winner = h["val_loss"][()], h["winner"][()]
+        assert np.array_equal(winner, np.argmin(np.where(np.isfinite(val), val, np.inf), axis=1))
+        assert np.allclose(h["winner_loss"][()], val[np.arange(SESSIONS), winner])
+        for k in range(SESSIONS - 1):
+            w = winner[k]
+            assert (h["sources"][k] == w).all()
+            for name in Tiny.space:
+                col = h[f"hparams/{name}"]
+                assert col[k + 1, w] == col[k, w], name
+            lr = h["hparams/lr"][()]
+            others = [i for i in range(S) if i != w]
+            assert all(lr[k + 1, i] != lr[k, i] for i in others)
+        assert (h["sources"][SESSIONS - 1] == np.arange(S)).all()  # nobody copies after the last session
+
+
+def test_best_is_the_best_ever_and_its_weights_are_there(results: Path) -> None:
+    data = read_results(str(results))
+    h, best = data["history"], data["best"]
+    assert best["attrs"]["val_loss"] == h["winner_loss"].min()
+    k = int(best["attrs"]["session"])
+    assert best["attrs"]["member"] == h["winner"][k]
+    for name in Tiny.space:
+        assert best["hparams"][name] == h["hparams"][name][k, h["winner"][k]], name
+    model = Tiny().model()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in best["weights"].items() if k != "attrs"})
+    pop = data["population"]
+    assert all(v.shape[0] == S for k, v in pop["weights"].items() if k != "attrs")
+    assert pop["val_loss"].shape == (S,) and pop["hparams"]["lr"].shape == (S,)
+    test = data["test"]
+    assert np.isfinite(test["best_loss"]) and np.isfinite(test["ensemble_loss"])
+    assert test["ensemble_members"] == S
+
+
+def test_string_choices_are_stored_as_text(results: Path) -> None:
+    with h5py.File(results, "r") as f:
+        values = {v.decode() for v in f["history/hparams/nesterov"][()].ravel()}
+        assert values <= {"no", "yes"}
+
+
+def test_python_api_returns_the_best_model(tmp_path: Path) -> None:
+    result = hsmpi.run(TinyAdam(), population=3, epochs=4, sessions=2, seed=1, threads=1,
+                       out=str(tmp_path), log=None)
+    assert result.path == str(tmp_path / "results.h5")
+    assert set(result.best_hparams) == set(TinyAdam.space)
+    assert isinstance(result.best_model, torch.nn.Module)
+    assert result.history["val_loss"].shape == (2, 3)
+    assert result.best_val_loss == result.history["winner_loss"].min()
+    x, y = TinyAdam().data(1)[2].tensors
+    with torch.no_grad():
+        loss = torch.nn.functional.mse_loss(result.best_model(x), y).item()
+    assert loss == pytest.approx(result.test_loss, rel=1e-5)
