@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import run_hsmpi, task_spec
 
 SMALL = ["-S", "4", "-M", "2", "-m", "2", "--threads", "1"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from tasks_for_tests import Tiny, TinyAdam
 
 from hsmpi import flatstate
 from hsmpi.data import Data
 from hsmpi.member import Member
+
+from tasks_for_tests import Tiny, TinyAdam
 
 
 def _trained(task: object, index: int, hp: dict, steps_seed: int = 0) -> tuple[Member, Data]:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import hsmpi
-from conftest import run_hsmpi, task_spec
 from hsmpi.results import read_results
+
+from conftest import run_hsmpi, task_spec
 from tasks_for_tests import Tiny, TinyAdam
 
 S, M, SESSIONS = 4, 6, 3

@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from tasks_for_tests import AllDiverge, Diverging, Tiny, TinyAdam
 
 from hsmpi import flatstate
 from hsmpi.config import Config
 from hsmpi.member import Member
 from hsmpi.session import BEST_EVER, Search
+
+from tasks_for_tests import AllDiverge, Diverging, Tiny, TinyAdam
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
