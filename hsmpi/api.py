@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__
+import numpy as np
+
+from . import __version__, checkpoint, signals
 from .comm import SerialComm, as_comm
-from .config import Config, ConfigError
+from .config import Config, ConfigError, resolve_population, session_epochs
 from .results import write_results
 from .session import Result, Search, SetupError, finish
 from .space import describe_space, validate_space
+from .state import collect, restore
 from .tasks import TaskError, load_task
+
+# Settings a resumed run must share with its checkpoint (the rest may change, e.g. -m and -M to extend it).
+MUST_MATCH = ("task", "population", "seed")
+
+
+class Stopped(Exception):
+    """A stop signal arrived; the run stopped at a session boundary with a checkpoint written."""
+
+    def __init__(self, signum: int, session: int, sessions: int, path: str) -> None:
+        why = signal.Signals(signum).name if signum > 0 else "--stop-after"
+        super().__init__(f"stopped by {why} after session {session}/{sessions}; "
+                         f"checkpoint {path}; continue with --resume auto --out {os.path.dirname(path) or '.'}")
+        self.signum = signum
 
 
 def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], None] | None = print,
@@ -23,22 +43,52 @@ def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], No
 
     `task` is a built-in name, `package.module:Class`, `path/to/file.py:Class`
     or a task object; `options` are `Config`'s fields (population, epochs,
-    sessions, seed, sampler, select, out, device, members_per_rank, ...);
-    `comm` is an mpi4py communicator (default COMM_WORLD).  Call it on every
-    rank.  Rank 0 writes `<out>/results.h5`.
+    sessions, seed, sampler, select, out, device, members_per_rank, resume,
+    ...); `comm` is an mpi4py communicator (default COMM_WORLD).  Call it on
+    every rank.  Rank 0 writes `<out>/results.h5` and a checkpoint after
+    every session.  With `resume`, settings not given come from the checkpoint.
     """
     comm = as_comm(comm)
+    name = task if isinstance(task, str) else f"{type(task).__module__}:{type(task).__qualname__}"
+    config = Config(**resume_options({"task": name, **options}, comm))
     if isinstance(task, str):
-        config = Config(task=task, **options)
-        task_obj = load_task(task)
+        task_obj = load_task(config.task)
     else:
-        config = Config(task=f"{type(task).__module__}:{type(task).__qualname__}", **options)
         try:
             validate_space(getattr(task, "space", None))
         except ValueError as err:
             raise TaskError(f"task {config.task}: {err}") from None
         task_obj = task
     return execute(config, task_obj, comm, log or (lambda _: None))
+
+
+def resume_options(options: dict[str, Any], comm: SerialComm) -> dict[str, Any]:
+    """With `resume`, the checkpoint's settings under the ones given explicitly (collective)."""
+    resume = options.get("resume")
+    if not resume:
+        return options
+    saved, error = None, None
+    if comm.is_root:
+        try:
+            where = checkpoint.locate(resume, options.get("out", Config.out))
+            if where is not None:
+                attrs, _ = checkpoint.load(where, warn=lambda s: print(s, file=sys.stderr), attrs_only=True)
+                saved = json.loads(attrs["config"])
+        except (checkpoint.CheckpointError, KeyError, ValueError) as err:
+            error = str(err)
+    saved, error = comm.bcast((saved, error))
+    if error:
+        raise checkpoint.CheckpointError(error)
+    if saved is None:
+        return options
+    for key in MUST_MATCH:
+        if key in options and options[key] is not None and saved.get(key) != options[key]:
+            raise checkpoint.CheckpointError(
+                f"the checkpoint was made with {key} = {saved.get(key)!r}, but this run asks for "
+                f"{options[key]!r}; resume with the same {key} or start a new run in another --out folder")
+    known = set(Config.field_names())
+    inherited = {k: v for k, v in saved.items() if k in known and k not in ("resume", "stop_after")}
+    return {**inherited, **options}
 
 
 def _check_out(folder: str) -> str | None:
@@ -52,26 +102,109 @@ def _check_out(folder: str) -> str | None:
     return None
 
 
-def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], None]) -> Result:
-    """The job on one rank: setup, m sessions, finish, results file (rank 0)."""
-    start = time.perf_counter()
-    error = _check_out(config.out) if comm.is_root else None
+def _agree(comm: SerialComm, error: str | None) -> None:
     errors = [e for e in comm.allgather(error) if e]
     if errors:
         raise SetupError(errors[0])
+
+
+def _load_checkpoint(config: Config, task: Any, size: int, log: Callable[[str], None]
+                     ) -> tuple[dict[str, Any] | None, list[int] | None, str]:
+    """Rank 0: the checkpoint to resume from (or None) and the session schedule to follow."""
+    assert config.resume is not None
+    where = checkpoint.locate(config.resume, config.out)
+    if where is None:
+        log(f"no checkpoint in {config.out}: starting a new run")
+        return None, None, ""
+    ckpt, path = checkpoint.load(where, warn=lambda s: print(s, file=sys.stderr))
+    population = resolve_population(config, size)
+    if ckpt["task"] != config.task:
+        raise checkpoint.CheckpointError(f"{path} was made for task {ckpt['task']!r}, not {config.task!r}")
+    if int(ckpt["population"]) != population:
+        raise checkpoint.CheckpointError(f"{path} holds {ckpt['population']} members, but this run has "
+                                         f"S = {population}")
+    if json.loads(ckpt["space"]) != describe_space(task.space):
+        raise checkpoint.CheckpointError(f"{path} was made with the space {ckpt['space']}, but the task's "
+                                         f"space is now {json.dumps(describe_space(task.space))}")
+    saved = json.loads(ckpt["config"])
+    done = int(ckpt["next_session"])
+    past = json.loads(ckpt["history"]["json"])["epochs"]
+    if (saved["epochs"], saved["sessions"]) == (config.epochs, config.sessions):
+        schedule = session_epochs(config.epochs, config.sessions)
+    elif config.sessions < done or config.epochs - sum(past) < config.sessions - done:
+        raise checkpoint.CheckpointError(
+            f"{path} has {done} sessions ({sum(past)} epochs) done: -m must be at least {done} and "
+            f"-M at least {sum(past)} + one epoch per further session")
+    else:
+        rest = config.sessions - done
+        schedule = past + (session_epochs(config.epochs - sum(past), rest) if rest else [])
+    return ckpt, schedule, path
+
+
+def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], None]) -> Result:
+    """The job on one rank: setup (or resume), the sessions with a checkpoint after each, results."""
+    start = time.perf_counter()
+    _agree(comm, _check_out(config.out) if comm.is_root else None)
+    ckpt, schedule, path, error = None, None, "", None
+    if config.resume and comm.is_root:
+        try:
+            ckpt, schedule, path = _load_checkpoint(config, task, comm.size, log)
+        except (checkpoint.CheckpointError, ConfigError) as err:
+            error = str(err)
+    _agree(comm, error)
+    schedule = comm.bcast(schedule)
     search = Search(config, task, comm, log)
+    if schedule is not None:
+        search.schedule = schedule
     search.setup()
+    if schedule is not None:
+        restore(search, ckpt)
     if comm.is_root:
         log(_settings_line(search))
-    for k in range(config.sessions):
-        search.run_session(k)
+        if path:
+            log(f"resumed from {path}: {search.next_session} of {len(search.schedule)} sessions done")
+    if search.pending_selection and search.next_session < len(search.schedule):
+        _replan(search)
+    for k in range(search.next_session, len(search.schedule)):
+        value, winner, note, times = search.run_session(k)
+        t = time.perf_counter()
+        state = collect(search, k)
+        ckpt_path = os.path.join(config.out, checkpoint.LATEST)
+        if comm.is_root:
+            assert state is not None
+            ckpt_path = checkpoint.save(config.out, state, k, config.keep_checkpoints)
+        times[5] = time.perf_counter() - t
+        search.record_times(times)
+        search.log_session(k, value, winner, note, times, time.perf_counter() - start)
+        if k < len(search.schedule) - 1:
+            # A signal on any rank stops every rank here, at the same boundary.
+            signum = int(comm.allreduce_max(float(signals.requested())))
+            if not signum and config.stop_after is not None and k + 1 >= config.stop_after:
+                signum = -1
+            if signum:
+                raise Stopped(signum, k + 1, len(search.schedule), ckpt_path)
+    return _finish(search, comm, config, log, start)
+
+
+def _replan(search: Search) -> None:
+    """A finished run extended on resume: its last session gets the selection step it skipped."""
+    comm, k = search.comm, search.next_session - 1
+    rows = comm.bcast((search.history.train_loss[-1], search.history.val_loss[-1]) if comm.is_root else None)
+    train = [float(rows[0][m.index]) for m in search.members]
+    val = [float(rows[1][m.index]) for m in search.members]
+    _, _, _, times = search.select_and_share(k, train, val, np.zeros(6), replan=True)
+    search.record_times(times, replan=True)
+
+
+def _finish(search: Search, comm: SerialComm, config: Config, log: Callable[[str], None], start: float) -> Result:
     result, record = finish(search)
     if comm.is_root:
         path = os.path.join(config.out, "results.h5")
         meta = {"hsmpi_version": __version__, "population": search.population, "ranks": comm.size,
                 "threads": search.threads, "device_type": search.device.type, "mpi": comm.library(),
                 "wall_seconds": time.perf_counter() - start}
-        write_results(path, meta, config.to_dict(), describe_space(search.space), **record)
+        settings = dataclasses.replace(config, population=search.population).to_dict()
+        write_results(path, meta, settings, describe_space(search.space), **record)
         result.path = path
         log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "
             f"session {result.best_session + 1}) | population average {result.ensemble_test_loss:.5g} "
@@ -82,15 +215,16 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
 
 def _settings_line(search: Search) -> str:
     c, comm = search.config, search.comm
-    per = {len(b) for b in search.blocks}
-    per_rank = str(per.pop()) if len(per) == 1 else f"{min(len(b) for b in search.blocks)}-{max(per)}"
+    sizes = sorted({len(b) for b in search.blocks})
+    per_rank = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
     sampler = ", ".join(f"{k}={v}" for k, v in search.sampler.describe().items() if k != "name")
     selection = ", ".join(f"{k}={v}" for k, v in search.selection.describe().items() if k != "name")
+    library = " ".join(comm.library().split())
     return (f"hsmpi {__version__} | task {c.task} | S={search.population} members on {comm.size} ranks "
-            f"({per_rank} per rank) | M={c.epochs} epochs in m={c.sessions} sessions | "
-            f"sampler {c.sampler}({sampler}) | select {c.select}({selection}) | seed {c.seed} | "
-            f"init {'independent' if c.independent_init else 'shared'} | device {search.device} | "
-            f"threads {search.threads} | MPI {comm.library()}")
+            f"({per_rank} per rank) | M={sum(search.schedule)} epochs in m={len(search.schedule)} sessions | "
+            f"sampler {c.sampler}({sampler}) | select {c.select}{f'({selection})' if selection else ''} | "
+            f"seed {c.seed} | init {'independent' if c.independent_init else 'shared'} | device {search.device} | "
+            f"threads {search.threads} | MPI {library}")
 
 
-__all__ = ["run", "execute", "Result", "ConfigError", "SetupError", "TaskError"]
+__all__ = ["run", "execute", "Result", "ConfigError", "SetupError", "TaskError", "Stopped"]

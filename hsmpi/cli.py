@@ -1,9 +1,11 @@
 """Command line: flags + TOML -> a validated Config, and the abort-on-exception wrapper.
 
 Exit status: 0 done; 2 a usage error (bad flag, config value, task, space,
-data or output folder), reported once by rank 0 before any training; 1 an
-exception during the run, which aborts every rank (`MPI_Abort`) so none waits
-forever in a collective.
+data, checkpoint or output folder), reported once by rank 0 before any
+training; 1 an exception during the run, which aborts every rank
+(`MPI_Abort`) so none waits forever in a collective; 75 (EX_TEMPFAIL) stopped
+by SIGTERM, SIGINT or SIGUSR1 at a session boundary with a checkpoint
+written: run again with `--resume auto` to continue.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from .api import Stopped, resume_options
+from .checkpoint import CheckpointError
 from .comm import SerialComm, world
 from .config import Config, ConfigError
 from .sampling import SAMPLERS
 from .selection import SELECTIONS
 from .session import SetupError
+from .signals import install as install_signal_handlers
 from .tasks import BUILTIN, TaskError, load_task
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_STOPPED = 75
 
 
 class UsageError(ValueError):
@@ -65,6 +71,11 @@ def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--independent-init", action="store_true", help="each member its own initial weights")
     p.add_argument("--batch-size", type=int, help="training batch size when the space has none (default 64)")
     p.add_argument("--threads", type=int, help="torch threads per rank (default: cores / ranks per node)")
+    p.add_argument("--resume", metavar="PATH|auto",
+                   help="continue from a checkpoint file or folder; auto: the --out folder's, if it has one")
+    p.add_argument("--keep-checkpoints", type=int, help="checkpoints to keep besides the backup (default 1)")
+    p.add_argument("--stop-after", type=int, metavar="K",
+                   help="stop after session K with a checkpoint and exit status 75 (continue with --resume)")
     return p
 
 
@@ -88,8 +99,8 @@ def _read_toml(path: str) -> dict[str, Any]:
     return options
 
 
-def parse(argv: Sequence[str]) -> Config | str:
-    """Flags (over TOML) -> Config; or 'help' / 'version'."""
+def parse(argv: Sequence[str], comm: SerialComm | None = None) -> Config | str:
+    """Flags (over TOML, over a resumed checkpoint's settings) -> Config; or 'help' / 'version'."""
     parser = build_parser()
     args = vars(parser.parse_args(list(argv)))
     if args.pop("help"):
@@ -99,6 +110,7 @@ def parse(argv: Sequence[str]) -> Config | str:
     config_path = args.pop("config")
     options = _read_toml(config_path) if config_path else {}
     options.update(args)
+    options = resume_options(options, comm or SerialComm())
     try:
         return Config(**options)
     except TypeError as err:  # e.g. a TOML value of the wrong kind for a dataclass field
@@ -114,10 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m hsmpi` and the `hsmpi` console script."""
     argv = sys.argv[1:] if argv is None else argv
     comm = world()
-    from .api import execute  # after MPI is up; keeps `--help` light
+    from .api import execute
 
     try:
-        parsed = parse(argv)
+        parsed = parse(argv, comm)
         if parsed == "help":
             _say(comm, build_parser().format_help())
             return 0
@@ -126,10 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         assert isinstance(parsed, Config)
         task = load_task(parsed.task)
+        install_signal_handlers()
         execute(parsed, task, comm, log=lambda line: print(line, flush=True))
-    except (UsageError, ConfigError, TaskError, SetupError) as err:
+    except (UsageError, ConfigError, TaskError, SetupError, CheckpointError) as err:
         _say(comm, f"hsmpi: error: {err}", sys.stderr)
         return EXIT_USAGE
+    except Stopped as stop:
+        _say(comm, f"hsmpi: {stop}", sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # noqa: BLE001 - any failure on one rank must end every rank

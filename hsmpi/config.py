@@ -44,6 +44,9 @@ class Config:
     independent_init: bool = False
     batch_size: int = 64  # used when the space has no batch_size
     threads: int = 0  # torch threads per rank; 0: the node's cores / ranks on the node
+    resume: str | None = None  # a checkpoint file or folder, or "auto" (the out folder's, if any)
+    keep_checkpoints: int = 1  # checkpoints kept besides the backup: the latest, plus N-1 older ones
+    stop_after: int | None = None  # stop (checkpoint, exit 75) once this session number is done
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -74,6 +77,11 @@ class Config:
             raise ConfigError(f"independent-init must be true or false, but got {self.independent_init!r}")
         _int("batch-size", self.batch_size, 1)
         _int("threads", self.threads, 0)
+        if self.resume is not None and (not isinstance(self.resume, str) or not self.resume):
+            raise ConfigError(f"resume must be a checkpoint path or 'auto', but got {self.resume!r}")
+        _int("keep-checkpoints", self.keep_checkpoints, 1)
+        if self.stop_after is not None:
+            _int("stop-after", self.stop_after, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

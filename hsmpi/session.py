@@ -27,7 +27,7 @@ from .selection import make_selection
 from .space import HParams, SpaceError, check_hparams, sample_space
 from .tasks import task_loss
 
-PHASES = ("train", "val", "select", "scatter", "bcast")
+PHASES = ("train", "val", "select", "scatter", "bcast", "checkpoint")
 BEST_EVER = -1  # a source index meaning "the best state seen so far", held by rank 0
 
 
@@ -107,6 +107,10 @@ class Search:
         self.buffer = flatstate.Buffer(self.device)
         self.data: dict[str, Data] = {}
         self.threads = 0
+        self.next_session = 0  # where the loop starts (later than 0 when resumed)
+        self.pending_selection = False  # resumed after a last session that had no selection step
+        self.last_sources = np.zeros(0, dtype=np.int64)  # every rank: the last plan
+        self.donor_states: dict[int, tuple[flatstate.Header, np.ndarray]] = {}  # rank 0: states sent this session
 
     # ---- setup -------------------------------------------------------------
     def setup(self) -> None:
@@ -180,10 +184,13 @@ class Search:
         return next(r for r, block in enumerate(self.blocks) if member in block)
 
     # ---- one session -------------------------------------------------------
-    def run_session(self, k: int) -> None:
-        """Train every local member, pick the winner, share its state, resample."""
+    def run_session(self, k: int) -> tuple[float, int, str, np.ndarray]:
+        """Train every local member, pick the winner, share its state, resample.
+
+        Returns the winner's loss and index, the session's note and this rank's phase times.
+        """
         train, val, times = self.train_local(k)
-        self.select_and_share(k, train, val, times)
+        return self.select_and_share(k, train, val, times)
 
     def train_local(self, k: int) -> tuple[list[float], list[float], np.ndarray]:
         """Session k's training and validation of this rank's members (no communication)."""
@@ -196,15 +203,22 @@ class Search:
         times[1] = time.perf_counter() - t
         return train, val, times
 
-    def select_and_share(self, k: int, train: list[float], val: list[float], times: np.ndarray) -> None:
-        """MINLOC over validation losses, rank 0's plan, the hyperparameter scatter, the state broadcasts."""
+    def select_and_share(self, k: int, train: list[float], val: list[float], times: np.ndarray,
+                         replan: bool = False) -> tuple[float, int, str, np.ndarray]:
+        """MINLOC over validation losses, rank 0's plan, the hyperparameter scatter, the state broadcasts.
+
+        `replan`: session k was run as the last one and is now followed by more
+        (a finished run extended on resume): plan again instead of recording it.
+        """
         comm = self.comm
         t = time.perf_counter()
         value, winner = comm.allreduce_minloc(val, [m.index for m in self.members])
         losses = comm.gather((train, val))
         last = k == len(self.schedule) - 1
-        sources, new_hps, note = self._plan(k, losses, value, winner, last)
+        sources, new_hps, note = self._plan(k, losses, value, winner, last, replan)
         sources = comm.bcast(sources)
+        self.last_sources = np.asarray(sources)
+        self.donor_states = {}
         times[2] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -219,13 +233,18 @@ class Search:
         for donor in donors:
             self._share(donor, sources, mine, winner, new_best, value, k)
         times[4] = time.perf_counter() - t
+        return value, winner, note, times
 
-        all_times = comm.gather(times)
-        if comm.is_root:
-            self.history.time.append(np.array(all_times))
-            self._log_session(k, value, winner, note, times)
+    def record_times(self, times: np.ndarray, replan: bool = False) -> None:
+        """Every rank's phase times for the session to rank 0's history."""
+        all_times = self.comm.gather(times)
+        if self.comm.is_root:
+            if replan and self.history.time:
+                self.history.time[-1] = self.history.time[-1] + np.array(all_times)
+            else:
+                self.history.time.append(np.array(all_times))
 
-    def _plan(self, k: int, losses: Any, value: float, winner: int, last: bool
+    def _plan(self, k: int, losses: Any, value: float, winner: int, last: bool, replan: bool = False
               ) -> tuple[np.ndarray | None, list[HParams], str]:
         """Rank 0: record the session, choose sources and draw new hyperparameters."""
         if not self.comm.is_root:
@@ -233,12 +252,16 @@ class Search:
         train = np.concatenate([np.asarray(t, dtype=float) for t, _ in losses])
         val = np.concatenate([np.asarray(v, dtype=float) for _, v in losses])
         h = self.history
-        h.train_loss.append(train)
-        h.val_loss.append(val)
-        h.winner.append(winner)
-        h.winner_loss.append(value)
-        h.hparams.append([dict(hp) for hp in self.hps])
-        h.epochs.append(self.schedule[k])
+        if replan:  # the session is recorded already; only its plan changes
+            h.sources.pop()
+            h.note.pop()
+        else:
+            h.train_loss.append(train)
+            h.val_loss.append(val)
+            h.winner.append(winner)
+            h.winner_loss.append(value)
+            h.hparams.append([dict(hp) for hp in self.hps])
+            h.epochs.append(self.schedule[k])
         note = ""
         if last:
             sources = np.arange(self.population)
@@ -284,18 +307,27 @@ class Search:
                 self._pack(local[donor], header)
         comm.bcast_buffer(array, root=root)
         self.buffer.to_device(header.nbytes)
+        if comm.is_root:  # kept for the checkpoint: members that copied this donor hold this state
+            self.donor_states[donor] = (header, array.copy())
         if donor == winner and new_best and comm.is_root:
-            self.best = Best(value, k, winner, dict(self.history.hparams[-1][winner]), header, array.copy())
+            self.best = Best(value, k, winner, dict(self.history.hparams[k][winner]), header,
+                             self.donor_states[donor][1])
         for i, s in enumerate(sources):
             if s == donor and i in local and i != donor:
                 local[i].adopt(header, self.buffer.device_view(), mine[i])
 
-    def _log_session(self, k: int, value: float, winner: int, note: str, times: np.ndarray) -> None:
+    def log_session(self, k: int, value: float, winner: int, note: str, times: np.ndarray, elapsed: float) -> None:
+        """Rank 0's one line for session k (times: this rank's phases)."""
+        if not self.comm.is_root:
+            return
         m, done = len(self.schedule), sum(self.schedule[:k + 1])
-        hp = ", ".join(f"{n}={_fmt(v)}" for n, v in self.history.hparams[-1][winner].items())
-        line = (f"session {k + 1}/{m} | epochs {done}/{self.config.epochs} | best val {value:.5g} "
+        total = sum(self.schedule)
+        hp = ", ".join(f"{n}={_fmt(v)}" for n, v in self.history.hparams[k][winner].items())
+        eta = elapsed / max(1, done - sum(self.schedule[:self.next_session])) * (total - done)
+        line = (f"session {k + 1}/{m} | epochs {done}/{total} | best val {value:.5g} "
                 f"(member {winner}) | {hp} | {times.sum():.2f}s "
-                f"(train {times[0]:.2f}, val {times[1]:.2f}, share {times[2:].sum():.3f})")
+                f"(train {times[0]:.2f}, val {times[1]:.2f}, share {times[2:5].sum():.3f}, "
+                f"checkpoint {times[5]:.3f}) | elapsed {elapsed:.0f}s, eta {eta:.0f}s")
         self.log(line + (f" | {note}" if note else ""))
 
 
@@ -390,7 +422,7 @@ def _record(search: Search, members: list[Any], champion: Member, test_loss: flo
         "sources": np.array(h.sources, dtype=np.int64), "epochs": np.array(h.epochs, dtype=np.int64),
         "note": list(h.note),
         "hparams": {n: np.stack([hparam_array([hp[n] for hp in row]) for row in h.hparams]) for n in names},
-        "time": {p: np.array([t[:, j] for t in h.time]) for j, p in enumerate(PHASES)},
+        "time": {p: _pad([t[:, j] for t in h.time]) for j, p in enumerate(PHASES)},
     }
     best = {"val_loss": search.best.val_loss, "session": search.best.session, "member": search.best.member,
             "weights": champion.weights(), "hparams": dict(search.best.hp)}
@@ -402,3 +434,12 @@ def _record(search: Search, members: list[Any], champion: Member, test_loss: flo
     }
     test = {"best_loss": test_loss, "ensemble_loss": ensemble_loss, "ensemble_members": count}
     return {"history": history, "best": best, "population": population, "test": test}
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of per-rank times as one (sessions, ranks) array; NaN where a resumed run had fewer ranks."""
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
