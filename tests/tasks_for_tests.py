@@ -117,3 +117,14 @@ class NoModel:
 
     def data(self, seed: int) -> Any:
         return _data(seed)
+
+
+class Slow(TinyAdam):
+    """TinyAdam whose training steps sleep, so a test can act while a session is in flight."""
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            import time
+
+            time.sleep(0.01)
+        return torch.nn.functional.mse_loss(output, target)

@@ -1,0 +1,103 @@
+"""Never hang, never lose work: signals and a killed rank, on a real 4-rank job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, mpirun, run_hsmpi, task_spec
+
+EXIT_STOPPED = 75
+ARGS = ["--task", task_spec("Slow"), "-S", "4", "-M", "24", "-m", "12", "--batch-size", "8", "--seed", "4",
+        "--threads", "1"]
+
+
+def _start(out: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [mpirun(), "-n", "4", sys.executable, "-m", "hsmpi", *ARGS, "--out", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _rank_pid(out: Path, rank: int, timeout: float = 60) -> int:
+    """The pid of one hsmpi rank of the job writing to `out` (found by its command line and PMI_RANK)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd[0] == sys.executable.encode() and str(out).encode() in cmd \
+                    and f"PMI_RANK={rank}".encode() in env:
+                return int(pid)
+        time.sleep(0.1)
+    raise AssertionError(f"rank {rank} of the job in {out} was not found")
+
+
+def _wait_for_checkpoint(out: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not (out / "checkpoint.h5").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    result = run_hsmpi([*ARGS, "--out", str(out)], ranks=4, timeout=180)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _same_results(a: Path, b: Path) -> None:
+    with h5py.File(a / "results.h5", "r") as f, h5py.File(b / "results.h5", "r") as g:
+        for key in ("history/val_loss", "history/winner", "test/best_loss", "test/ensemble_loss"):
+            assert np.array_equal(f[key][()], g[key][()]), key
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_to_one_rank_checkpoints_and_exits_75(signum: signal.Signals, reference: Path,
+                                                       tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    try:
+        _wait_for_checkpoint(tmp_path, proc)
+        os.kill(_rank_pid(tmp_path, 2), signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_STOPPED, (stdout, stderr)
+    assert stderr.count(f"stopped by {signum.name} after session") == 1, stderr
+    assert not (tmp_path / "results.h5").exists()
+    resumed = run_hsmpi(["--resume", "auto", "--out", str(tmp_path)], ranks=4, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    _same_results(reference, tmp_path)
+
+
+def test_kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes(reference: Path, tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    try:
+        _wait_for_checkpoint(tmp_path, proc)
+        time.sleep(0.5)
+        os.kill(_rank_pid(tmp_path, 1), signal.SIGKILL)
+        start = time.monotonic()
+        proc.communicate(timeout=30)
+        ended = time.monotonic() - start
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert ended < 15, f"the job took {ended:.1f}s to end after a rank was killed"
+    assert not (tmp_path / "results.h5").exists()
+    resumed = run_hsmpi(["--resume", "auto", "--out", str(tmp_path)], ranks=2, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "sessions done" in resumed.stdout
+    _same_results(reference, tmp_path)

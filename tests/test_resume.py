@@ -1,0 +1,163 @@
+"""Checkpoint and resume: a resumed run ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_hsmpi, task_spec
+
+EXIT_STOPPED = 75
+BASE = ["--task", task_spec("Tiny"), "-S", "4", "-M", "8", "-m", "4", "--seed", "7", "--threads", "1"]
+
+
+def _same(a: Path, b: Path) -> None:
+    with h5py.File(a / "results.h5", "r") as f, h5py.File(b / "results.h5", "r") as g:
+        for key in ("history/val_loss", "history/train_loss", "history/winner", "history/sources",
+                    "test/best_loss", "test/ensemble_loss", "best/attrs"):
+            if key == "best/attrs":
+                assert dict(f["best"].attrs) == dict(g["best"].attrs)
+                continue
+            assert np.array_equal(f[key][()], g[key][()]), key
+        for name in f["history/hparams"]:
+            assert np.array_equal(f[f"history/hparams/{name}"][()], g[f"history/hparams/{name}"][()]), name
+        for name in f["population/weights"]:
+            assert np.array_equal(f[f"population/weights/{name}"][()], g[f"population/weights/{name}"][()]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The reference runs, one per selection rule."""
+    out = {}
+    for select in ("winner", "truncation"):
+        folder = tmp_path_factory.mktemp(f"full-{select}")
+        result = run_hsmpi([*BASE, "--select", select, "--out", str(folder)], ranks=2)
+        assert result.returncode == 0, result.stderr
+        out[select] = folder
+    return out
+
+
+@pytest.mark.parametrize("select", ["winner", "truncation"])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_stop_after_session_k_then_resume_equals_uninterrupted(
+        k: int, select: str, uninterrupted: dict[str, Path], tmp_path: Path) -> None:
+    first = run_hsmpi([*BASE, "--select", select, "--out", str(tmp_path), "--stop-after", str(k)], ranks=2)
+    assert first.returncode == EXIT_STOPPED, first.stderr
+    assert f"stopped by --stop-after after session {k}/4" in first.stderr
+    assert not (tmp_path / "results.h5").exists()
+    second = run_hsmpi(["--resume", "auto", "--out", str(tmp_path)], ranks=2)
+    assert second.returncode == 0, second.stderr
+    assert f"{k} of 4 sessions done" in second.stdout
+    _same(uninterrupted[select], tmp_path)
+
+
+@pytest.mark.parametrize("before,after", [(4, 2), (2, 4), (4, 1)])
+def test_resume_on_another_number_of_ranks(before: int, after: int, uninterrupted: dict[str, Path],
+                                           tmp_path: Path) -> None:
+    first = run_hsmpi([*BASE, "--out", str(tmp_path), "--stop-after", "2"], ranks=before)
+    assert first.returncode == EXIT_STOPPED, first.stderr
+    second = run_hsmpi(["--resume", str(tmp_path / "checkpoint.h5")], ranks=after)
+    assert second.returncode == 0, second.stderr
+    _same(uninterrupted["winner"], tmp_path)
+
+
+def test_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str, Path], tmp_path: Path) -> None:
+    first = run_hsmpi([*BASE, "--out", str(tmp_path), "--stop-after", "3"], ranks=2)
+    assert first.returncode == EXIT_STOPPED
+    latest = tmp_path / "checkpoint.h5"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    second = run_hsmpi(["--resume", "auto", "--out", str(tmp_path)], ranks=2)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.count("falling back to the backup") >= 1
+    assert "2 of 4 sessions done" in second.stdout
+    _same(uninterrupted["winner"], tmp_path)  # the backup is one session older, and still exact
+
+
+def test_a_finished_run_can_be_extended(tmp_path: Path) -> None:
+    first = run_hsmpi([*BASE, "--out", str(tmp_path)], ranks=2)
+    assert first.returncode == 0, first.stderr
+    second = run_hsmpi(["--resume", "auto", "--out", str(tmp_path), "-m", "6", "-M", "12"], ranks=2)
+    assert second.returncode == 0, second.stderr
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        assert f["history/val_loss"].shape == (6, 4)
+        assert f["history/epochs"][()].tolist() == [2, 2, 2, 2, 2, 2]
+        assert (f["history/sources"][3] == f["history/winner"][3]).all(), "session 4 now has a selection step"
+        assert f.attrs["sessions"] == 6
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
+    result = run_hsmpi([*BASE, "--resume", "auto", "--out", str(tmp_path)], ranks=2)
+    assert result.returncode == 0, result.stderr
+    assert "starting a new run" in result.stdout
+
+
+def test_keep_checkpoints(tmp_path: Path) -> None:
+    result = run_hsmpi([*BASE, "--out", str(tmp_path), "--keep-checkpoints", "3"], ranks=2)
+    assert result.returncode == 0, result.stderr
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint-s*.h5"))
+    assert kept == ["checkpoint-s0002.h5", "checkpoint-s0003.h5"]
+    assert (tmp_path / "checkpoint.h5").exists() and (tmp_path / "checkpoint.prev.h5").exists()
+
+
+def _stopped_run(tmp_path: Path) -> Path:
+    result = run_hsmpi([*BASE, "--out", str(tmp_path), "--stop-after", "2"], ranks=2)
+    assert result.returncode == EXIT_STOPPED
+    return tmp_path
+
+
+def _refused(args: list[str], needle: str) -> None:
+    result = run_hsmpi(args, ranks=2, timeout=60)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("hsmpi: error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_refuses_another_population(tmp_path: Path) -> None:
+    _refused(["--resume", "auto", "--out", str(_stopped_run(tmp_path)), "-S", "6"], "population = 4")
+
+
+def test_resume_refuses_another_task(tmp_path: Path) -> None:
+    _refused(["--resume", "auto", "--out", str(_stopped_run(tmp_path)), "--task", task_spec("TinyAdam")],
+             "task = ")
+
+
+def test_resume_refuses_another_seed(tmp_path: Path) -> None:
+    _refused(["--resume", "auto", "--out", str(_stopped_run(tmp_path)), "--seed", "8"], "seed = 7")
+
+
+def test_resume_refuses_a_changed_space(tmp_path: Path) -> None:
+    source = Path(task_spec("Tiny").split(":")[0])
+    copy = tmp_path / "edited_task.py"
+    shutil.copy(source, copy)
+    spec = f"{copy}:TinyAdam"
+    out = tmp_path / "run"
+    first = run_hsmpi(["--task", spec, "-S", "4", "-M", "8", "-m", "4", "--out", str(out), "--stop-after", "1"],
+                      ranks=2)
+    assert first.returncode == EXIT_STOPPED, first.stderr
+    copy.write_text(copy.read_text().replace('"beta1": Uniform(0.5, 0.95)', '"beta1": Uniform(0.5, 0.9)'))
+    _refused(["--resume", "auto", "--out", str(out)], "was made with the space")
+
+
+def test_resume_refuses_fewer_sessions_than_done(tmp_path: Path) -> None:
+    _refused(["--resume", "auto", "--out", str(_stopped_run(tmp_path)), "-m", "1"], "-m must be at least 2")
+
+
+def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "checkpoint.h5"
+    bogus.write_text("not hdf5 at all")
+    _refused(["--resume", str(bogus), "--out", str(tmp_path)], "not a readable checkpoint")
+
+
+def test_resume_refuses_a_results_file(tmp_path: Path) -> None:
+    result = run_hsmpi([*BASE, "--out", str(tmp_path), "-m", "2", "-M", "2"], ranks=2)
+    assert result.returncode == 0
+    _refused(["--resume", str(tmp_path / "results.h5")], "not an hsmpi checkpoint")
+
+
+def test_resume_refuses_a_missing_path(tmp_path: Path) -> None:
+    _refused(["--resume", str(tmp_path / "nope.h5")], "does not exist")
