@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, seed: int, sessions: int, out: str) -> tuple[s
     mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
     cmd = [mpirun if os.path.exists(mpirun) else "mpirun", "-n", str(args.ranks), sys.executable, "-m", "hsmpi",
            "--task", args.task, "-S", str(args.population), "-M", str(args.epochs), "-m", str(sessions),
-           "--seed", str(seed), "--out", out]
+           "--seed", str(seed), "--out", out, *(args.extra.split() if sessions > 1 else [])]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
     return os.path.join(out, "results.h5"), time.perf_counter() - start
@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("-M", "--epochs", type=int, default=30)
     p.add_argument("-m", "--sessions", type=int, default=6)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--extra", default="", help="more hsmpi options for the Hypersearch runs, e.g. '--radius 0.3'")
     args = p.parse_args()
 
     rows = []

@@ -128,3 +128,11 @@ class Slow(TinyAdam):
 
             time.sleep(0.01)
         return torch.nn.functional.mse_loss(output, target)
+
+
+class MismatchedSplits(TinyAdam):
+    """Validation inputs with 4 features where training has 3."""
+
+    def data(self, seed: int) -> Any:
+        train, _, test = _data(seed)
+        return train, TensorDataset(torch.zeros(8, 4), torch.zeros(8, 1)), test

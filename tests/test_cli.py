@@ -37,6 +37,7 @@ BAD_INPUTS = [
     (["--task", task_spec("NoModel")], "has no method model()"),
     (["--task", task_spec("WrongOutput")], "does not match the train targets' shape"),
     (["--task", task_spec("EmptyData")], "val split is empty"),
+    (["--task", task_spec("MismatchedSplits")], "val split has inputs (4,)"),
     (["--task", task_spec("RejectsHparams")], "rejected member 0's hyperparameters"),
     (["-S", "1"], "more ranks (2) than members (-S 1)"),
     (["-S", "6", "--members-per-rank", "2"], "must equal ranks x members-per-rank"),
@@ -45,7 +46,7 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("args,needle", BAD_INPUTS, ids=[" ".join(a)[:40] for a, _ in BAD_INPUTS])
+@pytest.mark.parametrize("args,needle", BAD_INPUTS, ids=[n[:40] for _, n in BAD_INPUTS])
 def test_bad_input_is_one_clear_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
     if "--device" in args:
         import torch
