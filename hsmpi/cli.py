@@ -74,6 +74,8 @@ def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint file or folder; auto: the --out folder's, if it has one")
     p.add_argument("--keep-checkpoints", type=int, help="checkpoints to keep besides the backup (default 1)")
+    p.add_argument("--vectorize", choices=["auto", "on", "off"],
+                   help="train a rank's members as one batched model (default auto: on for CUDA, off on CPU)")
     p.add_argument("--stop-after", type=int, metavar="K",
                    help="stop after session K with a checkpoint and exit status 75 (continue with --resume)")
     return p

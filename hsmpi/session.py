@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import flatstate
+from . import flatstate, vectorize
 from .comm import SerialComm
 from .config import Config, layout, resolve_population, session_epochs
 from .data import Data
@@ -107,6 +107,7 @@ class Search:
         self.buffer = flatstate.Buffer(self.device)
         self.data: dict[str, Data] = {}
         self.threads = 0
+        self._told: set[str] = set()  # fallback reasons already reported
         self.next_session = 0  # where the loop starts (later than 0 when resumed)
         self.pending_selection = False  # resumed after a last session that had no selection step
         self.last_sources = np.zeros(0, dtype=np.int64)  # every rank: the last plan
@@ -196,12 +197,26 @@ class Search:
         """Session k's training and validation of this rank's members (no communication)."""
         times = np.zeros(len(PHASES))
         t = time.perf_counter()
-        train = [m.train(self.data["train"], self.schedule[k]) for m in self.members]
+        if self.vectorized():
+            train = vectorize.train(self.members, self.data["train"], self.schedule[k])
+        else:
+            train = [m.train(self.data["train"], self.schedule[k]) for m in self.members]
         times[0] = time.perf_counter() - t
         t = time.perf_counter()
         val = [m.evaluate(self.data["val"]) if math.isfinite(tl) else math.inf for m, tl in zip(self.members, train)]
         times[1] = time.perf_counter() - t
         return train, val, times
+
+    def vectorized(self) -> bool:
+        """Train this session's members as one batched model?  Says once (rank 0) why not, when asked for."""
+        mode = self.config.vectorize
+        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+            return False
+        reason = vectorize.reason_not_to(self.members, self.data["train"])
+        if reason and reason not in self._told:
+            self._told.add(reason)
+            self.log(f"vectorize: training one member at a time: {reason}")
+        return reason is None
 
     def select_and_share(self, k: int, train: list[float], val: list[float], times: np.ndarray,
                          replan: bool = False) -> tuple[float, int, str, np.ndarray]:
