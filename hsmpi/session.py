@@ -197,13 +197,18 @@ class Search:
         """Session k's training and validation of this rank's members (no communication)."""
         times = np.zeros(len(PHASES))
         t = time.perf_counter()
-        if self.vectorized():
+        batched = self.vectorized()
+        if batched:
             train = vectorize.train(self.members, self.data["train"], self.schedule[k])
         else:
             train = [m.train(self.data["train"], self.schedule[k]) for m in self.members]
         times[0] = time.perf_counter() - t
         t = time.perf_counter()
-        val = [m.evaluate(self.data["val"]) if math.isfinite(tl) else math.inf for m, tl in zip(self.members, train)]
+        if batched:
+            val = vectorize.evaluate(self.members, self.data["val"])
+        else:
+            val = [m.evaluate(self.data["val"]) for m in self.members]
+        val = [v if math.isfinite(tl) else math.inf for v, tl in zip(val, train)]
         times[1] = time.perf_counter() - t
         return train, val, times
 

@@ -204,3 +204,22 @@ def train(members: list[Member], data: Data, epochs: int) -> list[float]:
         means = [float(v) if ok else math.nan for v, ok in zip(epoch_means, alive)]
     batched.write_back()
     return means
+
+
+@torch.no_grad()
+def evaluate(members: list[Member], data: Data) -> list[float]:
+    """Every member's mean loss over the whole dataset, in one batched forward per batch."""
+    task, base = members[0].task, members[0].model
+    names = [n for n, _ in base.named_parameters()]
+    per = [dict(m.model.named_parameters()) for m in members]
+    params = {n: torch.stack([p[n] for p in per]) for n in names}
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return task_loss(task, functional_call(base, p, (x,)), y)
+
+    losses_of = vmap(loss, in_dims=(0, None, None))
+    base.eval()
+    total = torch.zeros(len(members), dtype=torch.float64, device=members[0].device)
+    for x, y in data.in_order():
+        total += losses_of(params, x, y).double() * len(x)
+    return [float(v) for v in (total / len(data)).cpu()]

@@ -78,6 +78,12 @@ def test_vectorised_matches_one_at_a_time(opt: str, trained_first: bool) -> None
         assert torch.equal(a.data_gen.get_state(), b.data_gen.get_state()), "each member keeps its own data order"
 
 
+def test_vectorised_evaluation_matches() -> None:
+    members, data = _members("sgd", trained_first=True)
+    val = Data(Plain().data(0)[1], CPU)
+    assert vectorize.evaluate(members, val) == pytest.approx([m.evaluate(val) for m in members], rel=1e-5)
+
+
 def test_vectorised_results_keep_working_with_the_members_optimizers() -> None:
     members, data = _members("adam", trained_first=False)
     vectorize.train(members, data, epochs=1)
