@@ -86,32 +86,41 @@ def unpack(
     flat: torch.Tensor,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    host: torch.Tensor | None = None,
 ) -> None:
     """Load weights and optimizer state from `flat` into `model` and `optimizer`.
 
     The optimizer keeps its own param_groups (its hyperparameters), so the
-    new values win over the sender's.  Its state tensors are fresh copies:
-    members on one rank must never share momentum buffers.
+    new values win over the sender's.  Its state tensors are views of one
+    fresh copy of the buffer's optimizer part: members on one rank never share
+    momentum buffers.  `host` is the same bytes on the CPU (the pinned host
+    buffer), where tensors that live on the CPU (Adam's step) are read from
+    without a device sync.
     """
-    device = next(iter(model.state_dict().values())).device
-    weights = {}
-    opt_state: dict[int, dict[str, Any]] = {}
-    for entry in header.entries:
-        view = _view(flat, entry)
-        if entry.key[0] == "model":
-            weights[entry.key[1]] = view
-        else:
-            target = torch.device("cpu") if entry.on_cpu else device
-            opt_state.setdefault(entry.key[1], {})[entry.key[2]] = view.to(target, copy=True)
-    model.load_state_dict(weights)
+    weights = [e for e in header.entries if e.key[0] == "model"]
+    targets = model.state_dict()
+    with torch.no_grad():
+        torch._foreach_copy_([targets[e.key[1]] for e in weights], [_view(flat, e) for e in weights])
+    optimizer.state.clear()
     if header.optimizer != type(optimizer).__name__:
-        optimizer.state.clear()  # another optimizer's state means nothing to this one
-        return
+        return  # another optimizer's state means nothing to this one
+    opt_entries = [e for e in header.entries if e.key[0] == "opt"]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[int, dict[str, Any]] = {}
+    if opt_entries:
+        start = opt_entries[0].offset
+        region = flat[start:header.nbytes].clone()  # one copy for all of this member's device state
+        source = host if host is not None else flat if flat.device.type == "cpu" else flat.cpu()
+        for e in opt_entries:
+            if e.on_cpu and flat.device.type != "cpu":
+                value = _view(source, e).clone()
+            else:
+                value = _view(region, Entry(e.key, e.dtype, e.shape, e.offset - start, e.nbytes))
+            state.setdefault(e.key[1], {})[e.key[2]] = value
     for (_, index, name), value in header.scalars.items():
-        opt_state.setdefault(index, {})[name] = value
-    sd = optimizer.state_dict()
-    sd["state"] = opt_state
-    optimizer.load_state_dict(sd)
+        state.setdefault(index, {})[name] = value
+    for index, values in state.items():
+        optimizer.state[params[index]] = values
 
 
 class Buffer:

@@ -130,7 +130,8 @@ class Member:
     def pack(self, header: flatstate.Header, flat: torch.Tensor) -> None:
         flatstate.pack(self.model, self.optimizer, header, flat)
 
-    def adopt(self, header: flatstate.Header, flat: torch.Tensor, hp: HParams) -> None:
+    def adopt(self, header: flatstate.Header, flat: torch.Tensor, hp: HParams,
+              host: torch.Tensor | None = None) -> None:
         """Become a copy of another member's state, with hyperparameters `hp`.
 
         The optimizer is rebuilt from `hp` first and keeps those values when
@@ -139,7 +140,7 @@ class Member:
         """
         self.hp = dict(hp)
         self.optimizer = self.task.optimizer(self.model.parameters(), dict(hp))
-        flatstate.unpack(header, flat, self.model, self.optimizer)
+        flatstate.unpack(header, flat, self.model, self.optimizer, host)
 
     def weights(self) -> dict[str, np.ndarray]:
         """The model's state as numpy arrays (for results files)."""

@@ -334,7 +334,7 @@ class Search:
                              self.donor_states[donor][1])
         for i, s in enumerate(sources):
             if s == donor and i in local and i != donor:
-                local[i].adopt(header, self.buffer.device_view(), mine[i])
+                local[i].adopt(header, self.buffer.device_view(), mine[i], self.buffer.host)
 
     def log_session(self, k: int, value: float, winner: int, note: str, times: np.ndarray, elapsed: float) -> None:
         """Rank 0's one line for session k (times: this rank's phases)."""
@@ -387,7 +387,7 @@ def finish(search: Search) -> tuple[Result, dict[str, Any]]:
     search.buffer.to_device(header.nbytes)
     c = search.config
     champion = Member.create(task, meta[2], hp, c.seed, search.device, c.independent_init, c.batch_size)
-    champion.adopt(header, search.buffer.device_view(), hp)
+    champion.adopt(header, search.buffer.device_view(), hp, search.buffer.host)
     test_loss = champion.evaluate(search.data["test"]) if comm.is_root else math.nan
     test_loss = comm.bcast(test_loss)
     ensemble_loss, count = _ensemble_loss(search)

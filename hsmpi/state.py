@@ -138,7 +138,7 @@ def restore(search: Search, ckpt: CheckpointState | None) -> None:
         sid = BEST_EVER if key == "best" else int(key)
         for m in search.members:
             if ids[m.index] == sid:
-                m.adopt(header, search.buffer.device_view(), mine[m.index])
+                m.adopt(header, search.buffer.device_view(), mine[m.index], search.buffer.host)
     rngs = None
     if root:
         mem = ck["members"]

@@ -55,57 +55,81 @@ def reason_not_to(members: list[Member], data: Data) -> str | None:
     return None
 
 
-def _column(members: list[Member], key: str, device: torch.device, index: int | None = None) -> torch.Tensor:
-    """One hyperparameter of every member's optimizer as a float64 (K,) tensor."""
+def _column(members: list[Member], key: str, index: int | None = None) -> list[float]:
+    """One hyperparameter of every member's optimizer."""
     values = [m.optimizer.param_groups[0][key] for m in members]
-    if index is not None:
-        values = [v[index] for v in values]
-    return torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    return [float(v[index] if index is not None else v) for v in values]
 
 
 class Batched:
-    """K members' parameters and optimizer state, stacked, for one session."""
+    """K members' parameters and optimizer state as (K, P) matrices, for one session.
+
+    Row k is member k's parameters flattened in `named_parameters` order, so
+    the batched optimizer is a dozen tensor operations on a few (K, P)
+    matrices whatever the model's shape, and each parameter is a view.
+    """
 
     def __init__(self, members: list[Member]) -> None:
         self.members = members
         self.kind = SUPPORTED[type(members[0].optimizer)]
         self.base = members[0].model
         self.device = members[0].device
-        self.names = [n for n, _ in self.base.named_parameters()]
-        per = [dict(m.model.named_parameters()) for m in members]
-        self.params = {n: torch.stack([p[n].detach() for p in per]).requires_grad_() for n in self.names}
-        self.state = self._stack_state(per)
-        self.hp = {k: _column(members, k, self.device) for k in ("lr", "weight_decay")}
+        first = dict(self.base.named_parameters())
+        self.names = list(first)
+        self.shapes = [first[n].shape for n in self.names]
+        sizes = [first[n].numel() for n in self.names]
+        self.bounds = [(sum(sizes[:i]), sum(sizes[:i + 1])) for i in range(len(sizes))]
+        self.dtype = first[self.names[0]].dtype
+        self.per = [list(m.model.parameters()) for m in members]  # named_parameters order
+        with torch.no_grad():
+            self.flat = self._matrix([[p.detach() for p in ps] for ps in self.per]).requires_grad_()
+        self.state = self._stack_state()
+        col = lambda values: torch.tensor(values, dtype=self.dtype, device=self.device).view(-1, 1)  # noqa: E731
+        self.hp = {k: col(_column(members, k)) for k in ("lr", "weight_decay")}
         if self.kind == "sgd":
             for k in ("momentum", "dampening"):
-                self.hp[k] = _column(members, k, self.device)
+                self.hp[k] = col(_column(members, k))
+            self.use_momentum = self.hp["momentum"] != 0
             self.nesterov = torch.tensor([bool(m.optimizer.param_groups[0]["nesterov"]) for m in members],
-                                         device=self.device)
+                                         device=self.device).view(-1, 1)
         else:
-            self.hp["beta1"] = _column(members, "betas", self.device, 0)
-            self.hp["beta2"] = _column(members, "betas", self.device, 1)
-            self.hp["eps"] = _column(members, "eps", self.device)
+            self.b1 = torch.tensor(_column(members, "betas", 0), dtype=torch.float64, device=self.device)
+            self.b2 = torch.tensor(_column(members, "betas", 1), dtype=torch.float64, device=self.device)
+            self.hp["beta1"], self.hp["beta2"] = self.b1.to(self.dtype).view(-1, 1), self.b2.to(self.dtype).view(-1, 1)
+            self.hp["eps"] = col(_column(members, "eps"))
 
-    def _stack_state(self, per: list[dict[str, torch.nn.Parameter]]) -> dict[str, Any]:
-        """Optimizer state as stacked tensors; members with none yet start from zeros."""
-        states = [[m.optimizer.state.get(p[n], {}) for n in self.names] for m, p in zip(self.members, per)]
-        out: dict[str, Any] = {}
+    def params(self) -> dict[str, torch.Tensor]:
+        """Each parameter as a (K, *shape) view of the flat matrix (autograd sends gradients to it)."""
+        return {n: self.flat[:, a:b].view(-1, *shape) for n, (a, b), shape in zip(self.names, self.bounds, self.shapes)}
+
+    def _matrix(self, per_member: list[list[torch.Tensor | None]]) -> torch.Tensor:
+        """(K, P) from K lists of per-parameter tensors: one stack per parameter, one cat; None reads as zeros."""
+        columns = []
+        for j, shape in enumerate(self.shapes):
+            zero = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            column: list[torch.Tensor] = []
+            for ts in per_member:
+                t = ts[j]
+                column.append(zero if t is None else t)
+            columns.append(torch.stack(column).reshape(len(per_member), -1))
+        return torch.cat(columns, dim=1)
+
+    def _rows(self, key: str) -> torch.Tensor:
+        """A state tensor of every member, (K, P), zeros where a member has none yet."""
+        per_member = []
+        for m, ps in zip(self.members, self.per):
+            states = [m.optimizer.state.get(p, {}).get(key) for p in ps]
+            per_member.append([None] * len(ps) if any(t is None for t in states) else states)
+        return self._matrix(per_member)
+
+    def _stack_state(self) -> dict[str, Any]:
+        firsts = [m.optimizer.state.get(ps[0], {}) for m, ps in zip(self.members, self.per)]
         if self.kind == "sgd":
-            out["has_buf"] = torch.tensor([s[0].get("momentum_buffer") is not None for s in states], device=self.device)
-            out["buf"] = {n: torch.stack([s[j].get("momentum_buffer") if s[j].get("momentum_buffer") is not None
-                                          else torch.zeros_like(self.params[n][0]) for s in states]).detach()
-                          for j, n in enumerate(self.names)}
-        else:
-            out["step"] = torch.tensor([float(s[0]["step"]) if "step" in s[0] else 0.0 for s in states],
-                                       dtype=torch.float64, device=self.device)
-            for key in ("exp_avg", "exp_avg_sq"):
-                out[key] = {n: torch.stack([s[j][key] if key in s[j] else torch.zeros_like(self.params[n][0])
-                                            for s in states]).detach() for j, n in enumerate(self.names)}
-        return out
-
-    def _col(self, key: str, like: torch.Tensor) -> torch.Tensor:
-        """A (K,) hyperparameter shaped to broadcast against a stacked (K, ...) tensor."""
-        return self.hp[key].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+            has = [s.get("momentum_buffer") is not None for s in firsts]
+            return {"has_buf": torch.tensor(has, device=self.device).view(-1, 1), "buf": self._rows("momentum_buffer")}
+        steps = [float(s["step"]) if "step" in s else 0.0 for s in firsts]
+        return {"step": torch.tensor(steps, dtype=torch.float64, device=self.device),
+                "exp_avg": self._rows("exp_avg"), "exp_avg_sq": self._rows("exp_avg_sq")}
 
     @torch.no_grad()
     def step(self) -> None:
@@ -116,59 +140,56 @@ class Batched:
             self._adam(decoupled=self.kind == "adamw")
 
     def _sgd(self) -> None:
-        has = self.state["has_buf"]
-        for n in self.names:
-            p, g = self.params[n], self.params[n].grad
-            assert g is not None
-            g = g + self._col("weight_decay", p) * p
-            mom, damp = self._col("momentum", p), self._col("dampening", p)
-            buf = self.state["buf"][n]
-            new_buf = torch.where(has.view(-1, *([1] * (p.dim() - 1))), mom * buf + (1 - damp) * g, g)
-            use = mom != 0
-            self.state["buf"][n] = torch.where(use, new_buf, buf)
-            nest = self.nesterov.view(-1, *([1] * (p.dim() - 1)))
-            direction = torch.where(use, torch.where(nest, g + mom * new_buf, new_buf), g)
-            p.sub_(self._col("lr", p) * direction)
-        self.state["has_buf"] = has | (self.hp["momentum"] != 0)
+        p, g, hp, st = self.flat, self.flat.grad, self.hp, self.state
+        assert g is not None
+        g = g + hp["weight_decay"] * p
+        buf = torch.where(st["has_buf"], hp["momentum"] * st["buf"] + (1 - hp["dampening"]) * g, g)
+        st["buf"] = torch.where(self.use_momentum, buf, st["buf"])
+        direction = torch.where(self.use_momentum, torch.where(self.nesterov, g + hp["momentum"] * buf, buf), g)
+        p.sub_(hp["lr"] * direction)
+        st["has_buf"] = st["has_buf"] | self.use_momentum
 
     def _adam(self, decoupled: bool) -> None:
-        self.state["step"] += 1
-        step = self.state["step"]
-        b1, b2 = self.hp["beta1"], self.hp["beta2"]
-        step_size = self.hp["lr"] / (1 - b1 ** step)  # float64, as torch computes them in Python floats
-        bc2_sqrt = (1 - b2 ** step).sqrt()
-        for n in self.names:
-            p, g = self.params[n], self.params[n].grad
-            assert g is not None
-            wd = self._col("weight_decay", p)
-            if decoupled:
-                p.mul_(1 - self._col("lr", p) * wd)
-            else:
-                g = g + wd * p
-            m, v = self.state["exp_avg"][n], self.state["exp_avg_sq"][n]
-            m.lerp_(g, 1 - self._col("beta1", p))
-            v.mul_(self._col("beta2", p)).addcmul_(g, g * (1 - self._col("beta2", p)))
-            shape = (-1, *([1] * (p.dim() - 1)))
-            denom = (v.sqrt() / bc2_sqrt.to(p.dtype).view(shape)) + self._col("eps", p)
-            p.sub_(step_size.to(p.dtype).view(shape) * m / denom)
+        p, g, hp, st = self.flat, self.flat.grad, self.hp, self.state
+        assert g is not None
+        st["step"] += 1
+        step = st["step"]
+        # Bias corrections in float64, as torch computes them from Python floats.
+        step_size = (self.hp["lr"].double().view(-1) / (1 - self.b1 ** step)).to(self.dtype).view(-1, 1)
+        bc2_sqrt = (1 - self.b2 ** step).sqrt().to(self.dtype).view(-1, 1)
+        if decoupled:
+            p.mul_(1 - hp["lr"] * hp["weight_decay"])
+        else:
+            g = g + hp["weight_decay"] * p
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        m.lerp_(g, 1 - hp["beta1"])
+        v.mul_(hp["beta2"]).addcmul_(g, g * (1 - hp["beta2"]))
+        p.sub_(step_size * m / (v.sqrt() / bc2_sqrt + hp["eps"]))
 
     def write_back(self) -> None:
-        """Unstack parameters and optimizer state into each member's own model and optimizer."""
-        for k, member in enumerate(self.members):
-            params = dict(member.model.named_parameters())
-            opt = member.optimizer
-            for n in self.names:
-                p = params[n]
-                with torch.no_grad():
-                    p.copy_(self.params[n][k])
-                if self.kind == "sgd":
-                    if self.state["has_buf"][k]:
-                        opt.state[p] = {"momentum_buffer": self.state["buf"][n][k].clone()}
-                else:
-                    step = torch.tensor(float(self.state["step"][k]), dtype=torch.float32)
-                    if self.state["step"][k] > 0:
-                        opt.state[p] = {"step": step, "exp_avg": self.state["exp_avg"][n][k].clone(),
-                                        "exp_avg_sq": self.state["exp_avg_sq"][n][k].clone()}
+        """Parameters into each member's own model (one foreach copy); optimizer state as row views."""
+        views = [self.flat.detach()[k, a:b].view(shape) for k in range(len(self.members))
+                 for (a, b), shape in zip(self.bounds, self.shapes)]
+        with torch.no_grad():
+            torch._foreach_copy_([p for ps in self.per for p in ps], views)
+        if self.kind == "sgd":
+            buf, has = self.state["buf"], self.state["has_buf"].view(-1).tolist()
+            for k, (m, ps) in enumerate(zip(self.members, self.per)):
+                if has[k]:
+                    for p, (a, b), shape in zip(ps, self.bounds, self.shapes):
+                        m.optimizer.state[p] = {"momentum_buffer": buf[k, a:b].view(shape)}
+            return
+        m1, m2 = self.state["exp_avg"], self.state["exp_avg_sq"]
+        steps = self.state["step"].to("cpu", torch.float32)
+        # One CPU step tensor per (member, parameter), as torch keeps them: distinct views of one matrix.
+        step_views = steps.view(-1, 1).repeat(1, len(self.names)).unbind(0)
+        for k, (m, ps) in enumerate(zip(self.members, self.per)):
+            if steps[k] == 0:
+                continue
+            per_param = step_views[k].unbind(0)
+            for j, (p, (a, b), shape) in enumerate(zip(ps, self.bounds, self.shapes)):
+                m.optimizer.state[p] = {"step": per_param[j], "exp_avg": m1[k, a:b].view(shape),
+                                        "exp_avg_sq": m2[k, a:b].view(shape)}
 
 
 def train(members: list[Member], data: Data, epochs: int) -> list[float]:
@@ -193,9 +214,8 @@ def train(members: list[Member], data: Data, epochs: int) -> list[float]:
         total = torch.zeros(len(members), dtype=torch.float64, device=x_all.device)
         for start in range(0, len(data), size):
             index = orders[:, start:start + size]
-            losses = losses_of(batched.params, x_all[index], y_all[index])
-            for p in batched.params.values():
-                p.grad = None
+            losses = losses_of(batched.params(), x_all[index], y_all[index])
+            batched.flat.grad = None
             losses.sum().backward()
             batched.step()
             total += losses.detach().double() * index.shape[1]
