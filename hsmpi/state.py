@@ -10,7 +10,6 @@ resumed run continues exactly, on any number of ranks.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,8 @@ CheckpointState = dict[str, Any]
 
 def header_to_json(header: flatstate.Header) -> str:
     return json.dumps({
-        "entries": [asdict(e) for e in header.entries],
+        "entries": [{"key": list(e.key), "dtype": e.dtype, "shape": list(e.shape), "offset": e.offset,
+                     "nbytes": e.nbytes, "on_cpu": e.on_cpu} for e in header.entries],
         "scalars": [[list(k), v] for k, v in header.scalars.items()],
         "optimizer": header.optimizer, "nbytes": header.nbytes,
     })

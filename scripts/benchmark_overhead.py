@@ -13,7 +13,8 @@ members (K per rank) against K plain PyTorch training loops per rank (same
 model, optimizer, batch size and epochs; each rank running its own at the
 same time, as hsmpi's ranks do), both timed inside the same job; the ratio
 is hsmpi's time over the plain loops' time.
-Rank 0 prints Markdown tables.
+Rank 0 prints Markdown tables.  Each task is warmed up first (one plain
+epoch), so one-time imports are charged to neither side.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ def plain_loops(task_name: str, members: list[int], epochs: int, seed: int, batc
 def end_to_end(comm: Comm, tasks: list[str], per_rank: list[int], epochs: int, sessions: int) -> None:
     rows = []
     for task_name in tasks:
+        # Warm up: imports (scikit-learn, torch's lazy optimizer machinery) are paid once per process by
+        # any script; pay them here so neither side of the comparison is charged with them.
+        plain_loops(task_name, [comm.rank], 1, 0, 64)
         for k in per_rank:
             population = k * comm.size
             with tempfile.TemporaryDirectory() as tmp:
