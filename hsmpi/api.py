@@ -17,8 +17,9 @@ import numpy as np
 from . import __version__, checkpoint, signals
 from .comm import SerialComm, as_comm
 from .config import Config, ConfigError, resolve_population, session_epochs
+from .finish import Result, finish
 from .results import write_results
-from .session import Result, Search, SetupError, finish
+from .session import Search, SetupError, agree
 from .space import describe_space, validate_space
 from .state import collect, restore
 from .tasks import TaskError, load_task
@@ -102,12 +103,6 @@ def _check_out(folder: str) -> str | None:
     return None
 
 
-def _agree(comm: SerialComm, error: str | None) -> None:
-    errors = [e for e in comm.allgather(error) if e]
-    if errors:
-        raise SetupError(errors[0])
-
-
 def _load_checkpoint(config: Config, task: Any, size: int, log: Callable[[str], None]
                      ) -> tuple[dict[str, Any] | None, list[int] | None, str]:
     """Rank 0: the checkpoint to resume from (or None) and the session schedule to follow."""
@@ -144,14 +139,14 @@ def _load_checkpoint(config: Config, task: Any, size: int, log: Callable[[str], 
 def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], None]) -> Result:
     """The job on one rank: setup (or resume), the sessions with a checkpoint after each, results."""
     start = time.perf_counter()
-    _agree(comm, _check_out(config.out) if comm.is_root else None)
+    agree(comm, _check_out(config.out) if comm.is_root else None)
     ckpt, schedule, path, error = None, None, "", None
     if config.resume and comm.is_root:
         try:
             ckpt, schedule, path = _load_checkpoint(config, task, comm.size, log)
         except (checkpoint.CheckpointError, ConfigError) as err:
             error = str(err)
-    _agree(comm, error)
+    agree(comm, error)
     schedule = comm.bcast(schedule)
     search = Search(config, task, comm, log)
     if schedule is not None:
@@ -209,8 +204,19 @@ def _finish(search: Search, comm: SerialComm, config: Config, log: Callable[[str
         log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "
             f"session {result.best_session + 1}) | population average {result.ensemble_test_loss:.5g} "
             f"({record['test']['ensemble_members']} members)")
+        log(_time_summary(record["history"]["time"], time.perf_counter() - start))
         log(f"results: {path} ({time.perf_counter() - start:.1f}s in all)")
     return result
+
+
+def _time_summary(times: dict[str, np.ndarray], wall: float) -> str:
+    """Rank 0's share of the wall time per phase, and what was neither training nor validation."""
+    spent = {phase: float(np.nansum(values[:, 0])) for phase, values in times.items()}
+    other = wall - sum(spent.values())
+    work = spent["train"] + spent["val"]
+    parts = ", ".join(f"{p} {spent[p] / wall:.1%}" for p in ("select", "scatter", "bcast", "checkpoint"))
+    return (f"time (rank 0): training and validation {work / wall:.1%} | not {1 - work / wall:.1%}: {parts}, "
+            f"setup and finish {other / wall:.1%}")
 
 
 def _settings_line(search: Search) -> str:
