@@ -166,30 +166,34 @@ class Batched:
         v.mul_(hp["beta2"]).addcmul_(g, g * (1 - hp["beta2"]))
         p.sub_(step_size * m / (v.sqrt() / bc2_sqrt + hp["eps"]))
 
+    def _unstacked(self, matrix: torch.Tensor) -> list[list[torch.Tensor]]:
+        """matrix (K, P) as per member, per parameter views: one unbind per parameter, no Python loop over K."""
+        columns = [matrix[:, a:b].reshape(-1, *shape).unbind(0) for (a, b), shape in zip(self.bounds, self.shapes)]
+        return [list(row) for row in zip(*columns)]
+
     def write_back(self) -> None:
         """Parameters into each member's own model (one foreach copy); optimizer state as row views."""
-        views = [self.flat.detach()[k, a:b].view(shape) for k in range(len(self.members))
-                 for (a, b), shape in zip(self.bounds, self.shapes)]
+        weights = self._unstacked(self.flat.detach())
         with torch.no_grad():
-            torch._foreach_copy_([p for ps in self.per for p in ps], views)
+            torch._foreach_copy_([p for ps in self.per for p in ps], [w for ws in weights for w in ws])
         if self.kind == "sgd":
-            buf, has = self.state["buf"], self.state["has_buf"].view(-1).tolist()
-            for k, (m, ps) in enumerate(zip(self.members, self.per)):
-                if has[k]:
-                    for p, (a, b), shape in zip(ps, self.bounds, self.shapes):
-                        m.optimizer.state[p] = {"momentum_buffer": buf[k, a:b].view(shape)}
+            has = self.state["has_buf"].view(-1).tolist()
+            bufs = self._unstacked(self.state["buf"])
+            for m, ps, ok, rows in zip(self.members, self.per, has, bufs):
+                if ok:
+                    for p, row in zip(ps, rows):
+                        m.optimizer.state[p] = {"momentum_buffer": row}
             return
-        m1, m2 = self.state["exp_avg"], self.state["exp_avg_sq"]
         steps = self.state["step"].to("cpu", torch.float32)
         # One CPU step tensor per (member, parameter), as torch keeps them: distinct views of one matrix.
         step_views = steps.view(-1, 1).repeat(1, len(self.names)).unbind(0)
-        for k, (m, ps) in enumerate(zip(self.members, self.per)):
-            if steps[k] == 0:
+        firsts, seconds = self._unstacked(self.state["exp_avg"]), self._unstacked(self.state["exp_avg_sq"])
+        for k, (m, ps, done) in enumerate(zip(self.members, self.per, steps.tolist())):
+            if done == 0:
                 continue
             per_param = step_views[k].unbind(0)
-            for j, (p, (a, b), shape) in enumerate(zip(ps, self.bounds, self.shapes)):
-                m.optimizer.state[p] = {"step": per_param[j], "exp_avg": m1[k, a:b].view(shape),
-                                        "exp_avg_sq": m2[k, a:b].view(shape)}
+            for j, p in enumerate(ps):
+                m.optimizer.state[p] = {"step": per_param[j], "exp_avg": firsts[k][j], "exp_avg_sq": seconds[k][j]}
 
 
 def train(members: list[Member], data: Data, epochs: int) -> list[float]:
