@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, checkpoint, signals
+from . import __version__, checkpoint, lineage, signals
 from .comm import SerialComm, as_comm
 from .config import Config, ConfigError, resolve_population, session_epochs
+from .export import export_top
 from .finish import Result, finish
 from .results import write_results
 from .session import Search, SetupError, agree
@@ -158,10 +159,17 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         log(_settings_line(search))
         if path:
             log(f"resumed from {path}: {search.next_session} of {len(search.schedule)} sessions done")
+        # The lineage log holds exactly the sessions the state holds (a run may have died after logging one).
+        lineage.trim(config.out, search.next_session)
     if search.pending_selection and search.next_session < len(search.schedule):
         _replan(search)
+        if comm.is_root:
+            lineage.trim(config.out, search.next_session - 1)
+            lineage.append(config.out, lineage.record(search, search.next_session - 1))
     for k in range(search.next_session, len(search.schedule)):
         value, winner, note, times = search.run_session(k)
+        if comm.is_root:
+            lineage.append(config.out, lineage.record(search, k))
         t = time.perf_counter()
         state = collect(search, k)
         ckpt_path = os.path.join(config.out, checkpoint.LATEST)
@@ -201,6 +209,7 @@ def _finish(search: Search, comm: SerialComm, config: Config, log: Callable[[str
         settings = dataclasses.replace(config, population=search.population).to_dict()
         write_results(path, meta, settings, describe_space(search.space), **record)
         result.path = path
+        export_top(config.out, record, min(config.export_top, search.population))
         log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "
             f"session {result.best_session + 1}) | population average {result.ensemble_test_loss:.5g} "
             f"({record['test']['ensemble_members']} members)")

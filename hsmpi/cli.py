@@ -50,7 +50,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p = _Parser(prog="python -m hsmpi", add_help=False,
-                description="Hypersearch as an MPI job: mpirun -n 8 python -m hsmpi [options]",
+                description="Hypersearch as an MPI job: mpirun -n 8 python -m hsmpi [options]. "
+                            "Also: python -m hsmpi doctor | replay RESULTS",
                 argument_default=argparse.SUPPRESS)
     p.add_argument("-h", "--help", action="store_true", default=False, help="show this help and exit")
     p.add_argument("--version", action="store_true", default=False, help="print the version and exit")
@@ -74,6 +75,8 @@ def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint file or folder; auto: the --out folder's, if it has one")
     p.add_argument("--keep-checkpoints", type=int, help="checkpoints to keep besides the backup (default 1)")
+    p.add_argument("--export-top", type=int, metavar="K",
+                   help="write best.pt and the final population's best K as PyTorch state dicts (default 3)")
     p.add_argument("--vectorize", choices=["auto", "on", "off"],
                    help="train a rank's members as one batched model (default auto: on for CUDA, off on CPU)")
     p.add_argument("--stop-after", type=int, metavar="K",
@@ -124,12 +127,32 @@ def _say(comm: SerialComm, message: str, stream: Any = sys.stdout) -> None:
         print(message, file=stream, flush=True)
 
 
+def _doctor(comm: SerialComm, args: list[str]) -> int:
+    from .doctor import doctor
+
+    if args:
+        _say(comm, f"hsmpi: error: doctor takes no arguments, but got {' '.join(args)}", sys.stderr)
+        return EXIT_USAGE
+    return doctor(comm)
+
+
+def _replay(comm: SerialComm, args: list[str]) -> int:
+    from .replay import main as replay_main
+
+    return replay_main(args) if comm.is_root else 0  # one network: rank 0 alone trains it
+
+
+SUBCOMMANDS = {"doctor": _doctor, "replay": _replay}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m hsmpi` and the `hsmpi` console script."""
     argv = sys.argv[1:] if argv is None else argv
     comm = world()
     from .api import execute
 
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](comm, list(argv[1:]))
     try:
         parsed = parse(argv, comm)
         if parsed == "help":

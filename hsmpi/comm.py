@@ -75,6 +75,10 @@ class SerialComm:
     def library(self) -> str:
         return "none (serial)"
 
+    def details(self) -> dict[str, str]:
+        """What `hsmpi doctor` reports about the MPI itself."""
+        return {"library": self.library(), "standard": "-", "cuda_aware": "no MPI", "processor": os.uname().nodename}
+
 
 class Comm(SerialComm):
     """A thin wrapper around an mpi4py communicator."""
@@ -135,7 +139,31 @@ class Comm(SerialComm):
         self._comm.Abort(code)
 
     def library(self) -> str:
-        return self._MPI.Get_library_version().splitlines()[0].strip()
+        return " ".join(self._MPI.Get_library_version().splitlines()[0].split())
+
+    def details(self) -> dict[str, str]:
+        major, minor = self._MPI.Get_version()
+        return {"library": self.library(), "standard": f"{major}.{minor}", "cuda_aware": _cuda_aware(),
+                "processor": self._MPI.Get_processor_name()}
+
+
+def _cuda_aware() -> str:
+    """Ask the loaded MPI library whether it moves CUDA buffers itself (Open MPI's and MPICH's extensions)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(None)
+    except OSError:
+        return "unknown"
+    query = getattr(lib, "MPIX_Query_cuda_support", None)  # Open MPI
+    if query is not None:
+        return "yes" if query() == 1 else "no"
+    gpu_query = getattr(lib, "MPIX_GPU_query_support", None)  # MPICH 4+: (type 1 = CUDA, &flag)
+    if gpu_query is not None:
+        flag = ctypes.c_int(0)
+        if gpu_query(1, ctypes.byref(flag)) == 0:
+            return "yes" if flag.value else "no"
+    return "unknown"
 
 
 def world() -> SerialComm:

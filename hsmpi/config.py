@@ -48,6 +48,7 @@ class Config:
     resume: str | None = None  # a checkpoint file or folder, or "auto" (the out folder's, if any)
     keep_checkpoints: int = 1  # checkpoints kept besides the backup: the latest, plus N-1 older ones
     stop_after: int | None = None  # stop (checkpoint, exit 75) once this session number is done
+    export_top: int = 3  # best.pt plus the final population's best K as PyTorch state dicts
     vectorize: str = "auto"  # train a rank's members as one batched model: on, off, auto (on for CUDA)
 
     def __post_init__(self) -> None:
@@ -82,6 +83,7 @@ class Config:
         if self.resume is not None and (not isinstance(self.resume, str) or not self.resume):
             raise ConfigError(f"resume must be a checkpoint path or 'auto', but got {self.resume!r}")
         _int("keep-checkpoints", self.keep_checkpoints, 1)
+        _int("export-top", self.export_top, 0)
         if self.vectorize not in VECTORIZE:
             raise ConfigError(f"vectorize must be one of {list(VECTORIZE)}, but got {self.vectorize!r}")
         if self.stop_after is not None:

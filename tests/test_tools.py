@@ -1,0 +1,113 @@
+"""The lineage log, the exported state dicts, `doctor`, `replay`, and environment.yml against setup.cfg."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+import yaml  # type: ignore[import-untyped]
+
+from hsmpi.replay import replay
+from hsmpi.tasks import load_task
+
+from conftest import ROOT, run_hsmpi, task_spec
+
+EXIT_STOPPED = 75
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tools")
+    args = ["--task", "regression1d", "-S", "4", "-M", "6", "-m", "3", "--threads", "1", "--out", str(out)]
+    first = run_hsmpi([*args, "--stop-after", "2"], ranks=2)
+    assert first.returncode == EXIT_STOPPED, first.stderr
+    second = run_hsmpi(["--resume", "auto", "--out", str(out), "-m", "4", "-M", "8"], ranks=2)
+    assert second.returncode == 0, second.stderr
+    return out
+
+
+def test_lineage_log_has_one_line_per_session_through_stop_resume_and_extension(run: Path) -> None:
+    lines = [json.loads(line) for line in (run / "lineage.jsonl").read_text().splitlines()]
+    assert [d["session"] for d in lines] == [1, 2, 3, 4]
+    with h5py.File(run / "results.h5", "r") as f:
+        winners = f["history/winner"][()].tolist()
+        val = f["history/val_loss"][()]
+    assert [d["winner"] for d in lines] == winners
+    for k, d in enumerate(lines):
+        assert [m["member"] for m in d["members"]] == [0, 1, 2, 3]
+        assert d["members"][0]["val_loss"] == pytest.approx(val[k][0])
+        copied = [m for m in d["members"] if "copied_from" in m]
+        if k < 3:  # sessions 1-3 were followed by a selection step (3 by the extension's re-plan)
+            assert len(copied) == 3 and all(m["copied_from"] == d["winner"] for m in copied)
+            assert all(set(m["new_hparams"]) == {"lr", "beta1", "weight_decay"} for m in copied)
+        else:
+            assert copied == []
+
+
+def test_exported_state_dicts_load_into_the_task_model(run: Path) -> None:
+    task = load_task("regression1d")
+    description = json.loads((run / "top.json").read_text())
+    assert [t["file"] for t in description["top"]] == ["top1.pt", "top2.pt", "top3.pt"]
+    vals = [t["val_loss"] for t in description["top"]]
+    assert vals == sorted(vals)
+    x, y = task.data(0)[2].tensors
+    model = task.model()
+    model.load_state_dict(torch.load(run / "best.pt", weights_only=True))
+    with torch.no_grad():
+        loss = torch.nn.functional.mse_loss(model(x), y).item()
+    with h5py.File(run / "results.h5", "r") as f:
+        assert loss == pytest.approx(float(f["test/best_loss"][()]), rel=1e-5)
+
+
+def test_doctor_reports_every_rank_once() -> None:
+    result = run_hsmpi(["doctor"], ranks=2, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\nMPI: ") == 1 and "2 ranks on 1 node(s)" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if re.match(r"\| [01] \|", line)]
+    assert len(rows) == 2 and "| 0 of 2 |" in rows[0] and "| 1 of 2 |" in rows[1]
+    assert "HDF5 file locking" in result.stdout
+
+
+def test_replay_of_a_one_session_run_is_the_search_itself(tmp_path: Path) -> None:
+    result = run_hsmpi(["--task", task_spec("TinyAdam"), "-S", "3", "-M", "3", "-m", "1", "--threads", "1",
+                        "--out", str(tmp_path)], ranks=1)
+    assert result.returncode == 0, result.stderr
+    torch.set_num_threads(1)
+    lines: list[str] = []
+    loss = replay(str(tmp_path / "results.h5"), log=lines.append)
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        assert loss == float(f["test/best_loss"][()])
+    assert lines[-1].startswith("replayed network: test loss")
+
+
+def test_replay_cli(run: Path) -> None:
+    result = run_hsmpi(["replay", str(run / "results.h5")], ranks=1, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("session ") == 4 and "replayed network: test loss" in result.stdout
+    bad = run_hsmpi(["replay", str(run / "nope.h5")], ranks=1, timeout=60)
+    assert bad.returncode == 2 and "hsmpi: error: cannot replay" in bad.stderr
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!\[ ;]", r.strip(), maxsplit=1)[0].lower() for r in requirements if r.strip()}
+
+
+def test_environment_yml_matches_setup_cfg() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    needed = _names(cfg["options"]["install_requires"].splitlines())
+    needed |= _names(cfg["options.extras_require"]["tasks"].splitlines())
+    needed |= _names(cfg["options.extras_require"]["test"].splitlines())
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = {d.split("=")[0].lower() for d in env["dependencies"] if isinstance(d, str)}
+    conda_names = {"torch": "pytorch"}  # conda-forge's name for the same package
+    missing = {n for n in needed if conda_names.get(n, n) not in conda}
+    assert not missing, f"environment.yml lacks {sorted(missing)}"
+    assert {"mpich", "mpi4py", "python"} <= conda or {"openmpi", "mpi4py", "python"} <= conda
+    pip = [d for d in env["dependencies"] if isinstance(d, dict)]
+    assert pip and "-e ." in pip[0]["pip"], "environment.yml installs the package itself"
