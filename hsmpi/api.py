@@ -170,6 +170,7 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         value, winner, note, times = search.run_session(k)
         if comm.is_root:
             lineage.append(config.out, lineage.record(search, k))
+        search.record_times(times)  # before the checkpoint, so that it holds this session's times too
         t = time.perf_counter()
         state = collect(search, k)
         ckpt_path = os.path.join(config.out, checkpoint.LATEST)
@@ -177,7 +178,8 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
             assert state is not None
             ckpt_path = checkpoint.save(config.out, state, k, config.keep_checkpoints)
         times[5] = time.perf_counter() - t
-        search.record_times(times)
+        if comm.is_root:  # the checkpoint column is rank 0's writing time, known only now
+            search.history.time[-1][0, 5] = times[5]
         search.log_session(k, value, winner, note, times, time.perf_counter() - start)
         if k < len(search.schedule) - 1:
             # A signal on any rank stops every rank here, at the same boundary.

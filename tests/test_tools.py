@@ -111,3 +111,17 @@ def test_environment_yml_matches_setup_cfg() -> None:
     assert {"mpich", "mpi4py", "python"} <= conda or {"openmpi", "mpi4py", "python"} <= conda
     pip = [d for d in env["dependencies"] if isinstance(d, dict)]
     assert pip and "-e ." in pip[0]["pip"], "environment.yml installs the package itself"
+
+
+def test_report_of_results_and_of_a_checkpoint_in_progress(run: Path, tmp_path: Path) -> None:
+    done = run_hsmpi(["report", str(run / "results.h5"), "--out", str(tmp_path / "a")], ranks=1, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "test loss: best member" in done.stdout and done.stdout.count("\n| ") >= 5
+    assert (tmp_path / "a" / "summary.md").exists()
+    assert (tmp_path / "a" / "losses.png").stat().st_size > 10_000
+    assert (tmp_path / "a" / "hparams.png").stat().st_size > 10_000
+    running = run_hsmpi(["report", str(run / "checkpoint.h5"), "--out", str(tmp_path / "b")], ranks=1, timeout=90)
+    assert running.returncode == 0, running.stderr
+    assert "checkpoint (run in progress)" in running.stdout
+    bad = run_hsmpi(["report", str(tmp_path / "none.h5")], ranks=1, timeout=60)
+    assert bad.returncode == 2 and "hsmpi: error: cannot read" in bad.stderr
