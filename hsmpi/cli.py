@@ -75,6 +75,8 @@ def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint file or folder; auto: the --out folder's, if it has one")
     p.add_argument("--keep-checkpoints", type=int, help="checkpoints to keep besides the backup (default 1)")
+    p.add_argument("--progress", action="store_true",
+                   help="a live bar within each session on a terminal (quiet when output is not a terminal)")
     p.add_argument("--export-top", type=int, metavar="K",
                    help="write best.pt and the final population's best K as PyTorch state dicts (default 3)")
     p.add_argument("--vectorize", choices=["auto", "on", "off"],

@@ -48,6 +48,7 @@ class Config:
     resume: str | None = None  # a checkpoint file or folder, or "auto" (the out folder's, if any)
     keep_checkpoints: int = 1  # checkpoints kept besides the backup: the latest, plus N-1 older ones
     stop_after: int | None = None  # stop (checkpoint, exit 75) once this session number is done
+    progress: bool = False  # a live bar within each session, on a terminal only
     export_top: int = 3  # best.pt plus the final population's best K as PyTorch state dicts
     vectorize: str = "auto"  # train a rank's members as one batched model: on, off, auto (on for CUDA)
 
@@ -84,6 +85,8 @@ class Config:
             raise ConfigError(f"resume must be a checkpoint path or 'auto', but got {self.resume!r}")
         _int("keep-checkpoints", self.keep_checkpoints, 1)
         _int("export-top", self.export_top, 0)
+        if not isinstance(self.progress, bool):
+            raise ConfigError(f"progress must be true or false, but got {self.progress!r}")
         if self.vectorize not in VECTORIZE:
             raise ConfigError(f"vectorize must be one of {list(VECTORIZE)}, but got {self.vectorize!r}")
         if self.stop_after is not None:

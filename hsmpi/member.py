@@ -8,6 +8,7 @@ do not depend on how members are laid out over ranks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -84,7 +85,7 @@ class Member:
         if self.cuda_rng_state is not None:
             self.cuda_rng_state = torch.cuda.get_rng_state(self.device)
 
-    def train(self, data: Data, epochs: int) -> float:
+    def train(self, data: Data, epochs: int, on_epoch: Callable[[], None] | None = None) -> float:
         """Train for `epochs`; return the mean training loss of the last epoch.
 
         A non-finite epoch loss stops training at once and is returned as NaN:
@@ -103,6 +104,8 @@ class Member:
                     self.optimizer.step()
                     total += loss.detach().double() * len(x)
                 mean = float(total) / len(data)
+                if on_epoch is not None:
+                    on_epoch()
                 if not math.isfinite(mean):
                     return math.nan
         finally:

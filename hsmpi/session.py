@@ -8,6 +8,7 @@ whom; the ranks holding donors broadcast their state as one flat buffer.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,10 +199,13 @@ class Search:
         times = np.zeros(len(PHASES))
         t = time.perf_counter()
         batched = self.vectorized()
+        tick = self._progress(k)
         if batched:
-            train = vectorize.train(self.members, self.data["train"], self.schedule[k])
+            train = vectorize.train(self.members, self.data["train"], self.schedule[k], tick)
         else:
-            train = [m.train(self.data["train"], self.schedule[k]) for m in self.members]
+            train = [m.train(self.data["train"], self.schedule[k], tick) for m in self.members]
+        if tick is not None:
+            sys.stderr.write("\r" + " " * 60 + "\r")
         times[0] = time.perf_counter() - t
         t = time.perf_counter()
         if batched:
@@ -211,6 +215,20 @@ class Search:
         val = [v if math.isfinite(tl) else math.inf for v, tl in zip(val, train)]
         times[1] = time.perf_counter() - t
         return train, val, times
+
+    def _progress(self, k: int) -> Callable[[], None] | None:
+        """Rank 0's live bar for session k (member-epochs of its own members), on a terminal only."""
+        if not (self.config.progress and self.comm.is_root and sys.stderr.isatty()):
+            return None
+        total, done = len(self.members) * self.schedule[k], [0]
+
+        def tick() -> None:
+            done[0] += 1
+            filled = int(30 * done[0] / total)
+            sys.stderr.write(f"\rsession {k + 1}/{len(self.schedule)} [{'#' * filled}{'.' * (30 - filled)}] "
+                             f"{done[0]}/{total} member-epochs on rank 0")
+            sys.stderr.flush()
+        return tick
 
     def vectorized(self) -> bool:
         """Train this session's members as one batched model?  Says once (rank 0) why not, when asked for."""

@@ -18,6 +18,7 @@ members.  Anything else trains one member at a time, and `reason` says why.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -196,7 +197,8 @@ class Batched:
                 m.optimizer.state[p] = {"step": per_param[j], "exp_avg": firsts[k][j], "exp_avg_sq": seconds[k][j]}
 
 
-def train(members: list[Member], data: Data, epochs: int) -> list[float]:
+def train(members: list[Member], data: Data, epochs: int,
+          on_epoch: Callable[[], None] | None = None) -> list[float]:
     """Train `members` together for `epochs`; each member's mean training loss of the last epoch (NaN: diverged)."""
     assert data.tensors is not None
     x_all, y_all = data.tensors[0], data.tensors[1]
@@ -224,6 +226,9 @@ def train(members: list[Member], data: Data, epochs: int) -> list[float]:
             batched.step()
             total += losses.detach().double() * index.shape[1]
         epoch_means = (total / len(data)).cpu()
+        if on_epoch is not None:
+            for _ in members:
+                on_epoch()
         alive &= torch.isfinite(epoch_means)
         means = [float(v) if ok else math.nan for v, ok in zip(epoch_means, alive)]
     batched.write_back()

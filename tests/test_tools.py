@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -125,3 +129,16 @@ def test_report_of_results_and_of_a_checkpoint_in_progress(run: Path, tmp_path: 
     assert "checkpoint (run in progress)" in running.stdout
     bad = run_hsmpi(["report", str(tmp_path / "none.h5")], ranks=1, timeout=60)
     assert bad.returncode == 2 and "hsmpi: error: cannot read" in bad.stderr
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    quiet = run_hsmpi(["-S", "2", "-M", "2", "-m", "1", "--progress", "--out", str(tmp_path / "q")], ranks=1)
+    assert quiet.returncode == 0 and "member-epochs" not in quiet.stderr + quiet.stdout
+    script = shutil.which("script")
+    if script is None:
+        pytest.skip("no `script` to give the job a terminal")
+    cmd = f"{sys.executable} -m hsmpi -S 2 -M 2 -m 1 --progress --out {tmp_path / 't'}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    tty = subprocess.run([script, "-qc", cmd, "/dev/null"], capture_output=True, text=True, timeout=90, env=env)
+    assert tty.returncode == 0, tty.stdout
+    assert "session 1/1 [" in tty.stdout and "2/2 member-epochs on rank 0" in tty.stdout
