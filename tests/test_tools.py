@@ -6,7 +6,6 @@ import configparser
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,11 +133,23 @@ def test_report_of_results_and_of_a_checkpoint_in_progress(run: Path, tmp_path: 
 def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     quiet = run_hsmpi(["-S", "2", "-M", "2", "-m", "1", "--progress", "--out", str(tmp_path / "q")], ranks=1)
     assert quiet.returncode == 0 and "member-epochs" not in quiet.stderr + quiet.stdout
-    script = shutil.which("script")
-    if script is None:
-        pytest.skip("no `script` to give the job a terminal")
-    cmd = f"{sys.executable} -m hsmpi -S 2 -M 2 -m 1 --progress --out {tmp_path / 't'}"
+    import pty
+
+    master, slave = pty.openpty()  # the job's stderr is a terminal
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    tty = subprocess.run([script, "-qc", cmd, "/dev/null"], capture_output=True, text=True, timeout=90, env=env)
-    assert tty.returncode == 0, tty.stdout
-    assert "session 1/1 [" in tty.stdout and "2/2 member-epochs on rank 0" in tty.stdout
+    cmd = [sys.executable, "-m", "hsmpi", "-S", "2", "-M", "2", "-m", "1", "--progress", "--out", str(tmp_path / "t")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO once the child has closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(timeout=90) == 0
+    text = seen.decode(errors="replace")
+    assert "session 1/1 [" in text and "4/4 member-epochs on rank 0" in text
