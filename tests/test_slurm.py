@@ -174,6 +174,8 @@ SlurmctldHost={self.node}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job may start again once its old credential has expired: 120 s by default
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -227,11 +229,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         out = _sh(["scontrol", "-o", "show", "job", str(job_id)], env=self.env).stdout
         return dict(re.findall(r"(\w+)=(\S*)", out))
 
-    def wait(self, job_id: int, timeout: float, until: set[str] = FINISHED) -> dict[str, str]:
+    def wait(self, job_id: int, timeout: float) -> dict[str, str]:
+        """Poll `scontrol show job` until the job has finished (a requeued one runs again first)."""
         deadline = time.monotonic() + timeout
         while True:
             info = self.job(job_id)
-            if info.get("JobState") in until:
+            if info.get("JobState") in FINISHED:
                 return info
             if time.monotonic() > deadline:
                 _sh(["scancel", str(job_id)], env=self.env)
@@ -244,7 +247,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if os.environ.get("HSMPI_TEST_SLURM") == "0":
         pytest.skip("HSMPI_TEST_SLURM=0")
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("the SLURM tests start slurmctld/slurmd/munged and may apt-get install slurm-wlm: root on Linux only")
+        pytest.skip("the SLURM tests start slurmctld, slurmd and munged and may apt-get install slurm-wlm: "
+                    "root on Linux only")
     _install_slurm()
     cl = Cluster(tmp_path_factory.mktemp("slurm"))
     try:
@@ -254,3 +258,88 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.fail(f"could not start a one-node SLURM cluster: {err}\n{cl.logs()}")
     yield cl
     cl.stop()
+
+
+def _job_env(out: Path, args: str, **more: str) -> dict[str, str]:
+    return {"HSMPI_PYTHON": sys.executable, "HSMPI_OUT": str(out), "HSMPI_ARGS": args, **more}
+
+
+# 2 ranks on this 2-core node, no GPU: override the scripts' #SBATCH defaults for a 4-GPU node
+CPU_ONLY = ["--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0"]
+
+
+def _output(cwd: Path, job_id: int) -> str:
+    path = cwd / f"job-{job_id}.out"
+    return path.read_text(errors="replace") if path.exists() else "(no job output)"
+
+
+def _run(cluster: Cluster, script: str, tmp_path: Path, options: list[str], export: dict[str, str],
+         timeout: float) -> tuple[dict[str, str], str]:
+    job_id = cluster.submit(JOBS / script, [*options, f"--output={tmp_path}/job-%j.out"], export, tmp_path)
+    info = cluster.wait(job_id, timeout)
+    return info, _output(tmp_path, job_id)
+
+
+def _check_results(out: Path, population: int, ranks: int, sessions: int, log: str) -> None:
+    path = out / "results.h5"
+    assert path.exists(), f"no {path}\n{log}"
+    with h5py.File(path, "r") as f:
+        assert f.attrs["population"] == population
+        assert f.attrs["ranks"] == ranks
+        assert f["history/val_loss"].shape == (sessions, population)
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_single_node_script_runs_hsmpi(cluster: Cluster, tmp_path: Path, launcher: str) -> None:
+    out = tmp_path / "out"
+    info, log = _run(cluster, "single_node.sbatch", tmp_path, CPU_ONLY,
+                     _job_env(out, QUICK, HSMPI_LAUNCHER=launcher), timeout=120)
+    assert info["JobState"] == "COMPLETED", f"{info}\n{log}\n{cluster.logs()}"
+    assert "session 1/2" in log and "session 2/2" in log, log
+    _check_results(out, population=4, ranks=2, sessions=2, log=log)
+
+
+def test_multi_node_script_runs_on_one_node(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    info, log = _run(cluster, "multi_node.sbatch", tmp_path, ["--nodes=1", *CPU_ONLY],
+                     _job_env(out, QUICK), timeout=120)
+    assert info["JobState"] == "COMPLETED", f"{info}\n{log}\n{cluster.logs()}"
+    _check_results(out, population=4, ranks=2, sessions=2, log=log)
+
+
+def test_requeue_script_requeues_a_stopped_run_and_finishes_it(cluster: Cluster, tmp_path: Path) -> None:
+    """--stop-after 1 in the first attempt only: exit 75, scontrol requeue, --resume auto finishes."""
+    out = tmp_path / "out"
+    export = _job_env(out, QUICK, HSMPI_LAUNCHER="mpirun", HSMPI_FIRST_ATTEMPT_ARGS="--stop-after 1")
+    info, log = _run(cluster, "requeue.sbatch", tmp_path, CPU_ONLY, export, timeout=180)
+    assert info["JobState"] == "COMPLETED", f"{info}\n{log}\n{cluster.logs()}"
+    assert info["Restarts"] == "1", info
+    assert "stopped by --stop-after after session 1/2" in log, log
+    assert f"attempt 1: exit status {EXIT_STOPPED}" in log and "requeueing" in log, log
+    assert "attempt 2 (SLURM_RESTART_COUNT=1)" in log, log
+    assert "resumed from" in log and "session 2/2" in log, log
+    _check_results(out, population=4, ranks=2, sessions=2, log=log)
+
+
+def test_requeue_script_stops_on_usr1_requeues_and_finishes(cluster: Cluster, tmp_path: Path) -> None:
+    """What --signal=B:USR1@120 does before the time limit, sent by hand: scancel --signal=USR1 --batch."""
+    out = tmp_path / "out"
+    sessions = 100
+    args = f"--task regression1d -S 4 -M {2 * sessions} -m {sessions} --device cpu --threads 1"
+    job_id = cluster.submit(JOBS / "requeue.sbatch", [*CPU_ONLY, f"--output={tmp_path}/job-%j.out"],
+                            _job_env(out, args), tmp_path)
+    deadline = time.monotonic() + 90
+    while not (out / "checkpoint.h5").exists():
+        info = cluster.job(job_id)
+        assert info.get("JobState") in {"PENDING", "RUNNING"}, f"{info}\n{_output(tmp_path, job_id)}"
+        assert time.monotonic() < deadline, f"no checkpoint after 90 s\n{_output(tmp_path, job_id)}"
+        time.sleep(0.2)
+    signalled = _sh(["scancel", "--signal=USR1", "--batch", str(job_id)], env=cluster.env)
+    assert signalled.returncode == 0, signalled.stderr
+    info = cluster.wait(job_id, 180)
+    log = _output(tmp_path, job_id)
+    assert info["JobState"] == "COMPLETED", f"{info}\n{log}\n{cluster.logs()}"
+    assert info["Restarts"] == "1", f"{info}\n{log}"
+    assert "SIGUSR1 received" in log and "hsmpi: stopped by SIGUSR1 after session" in log, log
+    assert f"attempt 1: exit status {EXIT_STOPPED}" in log and "resumed from" in log, log
+    _check_results(out, population=4, ranks=2, sessions=sessions, log=log)
