@@ -2,10 +2,10 @@
 # Install everything the tests need into a virtual environment and run the whole suite:
 # lint and types, the MPI tests under `mpirun -n 2` and `-n 4`, then the serial tests
 # (which launch their own mpirun jobs). Every stage runs inside `timeout`, so a hang fails.
-#   bash scripts/test.sh            # uses .venv (HSMPI_VENV=path to choose another)
+#   bash scripts/test.sh            # uses .venv (HSMPI_TEST_VENV=path to choose another)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-VENV=${HSMPI_VENV:-.venv}
+VENV=${HSMPI_TEST_VENV:-.venv}
 
 set -e
 python3 -m venv "$VENV"

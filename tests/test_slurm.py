@@ -223,6 +223,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         env = dict(self.env)
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        for key in [k for k in env if k.startswith("HSMPI_")]:  # the scripts' own settings come from the test only
+            del env[key]
         return env
 
     def job(self, job_id: int) -> dict[str, str]:
