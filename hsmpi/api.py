@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +62,16 @@ def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], No
         except ValueError as err:
             raise TaskError(f"task {config.task}: {err}") from None
         task_obj = task
-    return execute(config, task_obj, comm, log or (lambda _: None))
+    try:
+        return execute(config, task_obj, comm, log or (lambda _: None))
+    except (SetupError, ConfigError, TaskError, checkpoint.CheckpointError, Stopped):
+        raise  # raised on every rank alike
+    except BaseException as err:
+        if comm.size > 1:  # the other ranks would wait forever in their next collective
+            print(f"hsmpi: rank {comm.rank} of {comm.size} failed: {type(err).__name__}: {err}", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            comm.abort(1)
+        raise
 
 
 def resume_options(options: dict[str, Any], comm: SerialComm) -> dict[str, Any]:
@@ -74,7 +84,7 @@ def resume_options(options: dict[str, Any], comm: SerialComm) -> dict[str, Any]:
         try:
             where = checkpoint.locate(resume, options.get("out", Config.out))
             if where is not None:
-                attrs, _ = checkpoint.load(where, warn=lambda s: print(s, file=sys.stderr), attrs_only=True)
+                attrs, _ = checkpoint.load(where, warn=lambda s: None, attrs_only=True)  # warned once, later
                 saved = json.loads(attrs["config"])
         except (checkpoint.CheckpointError, KeyError, ValueError) as err:
             error = str(err)
@@ -122,9 +132,20 @@ def _load_checkpoint(config: Config, task: Any, size: int, log: Callable[[str], 
     if json.loads(ckpt["space"]) != describe_space(task.space):
         raise checkpoint.CheckpointError(f"{path} was made with the space {ckpt['space']}, but the task's "
                                          f"space is now {json.dumps(describe_space(task.space))}")
-    saved = json.loads(ckpt["config"])
-    done = int(ckpt["next_session"])
-    past = json.loads(ckpt["history"]["json"])["epochs"]
+    try:
+        saved = json.loads(ckpt["config"])
+        done = int(ckpt["next_session"])
+        past = json.loads(ckpt["history"]["json"])["epochs"]
+        pending = bool(ckpt["pending_selection"])
+    except (KeyError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"{path} lacks {err} (made by another hsmpi version?)") from None
+    if config.sessions == done and not pending:
+        raise checkpoint.CheckpointError(
+            f"{path} has {done} sessions done and its last one already copied the winner: -m must be more "
+            f"than {done} (or resume with the original -m {saved['sessions']})")
+    if config.sessions == done and config.epochs != sum(past):
+        raise checkpoint.CheckpointError(f"{path} has all {done} sessions done: -M {config.epochs} would add "
+                                         f"no epochs without more sessions; raise -m too")
     if (saved["epochs"], saved["sessions"]) == (config.epochs, config.sessions):
         schedule = session_epochs(config.epochs, config.sessions)
     elif config.sessions < done or config.epochs - sum(past) < config.sessions - done:

@@ -79,8 +79,15 @@ def _keep_copy(folder: str, path: str, keep: int) -> None:
     with h5py.File(path, "r") as f:
         session = int(f.attrs.get("next_session", 0))
     name = os.path.join(folder, f"checkpoint-s{session:04d}.h5")
-    if not os.path.exists(name):
-        os.link(path, name)
+    kept = sorted(glob.glob(os.path.join(folder, "checkpoint-s[0-9][0-9][0-9][0-9].h5")))
+    for old in kept:  # copies from a later point of another timeline (a resume from an older copy) go
+        if int(old[-7:-3]) >= session:
+            os.unlink(old)
+    tmp = name + ".tmp"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    os.link(path, tmp)
+    os.replace(tmp, name)
     kept = sorted(glob.glob(os.path.join(folder, "checkpoint-s[0-9][0-9][0-9][0-9].h5")))
     for old in kept[: max(0, len(kept) - (keep - 1))]:
         os.unlink(old)

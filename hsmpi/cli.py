@@ -106,18 +106,39 @@ def _read_toml(path: str) -> dict[str, Any]:
     return options
 
 
+def _agreed(comm: SerialComm, work: Any) -> Any:
+    """Run `work()` on every rank; if it fails on any (a file one node cannot see, a module missing on
+    one node), every rank raises the first failure, so no rank waits alone in a later collective."""
+    result, error = None, None
+    try:
+        result = work()
+    except (UsageError, ConfigError, TaskError, CheckpointError) as err:
+        error = f"{err}"
+    except Exception as err:  # noqa: BLE001 - reported as a usage error, once
+        error = f"{type(err).__name__}: {err}"
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise UsageError(errors[0] if comm.size == 1 or error else f"on another rank: {errors[0]}")
+    return result
+
+
 def parse(argv: Sequence[str], comm: SerialComm | None = None) -> Config | str:
     """Flags (over TOML, over a resumed checkpoint's settings) -> Config; or 'help' / 'version'."""
-    parser = build_parser()
-    args = vars(parser.parse_args(list(argv)))
-    if args.pop("help"):
+    comm = comm or SerialComm()
+
+    def local() -> dict[str, Any]:
+        args = vars(build_parser().parse_args(list(argv)))
+        config_path = args.pop("config")
+        options = _read_toml(config_path) if config_path else {}
+        options.update(args)
+        return options
+
+    options = _agreed(comm, local)
+    if options.pop("help"):
         return "help"
-    if args.pop("version"):
+    if options.pop("version"):
         return "version"
-    config_path = args.pop("config")
-    options = _read_toml(config_path) if config_path else {}
-    options.update(args)
-    options = resume_options(options, comm or SerialComm())
+    options = resume_options(options, comm)
     try:
         return Config(**options)
     except TypeError as err:  # e.g. a TOML value of the wrong kind for a dataclass field
@@ -170,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(comm, f"hsmpi {__version__}")
             return 0
         assert isinstance(parsed, Config)
-        task = load_task(parsed.task)
+        task = _agreed(comm, lambda: load_task(parsed.task))
         install_signal_handlers()
         execute(parsed, task, comm, log=lambda line: print(line, flush=True))
     except (UsageError, ConfigError, TaskError, SetupError, CheckpointError) as err:
@@ -179,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped as stop:
         _say(comm, f"hsmpi: {stop}", sys.stderr)
         return EXIT_STOPPED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C: the other ranks may sit in a collective, so end them too
+        if comm.size > 1:
+            comm.abort(130)
         raise
     except BaseException as err:  # noqa: BLE001 - any failure on one rank must end every rank
         if isinstance(err, SystemExit) and not err.code:

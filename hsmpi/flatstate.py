@@ -112,7 +112,8 @@ def unpack(
         region = flat[start:header.nbytes].clone()  # one copy for all of this member's device state
         source = host if host is not None else flat if flat.device.type == "cpu" else flat.cpu()
         for e in opt_entries:
-            if e.on_cpu and flat.device.type != "cpu":
+            # Only Adam's scalar `step` stays on the CPU beside GPU weights (whatever device the sender used).
+            if e.on_cpu and flat.device.type != "cpu" and e.key[-1] == "step" and not e.shape:
                 value = _view(source, e).clone()
             else:
                 value = _view(region, Entry(e.key, e.dtype, e.shape, e.offset - start, e.nbytes))

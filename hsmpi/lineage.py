@@ -51,8 +51,14 @@ def trim(out: str, sessions: int) -> None:
     path = os.path.join(out, NAME)
     if not os.path.exists(path):
         return
+    def keep(line: str) -> bool:
+        try:
+            return bool(json.loads(line).get("session", 0) <= sessions)
+        except ValueError:  # a line cut short by a crash: it is past the checkpoint anyway
+            return False
+
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("session", 0) <= sessions]
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip() and keep(line)]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(lines)

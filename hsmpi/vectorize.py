@@ -45,12 +45,18 @@ def reason_not_to(members: list[Member], data: Data) -> str | None:
     kinds = {type(m.optimizer) for m in members}
     if len(kinds) != 1 or type(opt) not in SUPPORTED:
         return f"the optimizer is {', '.join(sorted(k.__name__ for k in kinds))}; SGD, Adam and AdamW are batched"
+    if not all(p.requires_grad for p in model.parameters()):
+        return "some of the model's parameters are frozen (requires_grad=False)"
     for m in members:
         if len(m.optimizer.param_groups) != 1:
             return "the optimizer has several parameter groups"
+        if [id(p) for p in m.optimizer.param_groups[0]["params"]] != [id(p) for p in m.model.parameters()]:
+            return "the optimizer does not train exactly the model's parameters, in order"
         g = m.optimizer.param_groups[0]
         if g.get("maximize") or g.get("amsgrad") or g.get("differentiable") or g.get("capturable"):
             return "the optimizer uses maximize, amsgrad, differentiable or capturable"
+        if len({bool(x.optimizer.param_groups[0].get("decoupled_weight_decay")) for x in members}) != 1:
+            return "members mix Adam with and without decoupled weight decay"
     if len({m.batch_size for m in members}) != 1:
         return "members have different batch sizes this session"
     return None
@@ -73,6 +79,8 @@ class Batched:
     def __init__(self, members: list[Member]) -> None:
         self.members = members
         self.kind = SUPPORTED[type(members[0].optimizer)]
+        if self.kind == "adam" and members[0].optimizer.param_groups[0].get("decoupled_weight_decay"):
+            self.kind = "adamw"  # Adam(decoupled_weight_decay=True) is AdamW
         self.base = members[0].model
         self.device = members[0].device
         first = dict(self.base.named_parameters())
@@ -96,7 +104,11 @@ class Batched:
         else:
             self.b1 = torch.tensor(_column(members, "betas", 0), dtype=torch.float64, device=self.device)
             self.b2 = torch.tensor(_column(members, "betas", 1), dtype=torch.float64, device=self.device)
-            self.hp["beta1"], self.hp["beta2"] = self.b1.to(self.dtype).view(-1, 1), self.b2.to(self.dtype).view(-1, 1)
+            # 1 - beta in float64 first, as torch computes it from Python floats.
+            self.hp["one_minus_beta1"] = (1 - self.b1).to(self.dtype).view(-1, 1)
+            self.hp["one_minus_beta2"] = (1 - self.b2).to(self.dtype).view(-1, 1)
+            self.hp["beta2"] = self.b2.to(self.dtype).view(-1, 1)
+            self.lr64 = torch.tensor(_column(members, "lr"), dtype=torch.float64, device=self.device)
             self.hp["eps"] = col(_column(members, "eps"))
 
     def params(self) -> dict[str, torch.Tensor]:
@@ -156,15 +168,15 @@ class Batched:
         st["step"] += 1
         step = st["step"]
         # Bias corrections in float64, as torch computes them from Python floats.
-        step_size = (self.hp["lr"].double().view(-1) / (1 - self.b1 ** step)).to(self.dtype).view(-1, 1)
+        step_size = (self.lr64 / (1 - self.b1 ** step)).to(self.dtype).view(-1, 1)
         bc2_sqrt = (1 - self.b2 ** step).sqrt().to(self.dtype).view(-1, 1)
         if decoupled:
             p.mul_(1 - hp["lr"] * hp["weight_decay"])
         else:
             g = g + hp["weight_decay"] * p
         m, v = st["exp_avg"], st["exp_avg_sq"]
-        m.lerp_(g, 1 - hp["beta1"])
-        v.mul_(hp["beta2"]).addcmul_(g, g * (1 - hp["beta2"]))
+        m.lerp_(g, hp["one_minus_beta1"])
+        v.mul_(hp["beta2"]).addcmul_(g, g * hp["one_minus_beta2"])
         p.sub_(step_size * m / (v.sqrt() / bc2_sqrt + hp["eps"]))
 
     def _unstacked(self, matrix: torch.Tensor) -> list[list[torch.Tensor]]:

@@ -136,3 +136,11 @@ class MismatchedSplits(TinyAdam):
     def data(self, seed: int) -> Any:
         train, _, test = _data(seed)
         return train, TensorDataset(torch.zeros(8, 4), torch.zeros(8, 1)), test
+
+
+class FailsOnRank1(TinyAdam):
+    """Cannot be built on rank 1 (as when one node lacks a file or module)."""
+
+    def __init__(self) -> None:
+        if os.environ.get("PMI_RANK") == "1":
+            raise FileNotFoundError("/data/only-on-node-0.npz")

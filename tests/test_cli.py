@@ -43,6 +43,7 @@ BAD_INPUTS = [
     (["-S", "6", "--members-per-rank", "2"], "must equal ranks x members-per-rank"),
     (["--out", "/proc/hsmpi-cannot-write-here"], "cannot write to the output folder"),
     (["--device", "cuda"], "device cuda was asked for"),
+    (["--task", task_spec("FailsOnRank1")], "on another rank: task"),
 ]
 
 

@@ -153,3 +153,12 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     assert proc.wait(timeout=90) == 0
     text = seen.decode(errors="replace")
     assert "session 1/1 [" in text and "4/4 member-epochs on rank 0" in text
+
+
+def test_lineage_trim_drops_a_line_cut_short_by_a_crash(tmp_path: Path) -> None:
+    from hsmpi import lineage
+
+    path = tmp_path / lineage.NAME
+    path.write_text('{"session": 1}\n{"session": 2}\n{"session": 3, "memb')
+    lineage.trim(str(tmp_path), 2)
+    assert [json.loads(line)["session"] for line in path.read_text().splitlines()] == [1, 2]

@@ -126,6 +126,31 @@ def test_fallback_reasons() -> None:
     assert "amsgrad" in vectorize.reason_not_to(ams, data)
 
 
+def test_fallback_for_frozen_or_partly_optimized_models() -> None:
+    members, data = _members("adam", trained_first=False)
+    frozen = copy.deepcopy(members)
+    for m in frozen:
+        m.model[0].weight.requires_grad_(False)
+    assert "frozen" in vectorize.reason_not_to(frozen, data)
+    subset = copy.deepcopy(members)
+    for m in subset:
+        m.optimizer = torch.optim.Adam(list(m.model.parameters())[2:], lr=0.01)
+    assert "exactly the model's parameters" in vectorize.reason_not_to(subset, data)
+
+
+def test_adam_with_decoupled_weight_decay_is_batched_as_adamw() -> None:
+    members, data = _members("adam", trained_first=False)
+    for m in members:
+        m.optimizer = torch.optim.Adam(m.model.parameters(), lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)
+    twins = copy.deepcopy(members)
+    vectorize.train(members, data, epochs=2)
+    for m in twins:
+        m.train(data, 2)
+    for a, b in zip(members, twins):
+        for p, q in zip(a.model.parameters(), b.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
 def test_cli_says_once_why_it_falls_back(tmp_path: Any) -> None:
     result = run_hsmpi(["--task", task_spec("Tiny"), "-S", "4", "-M", "4", "-m", "2", "--vectorize", "on",
                         "--threads", "1", "--out", str(tmp_path)], ranks=2, timeout=90)
