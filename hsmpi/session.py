@@ -113,6 +113,7 @@ class Search:
         self.pending_selection = False  # resumed after a last session that had no selection step
         self.last_sources = np.zeros(0, dtype=np.int64)  # every rank: the last plan
         self.donor_states: dict[int, tuple[flatstate.Header, np.ndarray]] = {}  # rank 0: states sent this session
+        self.last_donors: set[int] = set()
 
     # ---- setup -------------------------------------------------------------
     def setup(self) -> None:
@@ -268,6 +269,7 @@ class Search:
         if new_best:
             self.best_val_loss = value
         donors = sorted({int(s) for i, s in enumerate(sources) if s != i} | ({winner} if new_best else set()))
+        self.last_donors = set(donors)  # every rank: rank 0 holds a copy of each of these states
         for donor in donors:
             self._share(donor, sources, mine, winner, new_best, value, k)
         times[4] = time.perf_counter() - t

@@ -49,7 +49,8 @@ def collect(search: Search, k: int) -> CheckpointState | None:
     comm = search.comm
     ids = _state_ids(search.last_sources)
     cached = search.donor_states
-    wanted = [i for i in range(search.population) if ids[i] == i and i not in cached]
+    # Rank 0 kept a copy of every donor's state when it was broadcast; only other kept states travel.
+    wanted = [i for i in range(search.population) if ids[i] == i and i not in search.last_donors]
     local = {m.index: m for m in search.members}
     mine_states = [(i, header_to_json(local[i].header()), _packed(search, local[i])) for i in wanted if i in local]
     mine_rng = [(m.index, m.data_gen.get_state().numpy(), m.rng_state.numpy(),
