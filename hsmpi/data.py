@@ -31,8 +31,8 @@ class Data:
 
     def _take(self, index: torch.Tensor) -> Batch:
         if self.tensors is not None:
-            x, y = self.tensors[0][index.to(self.device)], self.tensors[1][index.to(self.device)]
-            return x, y
+            index = index.to(self.device)  # one host-to-device copy per batch, shared by inputs and targets
+            return self.tensors[0][index], self.tensors[1][index]
         x, y = default_collate([self.dataset[int(i)] for i in index])
         return x.to(self.device), y.to(self.device)
 
