@@ -63,9 +63,13 @@ def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="run seed (default 0)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="neighbourhood sampler (default urs)")
     p.add_argument("--radius", type=float, help="urs: box half-width in normalised units (default 0.15)")
+    p.add_argument("--radius-final", type=float,
+                   help="urs: shrink the box geometrically from --radius to this by the last session (default: none)")
     p.add_argument("--resample-probability", type=float, help="perturb: chance of a fresh draw (default 0.25)")
     p.add_argument("--select", choices=list(SELECTIONS), help="selection rule (default winner)")
     p.add_argument("--truncation-fraction", type=float, help="truncation: bottom/top fraction (default 0.25)")
+    p.add_argument("--elitism", action=argparse.BooleanOptionalAction,
+                   help="return the best member ever seen on validation; --no-elitism: the last winner (default on)")
     p.add_argument("--out", help="output folder (default hsmpi-out)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
     p.add_argument("--members-per-rank", type=int, help="K members per rank, trained one after the other")

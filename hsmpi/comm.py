@@ -175,6 +175,15 @@ def world() -> SerialComm:
     return Comm(MPI.COMM_WORLD)
 
 
+def mpi_handle(comm: SerialComm) -> Any:
+    """The mpi4py communicator under one of ours (COMM_SELF for a serial one), for libraries that need it."""
+    if isinstance(comm, Comm):
+        return comm._comm
+    from mpi4py import MPI
+
+    return MPI.COMM_SELF
+
+
 def as_comm(comm: Any) -> SerialComm:
     """Accept None (COMM_WORLD), one of ours, or a raw mpi4py communicator."""
     if comm is None:

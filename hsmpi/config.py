@@ -36,9 +36,11 @@ class Config:
     seed: int = 0
     sampler: str = "urs"
     radius: float = 0.15  # urs: half-width of the box in normalised coordinates
+    radius_final: float | None = None  # urs: shrink the box geometrically to this half-width by the last draw
     resample_probability: float = 0.25  # perturb: chance of a fresh draw instead of x0.8/x1.2
     select: str = "winner"
     truncation_fraction: float = 0.25
+    elitism: bool = True  # return the best member ever seen on validation (False: the last session's winner)
     out: str = "hsmpi-out"
     device: str = "auto"
     members_per_rank: int | None = None  # K; None: spread S over the ranks
@@ -77,6 +79,13 @@ class Config:
             raise ConfigError(f"device must be one of {list(DEVICES)}, but got {self.device!r}")
         if self.members_per_rank is not None:
             _int("members-per-rank", self.members_per_rank, 1)
+        if self.radius_final is not None:
+            try:
+                make_sampler("urs", radius=self.radius_final)
+            except ValueError as err:
+                raise ConfigError(f"radius-final: {str(err).split(': ', 1)[1]}") from None
+        if not isinstance(self.elitism, bool):
+            raise ConfigError(f"elitism must be true or false, but got {self.elitism!r}")
         if not isinstance(self.independent_init, bool):
             raise ConfigError(f"independent-init must be true or false, but got {self.independent_init!r}")
         _int("batch-size", self.batch_size, 1)

@@ -23,7 +23,7 @@ from .config import Config, layout, resolve_population, session_epochs
 from .data import Data
 from .device import pick_device, set_threads
 from .member import HPARAMS, SELECTION, Member, derive_seed
-from .sampling import make_sampler
+from .sampling import URS, Sampler, make_sampler
 from .selection import make_selection
 from .space import HParams, SpaceError, check_hparams, sample_space
 from .tasks import task_loss
@@ -265,7 +265,9 @@ class Search:
         times[3] = time.perf_counter() - t
 
         t = time.perf_counter()
-        new_best = value < self.best_val_loss  # every rank knows both numbers, so every rank agrees
+        # Every rank knows both numbers, so every rank agrees.  Without elitism the
+        # best is simply the latest finite winner (the last session's, at the end).
+        new_best = value < self.best_val_loss or (not self.config.elitism and math.isfinite(value))
         if new_best:
             self.best_val_loss = value
         donors = sorted({int(s) for i, s in enumerate(sources) if s != i} | ({winner} if new_best else set()))
@@ -313,12 +315,26 @@ class Search:
         h.sources.append(sources.copy())
         h.note.append(note)
         new_hps = list(self.hps)
+        sampler = self.sampler_after(k)
         for i, s in enumerate(sources):
             if s != i:
                 base = self.best.hp if s == BEST_EVER else self.hps[s]
-                new_hps[i] = self.sampler.neighbour(self.space, base, self.hp_rngs[i])
+                new_hps[i] = sampler.neighbour(self.space, base, self.hp_rngs[i])
         self.hps = new_hps
         return sources, new_hps, note
+
+    def sampler_after(self, k: int) -> Sampler:
+        """The sampler for the draws after session k (0-based): urs's box shrinks when radius_final is set.
+
+        The half-width goes geometrically from `radius` (after the first
+        session) to `radius_final` (after the last session that draws).
+        """
+        c = self.config
+        if c.radius_final is None or not isinstance(self.sampler, URS):
+            return self.sampler
+        draws = len(self.schedule) - 1  # sessions followed by a draw
+        t = min(k, draws - 1) / (draws - 1) if draws > 1 else 0.0
+        return URS(radius=c.radius * (c.radius_final / c.radius) ** t)
 
     def _pack(self, member: Member, header: flatstate.Header) -> np.ndarray:
         self.buffer.ensure(header.nbytes)

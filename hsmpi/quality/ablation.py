@@ -1,0 +1,27 @@
+"""hsmpi's own variants: the ablation table (one option changed from the defaults) and the m sweep."""
+
+from __future__ import annotations
+
+from . import methods
+from .runner import Method
+
+# Each variant changes one documented option of hsmpi from its defaults.
+VARIANTS: dict[str, dict[str, object]] = {
+    "last-winner": {"elitism": False},  # the paper's minimal form: return the last session's winner
+    "radius-0.3": {"radius": 0.3},
+    "radius-0.075": {"radius": 0.075},
+    "shrink-radius": {"radius_final": 0.03},  # the neighbourhood shrinks from 0.15 to 0.03 over the sessions
+    "truncation": {"select": "truncation"},
+    "perturb": {"sampler": "perturb"},
+}
+
+
+def variants() -> list[Method]:
+    return [Method(f"hsmpi/{name}", methods.hsmpi_method, dict(opts), parallel=True)
+            for name, opts in VARIANTS.items()]
+
+
+def sweep(epochs: int) -> list[Method]:
+    """hsmpi with m sessions for each m that divides M (m = 1 is random search with the shared init)."""
+    counts = [m for m in (1, 2, 3, 5, 6, 10, 15, 30) if m <= epochs]
+    return [Method(f"hsmpi/m{m}", methods.hsmpi_method, {"sessions": m}, parallel=True) for m in counts]
