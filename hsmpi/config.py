@@ -38,7 +38,7 @@ class Config:
     radius: float = 0.15  # urs: half-width of the box in normalised coordinates
     radius_final: float | None = None  # urs: shrink the box geometrically to this half-width by the last draw
     resample_probability: float = 0.25  # perturb: chance of a fresh draw instead of x0.8/x1.2
-    select: str = "winner"
+    select: str = "truncation"  # chosen from the quality benchmark (docs/benchmarks.md); "winner" is the paper's
     truncation_fraction: float = 0.25
     elitism: bool = True  # return the best member ever seen on validation (False: the last session's winner)
     out: str = "hsmpi-out"

@@ -13,7 +13,7 @@ python3 -m venv "$VENV"
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 # torch is pinned: an unpinned torch pulls a CUDA build of several GB here.
-python -m pip install -q "torch==2.13.0" -e ".[mpi,test,dev]"
+python -m pip install -q "torch==2.13.0" -e ".[mpi,test,dev,bench]"
 set +e
 
 status=0

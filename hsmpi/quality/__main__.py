@@ -77,13 +77,13 @@ def report(ns: argparse.Namespace, main: list[Method], abl: list[Method], sweep:
              "## Median test loss per task (relative: how much lower hsmpi's median is)", ""]
     lines += tables.summary_rows(cells, ns.tasks, names)
     for task in ns.tasks:
-        lines += ["", f"## {task}", ""] + tables.task_table(cells, task, names)
+        lines += ["", f"## {task}", ""] + tables.task_table(cells, task, names + ["hsmpi#ensemble_test"])
     if abl:
         lines += ["", "## Ablation: hsmpi's options, one change at a time from the defaults", ""]
         labels = ["hsmpi"] + [m.label for m in abl]
         lines += tables.summary_rows(cells, ns.tasks, labels)
         for task in ns.tasks:
-            lines += ["", f"### {task}", ""] + tables.task_table(cells, task, labels)
+            lines += ["", f"### {task}", ""] + tables.task_table(cells, task, labels + ["hsmpi#ensemble_test"])
     if sweep:
         lines += ["", f"## Sessions m at M={ns.epochs} on {ns.sweep_m}", ""]
         lines += tables.task_table(cells, ns.sweep_m, ["hsmpi"] + [m.label for m in sweep])

@@ -7,12 +7,12 @@ from .runner import Method
 
 # Each variant changes one documented option of hsmpi from its defaults.
 VARIANTS: dict[str, dict[str, object]] = {
-    "last-winner": {"elitism": False},  # the paper's minimal form: return the last session's winner
+    "paper-minimal": {"select": "winner", "elitism": False},  # one winner, the last winner returned
+    "winner": {"select": "winner"},  # the paper's selection, with elitism
+    "no-elitism": {"elitism": False},  # truncation, the last session's best returned
+    "fraction-0.5": {"truncation_fraction": 0.5},  # the bottom half copies the top half
     "radius-0.3": {"radius": 0.3},
-    "radius-0.075": {"radius": 0.075},
-    "shrink-radius": {"radius_final": 0.03},  # the neighbourhood shrinks from 0.15 to 0.03 over the sessions
-    "truncation": {"select": "truncation"},
-    "perturb": {"sampler": "perturb"},
+    "shrink-radius": {"radius_final": 0.03},  # the box shrinks from 0.15 to 0.03 over the sessions
 }
 
 

@@ -33,11 +33,15 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
         from scipy.stats import wilcoxon
     except ImportError:
         return math.nan
+    import warnings
+
     d = a - b
     d = d[np.isfinite(d)]
     if len(d) == 0 or np.all(d == 0):
         return math.nan
-    return float(wilcoxon(d).pvalue)
+    with warnings.catch_warnings():  # small samples: scipy warns that it falls back to an approximation
+        warnings.simplefilter("ignore")
+        return float(wilcoxon(d).pvalue)
 
 
 def _q(values: np.ndarray) -> tuple[float, float, float]:
@@ -51,17 +55,19 @@ def task_table(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: st
     ref = cells.get((task, reference), {})
     rows = ["| method | seeds | median test loss | IQR (25%-75%) | IQR width | hsmpi better on | Wilcoxon p "
             "| epochs | wall-clock s (ranks) |", "|---|---|---|---|---|---|---|---|---|"]
-    for m in methods:
+    for name in methods:
+        m, _, which = name.partition("#")  # "hsmpi#ensemble_test": hsmpi's population average
+        which = which or key
         runs = cells.get((task, m), {})
         if not runs:
             continue
         seeds = sorted(runs)
-        v = _finite([_value(runs[s], key) for s in seeds])
+        v = _finite([_value(runs[s], which) for s in seeds])
         q25, q50, q75 = _q(v)
         shared = [s for s in seeds if s in ref]
-        if m != reference and shared:
+        if name != reference and shared:
             a = _finite([_value(ref[s], key) for s in shared])
-            b = _finite([_value(runs[s], key) for s in shared])
+            b = _finite([_value(runs[s], which) for s in shared])
             better = f"{int((a < b).sum())}/{len(shared)}"
             p = wilcoxon_p(a, b)
             pval = f"{p:.3f}" if math.isfinite(p) else "n/a"
@@ -70,7 +76,8 @@ def task_table(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: st
         epochs = int(np.median([runs[s]["epochs"] for s in seeds]))
         secs = float(np.median([runs[s]["seconds"] for s in seeds]))
         ranks = int(np.median([runs[s]["ranks"] for s in seeds]))
-        rows.append(f"| {m} | {len(seeds)} | {q50:.4g} | {q25:.4g}-{q75:.4g} | {q75 - q25:.3g} | {better} | {pval} "
+        label = f"{m} (population average)" if which == "ensemble_test" else m
+        rows.append(f"| {label} | {len(seeds)} | {q50:.4g} | {q25:.4g}-{q75:.4g} | {q75 - q25:.3g} | {better} | {pval} "
                     f"| {epochs} | {secs:.1f} ({ranks}) |")
     return rows
 
@@ -128,7 +135,9 @@ def curves(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[
                     continue
                 idx = np.searchsorted(pts[:, 0], grid, side="right") - 1
                 ys.append(np.where(idx >= 0, pts[np.clip(idx, 0, None), 1], np.nan))
-            y = np.nanmedian(np.where(np.isfinite(ys), ys, np.nan), axis=0)
+            stack = np.asarray(ys, dtype=float)
+            stack[~np.isfinite(stack)] = np.nan
+            y = np.array([np.median(c[np.isfinite(c)]) if np.isfinite(c).any() else np.nan for c in stack.T])
             style = "-" if m.startswith("hsmpi") else "--"
             ax.plot(grid, y, style, lw=2 if m == "hsmpi" else 1.2, label=m)
         ax.set(title=task, xlabel="epochs spent (all trials/members)", ylabel="best validation loss so far",

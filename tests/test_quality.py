@@ -1,0 +1,133 @@
+"""The quality benchmark: baselines spend the same budget, tables are right, the --quick smoke run works."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hsmpi.comm import SerialComm
+from hsmpi.quality import methods, tables
+from hsmpi.quality.trial import Problem, train_trial
+from hsmpi.space import check_hparams, sample_space
+
+from .conftest import ROOT, mpirun
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def problem() -> Problem:
+    return Problem("diabetes", seed=3, population=4, epochs=3, sessions=1)
+
+
+def test_trial_matches_an_hsmpi_member_trained_alone(problem: Problem) -> None:
+    """Same seed, same index, same hyperparameters: a trial is an hsmpi member with m = 1."""
+    from hsmpi.api import run
+
+    hp = sample_space(problem.task.space, np.random.default_rng(0))
+    a = train_trial(problem, 0, hp, 3)
+    b = train_trial(problem, 0, hp, 3)
+    assert a.val == b.val and len(a.val) == 3
+    result = run("diabetes", comm=SerialComm(), log=None, population=1, epochs=3, sessions=1, seed=3,
+                 out=str(Path(os.environ.get("TMPDIR", "/tmp")) / "hsmpi-quality-t1"), export_top=0, threads=1)
+    # hsmpi's member 0 draws its own hyperparameters; train the trial with those and compare.
+    c = train_trial(problem, 0, result.best_hparams, 3)
+    assert c.val[-1] == pytest.approx(result.best_val_loss, rel=1e-6)
+    assert c.test == pytest.approx(result.test_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("fn,options", [
+    (methods.random_search, {}),
+    (methods.hyperopt_tpe, {}),
+    (methods.hyperopt_tpe, {"startup": 2}),
+    (methods.optuna_tpe, {}),
+    (methods.optuna_hyperband, {}),
+])
+def test_sequential_baselines_spend_the_budget_and_choose_on_validation(problem: Problem, fn: object,
+                                                                        options: dict[str, object]) -> None:
+    if fn in (methods.hyperopt_tpe,):
+        pytest.importorskip("hyperopt")
+    if fn in (methods.optuna_tpe, methods.optuna_hyperband):
+        pytest.importorskip("optuna")
+    out = fn(problem, SerialComm(), options)  # type: ignore[operator]
+    assert out.epochs == problem.budget  # S x M, no more and (here) no less
+    assert out.curve[-1][0] == problem.budget
+    best = [c[1] for c in out.curve]
+    assert all(b2 <= b1 for b1, b2 in zip(best, best[1:]))  # best-so-far never rises
+    assert math.isfinite(out.test) and out.val >= best[-1]
+    check_hparams(problem.task.space, out.hp)  # the chosen hyperparameters lie in the space
+
+
+def test_hyperopt_default_startup_is_named_random_below_twenty(problem: Problem) -> None:
+    pytest.importorskip("hyperopt")
+    out = methods.hyperopt_tpe(problem, SerialComm(), {})
+    assert out.extra["startup_trials"] == 20 and out.extra["random_only"] is True
+    scaled = methods.hyperopt_tpe(problem, SerialComm(), {"startup": 2})
+    assert scaled.extra["random_only"] is False
+
+
+def test_hyperband_prunes_and_still_stops_at_the_budget() -> None:
+    pytest.importorskip("optuna")
+    p = Problem("diabetes", seed=0, population=4, epochs=9, sessions=3)
+    out = methods.optuna_hyperband(p, SerialComm(), {})
+    assert out.epochs == p.budget
+    assert out.extra["trials"] > p.population  # pruned trials leave room for more
+
+
+def test_random_search_is_reproducible(problem: Problem) -> None:
+    a = methods.random_search(problem, SerialComm(), {})
+    b = methods.random_search(problem, SerialComm(), {})
+    assert a.test == b.test and a.hp == b.hp
+
+
+def test_wilcoxon_and_tables() -> None:
+    pytest.importorskip("scipy")
+    a = np.arange(10, dtype=float)
+    assert tables.wilcoxon_p(a, a + 1) < 0.01
+    assert math.isnan(tables.wilcoxon_p(a, a))
+    cells = {("t", "hsmpi"): {s: {"test": 1.0 + s, "epochs": 8, "seconds": 1.0, "ranks": 2} for s in range(4)},
+             ("t", "random"): {s: {"test": 2.0 + s, "epochs": 8, "seconds": 2.0, "ranks": 1} for s in range(4)}}
+    rows = tables.task_table(cells, "t", ["hsmpi", "random"])
+    assert rows[2].startswith("| hsmpi | 4 | 2.5 |")
+    assert "| 4/4 |" in rows[3]
+    summary = tables.summary_rows(cells, ["t"], ["hsmpi", "random"])
+    assert "(-29%)" in summary[3]  # hsmpi's median 2.5 against 3.5
+
+
+def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
+    """The --quick smoke run of the whole benchmark (every method) on 2 ranks, and a second call reuses it."""
+    for lib in ("hyperopt", "optuna", "propulate", "scipy"):
+        pytest.importorskip(lib)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [mpirun(), "-n", "2", sys.executable, "-m", "hsmpi.quality", "--quick", "--tasks", "regression1d",
+           "diabetes", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = (tmp_path / "results.md").read_text()
+    for label in ("hsmpi", "hsmpi-pbt", "random", "hyperopt-tpe", "optuna-tpe", "optuna-hyperband", "propulate"):
+        assert f"| {label} |" in text
+    cells = list(tmp_path.glob("cells/*/*/seed*.json"))
+    assert len(cells) == 2 * 2 * 8  # tasks x seeds x methods
+    for path in cells:
+        cell = json.loads(path.read_text())
+        assert cell["epochs"] <= 4 * 4 and cell["settings"]["population"] == 4
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert (tmp_path / "figure1b.png").stat().st_size > 10_000
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert again.returncode == 0 and "32 of 32 cells stored" in again.stdout
+
+
+def test_benchmark_refuses_propulate_on_one_rank(tmp_path: Path) -> None:
+    pytest.importorskip("propulate")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "hsmpi.quality", "--quick", "--tasks", "diabetes", "--methods", "propulate",
+           "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.returncode == 2 and "Propulate needs at least 2 MPI ranks" in done.stderr
