@@ -22,8 +22,8 @@ S, M, SESSIONS = 4, 6, 3
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("results")
-    result = run_hsmpi(["--task", task_spec("Tiny"), "-S", str(S), "-M", str(M), "-m", str(SESSIONS),
-                        "--seed", "2", "--threads", "1", "--out", str(out)], ranks=2, timeout=120)
+    result = run_hsmpi(["--task", task_spec("Tiny"), "--select", "winner", "-S", str(S), "-M", str(M),
+                        "-m", str(SESSIONS), "--seed", "2", "--threads", "1", "--out", str(out)], ranks=2, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"results: {out}/results.h5" in result.stdout
     return out / "results.h5"

@@ -26,7 +26,8 @@ EXIT_STOPPED = 75
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tools")
-    args = ["--task", "regression1d", "-S", "4", "-M", "6", "-m", "3", "--threads", "1", "--out", str(out)]
+    args = ["--task", "regression1d", "--select", "winner", "-S", "4", "-M", "6", "-m", "3", "--threads", "1",
+            "--out", str(out)]
     first = run_hsmpi([*args, "--stop-after", "2"], ranks=2)
     assert first.returncode == EXIT_STOPPED, first.stderr
     second = run_hsmpi(["--resume", "auto", "--out", str(out), "-m", "4", "-M", "8"], ranks=2)
