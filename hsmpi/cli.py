@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p = _Parser(prog="python -m hsmpi", add_help=False,
                 description="Hypersearch as an MPI job: mpirun -n 8 python -m hsmpi [options]. "
-                            "Also: python -m hsmpi doctor | report RESULTS | replay RESULTS",
+                            "Also: python -m hsmpi doctor | report RESULTS (or plot RESULTS) | replay RESULTS",
                 argument_default=argparse.SUPPRESS)
     p.add_argument("-h", "--help", action="store_true", default=False, help="show this help and exit")
     p.add_argument("--version", action="store_true", default=False, help="print the version and exit")
@@ -175,7 +175,8 @@ def _report(comm: SerialComm, args: list[str]) -> int:
     return report_main(args) if comm.is_root else 0
 
 
-SUBCOMMANDS = {"doctor": _doctor, "replay": _replay, "report": _report}
+# `plot` is `report` under the name the benchmark docs use: the same table and figures.
+SUBCOMMANDS = {"doctor": _doctor, "replay": _replay, "report": _report, "plot": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
