@@ -288,7 +288,7 @@ def hsmpi_method(problem: Problem, comm: SerialComm, options: dict[str, Any]) ->
     """hsmpi itself, through its Python API, on every rank of `comm`; `options` are hsmpi's settings."""
     from ..api import run
 
-    out = comm.bcast(tempfile.mkdtemp(prefix="hsmpi-bench-") if comm.is_root else None)
+    out = problem.workdir or comm.bcast(tempfile.mkdtemp(prefix="hsmpi-bench-") if comm.is_root else None)
     settings = {"population": problem.population, "epochs": problem.epochs, "sessions": problem.sessions,
                 "seed": problem.seed, "out": out, "export_top": 0, "threads": 1, **options}
     start = time.perf_counter()

@@ -1,6 +1,8 @@
 """Run the benchmark's cells over the ranks of one MPI job and keep each result as JSON.
 
-A cell is (task, seed, method).  Sequential methods are spread over the ranks,
+A cell is (task, seed, method); hsmpi's own output of a cell (results.h5,
+checkpoints, lineage) stays in `<out>/runs/<task>/<method>/seed<k>/`, ready
+for `hsmpi plot`.  Sequential methods are spread over the ranks,
 one cell per rank at a time; MPI methods (hsmpi, Propulate) run on all ranks
 together, one cell after another.  Each finished cell is written at once to
 `<out>/cells/<task>/<method>/seed<k>.json` (plain JSON), so a stopped
@@ -116,7 +118,8 @@ def run_cells(cells: list[Cell], comm: SerialComm, out: str, population: int, ep
 
 def _one(cell: Cell, comm: SerialComm, out: str, population: int, epochs: int, sessions: int,
          log: Callable[[str], None], sequential: bool) -> None:
-    problem = Problem(cell.task, cell.seed, population, epochs, sessions)
+    problem = Problem(cell.task, cell.seed, population, epochs, sessions,
+                      workdir=os.path.join(out, "runs", cell.task, cell.method.label, f"seed{cell.seed}"))
     outcome = cell.method.fn(problem, SerialComm() if sequential else comm, dict(cell.method.options))
     if sequential or comm.is_root:
         record = {"settings": settings_of(cell, population, epochs, sessions), **outcome.to_dict()}

@@ -14,7 +14,8 @@ import numpy as np
 def load_cells(out: str) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
     """(task, method) -> seed -> stored cell."""
     cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for path in sorted(glob.glob(os.path.join(out, "cells", "*", "*", "seed*.json"))):
+    # Labels may hold a slash (hsmpi/m5), so cells sit one or two folders deep: search them all.
+    for path in sorted(glob.glob(os.path.join(out, "cells", "**", "seed*.json"), recursive=True)):
         with open(path) as f:
             c = json.load(f)
         s = c["settings"]

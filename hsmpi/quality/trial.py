@@ -31,6 +31,7 @@ class Problem:
     population: int  # S: trials per baseline
     epochs: int  # M: epochs per trial
     sessions: int  # m: hsmpi's sessions
+    workdir: str | None = None  # where hsmpi runs keep their output (a temporary folder when None)
     task: Any = None
     data: dict[str, Data] = field(default_factory=dict)
 
