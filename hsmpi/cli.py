@@ -70,6 +70,8 @@ def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--truncation-fraction", type=float, help="truncation: bottom/top fraction (default 0.25)")
     p.add_argument("--elitism", action=argparse.BooleanOptionalAction,
                    help="return the best member ever seen on validation; --no-elitism: the last winner (default on)")
+    p.add_argument("--holdout", type=float, metavar="F",
+                   help="hold back this fraction of the validation split to judge the returned model (default 0)")
     p.add_argument("--out", help="output folder (default hsmpi-out)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
     p.add_argument("--members-per-rank", type=int, help="K members per rank, trained one after the other")

@@ -40,6 +40,7 @@ class Config:
     resample_probability: float = 0.25  # perturb: chance of a fresh draw instead of x0.8/x1.2
     select: str = "truncation"  # chosen from the quality benchmark (docs/benchmarks.md); "winner" is the paper's
     truncation_fraction: float = 0.25
+    holdout: float = 0.0  # fraction of the validation split held back to judge the returned model only
     elitism: bool = True  # return the best member ever seen on validation (False: the last session's winner)
     out: str = "hsmpi-out"
     device: str = "auto"
@@ -84,6 +85,9 @@ class Config:
                 make_sampler("urs", radius=self.radius_final)
             except ValueError as err:
                 raise ConfigError(f"radius-final: {str(err).split(': ', 1)[1]}") from None
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) \
+                or not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"holdout must be a fraction in [0, 1), but got {self.holdout!r}")
         if not isinstance(self.elitism, bool):
             raise ConfigError(f"elitism must be true or false, but got {self.elitism!r}")
         if not isinstance(self.independent_init, bool):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Subset, TensorDataset
 
 from . import flatstate, vectorize
 from .comm import SerialComm
@@ -103,7 +104,8 @@ class Search:
         self.schedule = session_epochs(config.epochs, config.sessions)
         self.history = History()
         self.best = Best()  # its state lives on rank 0 only
-        self.best_val_loss = math.inf  # the same on every rank
+        self.best_val_loss = math.inf  # the same on every rank (on the held-back part with --holdout)
+        self.holdout_losses: dict[int, float] = {}  # this session's losses of local members on the held-back part
         self.device = torch.device("cpu")
         self.buffer = flatstate.Buffer(self.device)
         self.data: dict[str, Data] = {}
@@ -151,6 +153,10 @@ class Search:
                 if len(ds) == 0:
                     return f"the task's {name} split is empty"
                 self.data[name] = Data(ds, self.device)
+            if self.config.holdout > 0:
+                error = self._hold_back(splits[1])
+                if error:
+                    return error
             x0, y0 = self.data["train"].sample(1)
             for name in ("val", "test"):
                 x, y = self.data[name].sample(1)
@@ -159,6 +165,22 @@ class Search:
                             f"but train has {tuple(x0.shape[1:])} / {tuple(y0.shape[1:])}")
         except Exception as err:  # a user's task: report what it raised, once
             return f"the task's data() failed: {type(err).__name__}: {err}"
+        return None
+
+    def _hold_back(self, val: Any) -> str | None:
+        """--holdout: the validation split's last part judges the returned model only, never a session."""
+        n = len(val)
+        held = int(round(self.config.holdout * n))
+        if held < 1 or held >= n:
+            return (f"holdout {self.config.holdout} of a validation split of {n} items leaves "
+                    f"{n - held} for selection and {held} held back; both need at least one")
+        parts: tuple[Any, Any]
+        if isinstance(val, TensorDataset):
+            parts = (TensorDataset(*(t[:n - held] for t in val.tensors)),
+                     TensorDataset(*(t[n - held:] for t in val.tensors)))
+        else:
+            parts = Subset(val, range(n - held)), Subset(val, range(n - held, n))
+        self.data["val"], self.data["holdout"] = Data(parts[0], self.device), Data(parts[1], self.device)
         return None
 
     def _build_members(self, mine: dict[int, HParams]) -> str | None:
@@ -214,6 +236,11 @@ class Search:
         else:
             val = [m.evaluate(self.data["val"]) for m in self.members]
         val = [v if math.isfinite(tl) else math.inf for v, tl in zip(val, train)]
+        if "holdout" in self.data:
+            held = (vectorize.evaluate(self.members, self.data["holdout"]) if batched
+                    else [m.evaluate(self.data["holdout"]) for m in self.members])
+            self.holdout_losses = {m.index: h if math.isfinite(v) else math.inf
+                                   for m, h, v in zip(self.members, held, val)}
         times[1] = time.perf_counter() - t
         return train, val, times
 
@@ -267,15 +294,26 @@ class Search:
         t = time.perf_counter()
         # Every rank knows both numbers, so every rank agrees.  Without elitism the
         # best is simply the latest finite winner (the last session's, at the end).
-        new_best = value < self.best_val_loss or (not self.config.elitism and math.isfinite(value))
+        # With --holdout the winner is judged on the held-back part, which no
+        # session's selection has seen.
+        judged = self._holdout_of(winner) if self.config.holdout > 0 and math.isfinite(value) else value
+        new_best = judged < self.best_val_loss or (not self.config.elitism and math.isfinite(judged))
         if new_best:
-            self.best_val_loss = value
+            self.best_val_loss = judged
         donors = sorted({int(s) for i, s in enumerate(sources) if s != i} | ({winner} if new_best else set()))
         self.last_donors = set(donors)  # every rank: rank 0 holds a copy of each of these states
         for donor in donors:
-            self._share(donor, sources, mine, winner, new_best, value, k)
+            self._share(donor, sources, mine, winner, new_best, judged, k)
         times[4] = time.perf_counter() - t
         return value, winner, note, times
+
+    def _holdout_of(self, member: int) -> float:
+        """The member's loss on the held-back part, from its owner to every rank (inf when not known:
+        a session re-planned on resume was judged before the checkpoint)."""
+        owner = self.owner(member)
+        mine = self.holdout_losses.get(member, math.inf) if self.comm.rank == owner else None
+        self.holdout_losses = {}
+        return float(self.comm.bcast(mine, root=owner))
 
     def record_times(self, times: np.ndarray, replan: bool = False) -> None:
         """Every rank's phase times for the session to rank 0's history."""

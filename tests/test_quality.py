@@ -17,7 +17,7 @@ from hsmpi.quality import methods, tables
 from hsmpi.quality.trial import Problem, train_trial
 from hsmpi.space import check_hparams, sample_space
 
-from .conftest import ROOT, mpirun
+from conftest import ROOT, mpirun
 
 pytest.importorskip("sklearn")
 
