@@ -41,12 +41,27 @@ class Method:
     needs: str = ""  # the module it imports (for a clear error when the extra is missing)
 
 
+# hsmpi's algorithm settings, written out in every hsmpi cell: a stored cell made
+# under other defaults is then never mistaken for one of the current defaults.
+ALGORITHM = ("sampler", "radius", "radius_final", "resample_probability", "select", "truncation_fraction",
+             "elitism", "holdout", "independent_init", "batch_size")
+
+
+def hsmpi_defaults(**changes: Any) -> dict[str, Any]:
+    """hsmpi's current defaults for the algorithm's settings, with `changes` applied."""
+    from ..config import Config
+
+    defaults = Config().to_dict()
+    return {**{k: defaults[k] for k in ALGORITHM}, **changes}
+
+
 def baselines(population: int) -> list[Method]:
     """The methods of the main table, hsmpi's defaults first."""
     scaled = max(2, population // 4)
     return [
-        Method("hsmpi", methods.hsmpi_method, {}, parallel=True),
-        Method("hsmpi-pbt", methods.hsmpi_method, {"select": "truncation", "sampler": "perturb"}, parallel=True),
+        Method("hsmpi", methods.hsmpi_method, hsmpi_defaults(), parallel=True),
+        Method("hsmpi-pbt", methods.hsmpi_method, hsmpi_defaults(select="truncation", sampler="perturb"),
+               parallel=True),
         Method("random", methods.random_search),
         Method("hyperopt-tpe", methods.hyperopt_tpe, {}, needs="hyperopt"),
         Method(f"hyperopt-tpe-s{scaled}", methods.hyperopt_tpe, {"startup": scaled}, needs="hyperopt"),
