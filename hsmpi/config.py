@@ -35,13 +35,13 @@ class Config:
     sessions: int = 6  # m, each of about M/m epochs
     seed: int = 0
     sampler: str = "urs"
-    radius: float = 0.15  # urs: half-width of the box in normalised coordinates
+    radius: float = 0.3  # urs: half-width of the box in normalised coordinates (the paper: 0.15)
     radius_final: float | None = None  # urs: shrink the box geometrically to this half-width by the last draw
     resample_probability: float = 0.25  # perturb: chance of a fresh draw instead of x0.8/x1.2
     select: str = "truncation"  # chosen from the quality benchmark (docs/benchmarks.md); "winner" is the paper's
     truncation_fraction: float = 0.25
     holdout: float = 0.0  # fraction of the validation split held back to judge the returned model only
-    elitism: bool = True  # return the best member ever seen on validation (False: the last session's winner)
+    elitism: bool = False  # True: return the best member ever seen on validation; False: the last session's best
     out: str = "hsmpi-out"
     device: str = "auto"
     members_per_rank: int | None = None  # K; None: spread S over the ranks

@@ -7,14 +7,13 @@ from .runner import Method, hsmpi_defaults
 
 # Each variant changes one documented option of hsmpi from its defaults.
 VARIANTS: dict[str, dict[str, object]] = {
-    "paper-minimal": {"select": "winner", "elitism": False},  # one winner, the last winner returned
-    "winner": {"select": "winner"},  # the paper's selection, with elitism
-    "no-elitism": {"elitism": False},  # truncation, the last session's best returned
+    "paper-minimal": {"select": "winner", "radius": 0.15},  # one winner, radius 0.15, the last winner returned
+    "winner": {"select": "winner"},  # the paper's selection rule, otherwise the defaults
+    "elitism": {"elitism": True},  # return the best member of any session
+    "elitism-holdout-0.3": {"elitism": True, "holdout": 0.3},  # ... judged on 30% of validation held back
+    "radius-0.15": {"radius": 0.15},  # the paper's box
+    "shrink-radius": {"radius_final": 0.05},  # the box shrinks from 0.3 to 0.05 over the sessions
     "fraction-0.5": {"truncation_fraction": 0.5},  # the bottom half copies the top half
-    "radius-0.3": {"radius": 0.3},
-    "shrink-radius": {"radius_final": 0.03},  # the box shrinks from 0.15 to 0.03 over the sessions
-    "holdout-0.3": {"holdout": 0.3},  # 30% of the validation split judges the returned model only
-    "holdout-0.5": {"holdout": 0.5},
 }
 
 
