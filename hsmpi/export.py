@@ -1,6 +1,6 @@
 """Plain PyTorch state dicts of the best networks, beside the results file (rank 0 only).
 
-`best.pt` is the best member ever seen on validation (what `test/best_loss`
+`best.pt` is the member hsmpi returns (the last session's best, or the best ever with elitism; what `test/best_loss`
 reports); `top1.pt` ... `topK.pt` are the final population's K best members
 by their last validation loss, described in `top.json`.  Load one with
 `model.load_state_dict(torch.load(path))` (tensors only: `weights_only=True` works).

@@ -8,7 +8,7 @@ Layout (S members, m sessions, R ranks):
   session; its own index = kept, -1 = the best state so far), `note` (m),
   `hparams/<name>` (m x S: the values each member trained with),
   `time/<phase>` (m x R seconds: train, val, select, scatter, bcast, checkpoint);
-- `best/`: the best member ever seen on validation: `weights/<tensor>`,
+- `best/`: the member returned (last session's best, or best ever with elitism): `weights/<tensor>`,
   `hparams/<name>` (scalars), attributes `val_loss`, `session`, `member`;
 - `population/`: the final population: `weights/<tensor>` (S x shape),
   `hparams/<name>` (S), `val_loss` (S, last session);
