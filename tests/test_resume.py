@@ -58,7 +58,7 @@ def test_stop_after_session_k_then_resume_equals_uninterrupted(
 @pytest.mark.parametrize("before,after", [(4, 2), (2, 4), (4, 1)])
 def test_resume_on_another_number_of_ranks(before: int, after: int, uninterrupted: dict[str, Path],
                                            tmp_path: Path) -> None:
-    first = run_hsmpi([*BASE, "--out", str(tmp_path), "--stop-after", "2"], ranks=before)
+    first = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path), "--stop-after", "2"], ranks=before)
     assert first.returncode == EXIT_STOPPED, first.stderr
     second = run_hsmpi(["--resume", str(tmp_path / "checkpoint.h5")], ranks=after)
     assert second.returncode == 0, second.stderr
@@ -66,7 +66,7 @@ def test_resume_on_another_number_of_ranks(before: int, after: int, uninterrupte
 
 
 def test_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str, Path], tmp_path: Path) -> None:
-    first = run_hsmpi([*BASE, "--out", str(tmp_path), "--stop-after", "3"], ranks=2)
+    first = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path), "--stop-after", "3"], ranks=2)
     assert first.returncode == EXIT_STOPPED
     latest = tmp_path / "checkpoint.h5"
     latest.write_bytes(latest.read_bytes()[:1000])
