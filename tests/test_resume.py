@@ -78,7 +78,7 @@ def test_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str, 
 
 
 def test_a_finished_run_can_be_extended(tmp_path: Path) -> None:
-    first = run_hsmpi([*BASE, "--out", str(tmp_path)], ranks=2)
+    first = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path)], ranks=2)
     assert first.returncode == 0, first.stderr
     second = run_hsmpi(["--resume", "auto", "--out", str(tmp_path), "-m", "6", "-M", "12"], ranks=2)
     assert second.returncode == 0, second.stderr
