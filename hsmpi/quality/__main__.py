@@ -26,7 +26,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default="bench-out", help="folder for cells, tables and figures (default bench-out)")
     p.add_argument("--quick", action="store_true", help="a smoke run: S=4, M=4, m=2, 2 seeds")
     p.add_argument("--tasks", nargs="+", default=list(BUILTIN), choices=list(BUILTIN))
-    p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 10, quick 2)")
+    p.add_argument("--seeds", type=int, help="how many seeds (default 10, quick 2)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds FIRST..FIRST+N-1 (default 0; e.g. 10 to confirm on seeds no default was chosen on)")
     p.add_argument("-S", "--population", type=int, help="members / trials per method (default 16)")
     p.add_argument("-M", "--epochs", type=int, help="epochs per member / trial (default 30)")
     p.add_argument("-m", "--sessions", type=int, help="hsmpi's sessions (default 6)")
@@ -40,6 +42,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
             setattr(ns, key, base[key])
         if getattr(ns, key) < 1:
             p.error(f"--{key} must be at least 1")
+    if ns.first_seed < 0:
+        p.error("--first-seed must be at least 0")
     if ns.sessions > ns.epochs:
         p.error(f"-m ({ns.sessions}) must not exceed -M ({ns.epochs})")
     if ns.sweep_m is not None and ns.sweep_m not in BUILTIN:
@@ -56,7 +60,7 @@ def plan(ns: argparse.Namespace) -> tuple[list[Cell], list[Method], list[Method]
         if unknown:
             raise SystemExit(f"hsmpi.quality: error: unknown method(s) {unknown}; expected some of {sorted(known)}")
         main = [m for m in main if m.label in ns.methods]
-    seeds = range(ns.seeds)
+    seeds = range(ns.first_seed, ns.first_seed + ns.seeds)
     cells = [Cell(t, s, m) for t in ns.tasks for s in seeds for m in main]
     abl = ablation.variants() if ns.ablation else []
     cells += [Cell(t, s, m) for t in ns.tasks for s in seeds for m in abl]
@@ -71,7 +75,7 @@ def report(ns: argparse.Namespace, main: list[Method], abl: list[Method], sweep:
     cells = tables.load_cells(ns.out)
     names = [m.label for m in main]
     lines = [f"# hsmpi quality benchmark: S={ns.population}, M={ns.epochs}, m={ns.sessions}, "
-             f"{ns.seeds} seeds", "",
+             f"seeds {ns.first_seed}-{ns.first_seed + ns.seeds - 1}", "",
              f"Command: `mpirun -n {ranks} python -m hsmpi.quality {' '.join(sys.argv[1:])}` "
              f"({seconds / 60:.1f} min for the cells run this time)", "",
              "## Median test loss per task (relative: how much lower hsmpi's median is)", ""]
@@ -88,7 +92,7 @@ def report(ns: argparse.Namespace, main: list[Method], abl: list[Method], sweep:
         lines += ["", f"## Sessions m at M={ns.epochs} on {ns.sweep_m}", ""]
         lines += tables.task_table(cells, ns.sweep_m, ["hsmpi"] + [m.label for m in sweep])
     figures = [tables.curves(cells, ns.tasks, names, os.path.join(ns.out, "curves.png")),
-               tables.figure_1b(cells, 0, os.path.join(ns.out, "figure1b.png"))]
+               tables.figure_1b(cells, ns.first_seed, os.path.join(ns.out, "figure1b.png"))]
     lines += ["", "Figures: " + ", ".join(os.path.basename(f) for f in figures if f)]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(ns.out, "results.md"), "w") as f:
