@@ -78,7 +78,8 @@ def report(ns: argparse.Namespace, main: list[Method], abl: list[Method], sweep:
              f"seeds {ns.first_seed}-{ns.first_seed + ns.seeds - 1}", "",
              f"Command: `mpirun -n {ranks} python -m hsmpi.quality {' '.join(sys.argv[1:])}` "
              f"({seconds / 60:.1f} min for the cells run this time)", "",
-             "## Median test loss per task (relative: how much lower hsmpi's median is)", ""]
+             "## Median test loss per task (in brackets: hsmpi's median relative to the method's; "
+             "negative: hsmpi's is lower)", ""]
     lines += tables.summary_rows(cells, ns.tasks, names)
     for task in ns.tasks:
         lines += ["", f"## {task}", ""] + tables.task_table(cells, task, names + ["hsmpi#ensemble_test"])
