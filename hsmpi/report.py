@@ -76,14 +76,22 @@ def summary(h: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(h: dict[str, Any], folder: str) -> list[str]:
-    """losses.png and hparams.png; [] when matplotlib is missing."""
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files only (the Agg backend), or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plots(h: dict[str, Any], folder: str) -> list[str]:
+    """losses.png and hparams.png; [] when matplotlib is missing."""
+    plt = pyplot()
+    if plt is None:
         return []
     done = np.cumsum(h["epochs"])
     m, s = h["val_loss"].shape

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -51,14 +51,16 @@ def _attr(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: str, fill: Any) -> None:
-    """Write an HDF5 file through a temporary file in the same folder, fsync, then rename over `path`."""
+def replace_atomically(path: str, write: Callable[[str], None], suffix: str = "") -> None:
+    """Have `write(tmp)` write a temporary file in `path`'s folder, fsync it, then rename it over `path`.
+
+    A run killed at any point leaves either the old file or the new one, never half of one.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
+        write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -66,6 +68,14 @@ def write_atomic(path: str, fill: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: str, fill: Any) -> None:
+    """Write an HDF5 file atomically: `fill(f)` gets the open h5py File."""
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
+    replace_atomically(path, write, ".h5")
 
 
 def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any], space: Mapping[str, Any],

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from ..comm import SerialComm
+from ..results import replace_atomically
 from . import methods
 from .trial import Problem
 
@@ -148,15 +148,8 @@ def _one(cell: Cell, comm: SerialComm, out: str, population: int, epochs: int, s
 
 
 def write_json(path: str, record: dict[str, Any]) -> None:
-    """Write through a temporary file in the same folder and rename: a killed run leaves no half cell."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Write a cell atomically: a killed run leaves no half cell."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_atomically(path, write, ".json")

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..report import pyplot
+
 
 def load_cells(out: str) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
     """(task, method) -> seed -> stored cell."""
@@ -114,12 +116,8 @@ def summary_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks:
 def curves(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str], methods: list[str],
            path: str) -> str | None:
     """Median best-so-far validation loss against cumulative epochs, one panel per task."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -154,12 +152,8 @@ def curves(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[
 def figure_1b(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], seed: int, path: str,
               against: str = "hyperopt-tpe") -> str | None:
     """regression1d: the test function with the best networks of hsmpi and of a baseline (the paper's Fig. 1b)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     from ..tasks.regression1d import Regression1D
 
