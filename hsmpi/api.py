@@ -48,8 +48,8 @@ def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], No
     or a task object; `options` are `Config`'s fields (population, epochs,
     sessions, seed, sampler, select, out, device, members_per_rank, resume,
     ...); `comm` is an mpi4py communicator (default COMM_WORLD).  Call it on
-    every rank.  Rank 0 writes `<out>/results.h5` and a checkpoint after
-    every session.  With `resume`, settings not given come from the checkpoint.
+    every rank.  Rank 0 writes `<out>/results.h5` and checkpoints
+    (`checkpoint_interval`).  With `resume`, settings not given come from the checkpoint.
     """
     comm = as_comm(comm)
     name = task if isinstance(task, str) else f"{type(task).__module__}:{type(task).__qualname__}"
@@ -187,29 +187,54 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         if comm.is_root:
             lineage.trim(config.out, search.next_session - 1)
             lineage.append(config.out, lineage.record(search, search.next_session - 1))
+    saver = _Saver(config)
     for k in range(search.next_session, len(search.schedule)):
         value, winner, note, times = search.run_session(k)
         if comm.is_root:
             lineage.append(config.out, lineage.record(search, k))
-        search.record_times(times)  # before the checkpoint, so that it holds this session's times too
-        t = time.perf_counter()
-        state = collect(search, k)
-        ckpt_path = os.path.join(config.out, checkpoint.LATEST)
-        if comm.is_root:
-            assert state is not None
-            ckpt_path = checkpoint.save(config.out, state, k, config.keep_checkpoints)
-        times[5] = time.perf_counter() - t
-        if comm.is_root:  # the checkpoint column is rank 0's writing time, known only now
-            search.history.time[-1][0, 5] = times[5]
-        search.log_session(k, value, winner, note, times, time.perf_counter() - start)
-        if k < len(search.schedule) - 1:
+        last = k == len(search.schedule) - 1
+        signum = 0
+        if not last:
             # A signal on any rank stops every rank here, at the same boundary.
             signum = int(comm.allreduce_max(float(signals.requested())))
             if not signum and config.stop_after is not None and k + 1 >= config.stop_after:
                 signum = -1
-            if signum:
-                raise Stopped(signum, k + 1, len(search.schedule), ckpt_path)
+        # Rank 0's clock decides; every rank must agree, since collecting the state is collective.
+        write = bool(comm.bcast(last or signum != 0 or saver.due() if comm.is_root else None))
+        search.record_times(times)  # before the checkpoint, so that it holds this session's times too
+        if write:
+            times[5] = saver.save(search, k)
+            if comm.is_root:  # the checkpoint column is rank 0's writing time, known only now
+                search.history.time[-1][0, 5] = times[5]
+        search.log_session(k, value, winner, note, times, time.perf_counter() - start, write)
+        if signum:
+            raise Stopped(signum, k + 1, len(search.schedule), saver.path)
     return _finish(search, comm, config, log, start)
+
+
+class _Saver:
+    """Writes checkpoints (collective) and, on rank 0, knows when the next one is due."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.path = os.path.join(config.out, checkpoint.LATEST)
+        self.since = time.perf_counter()  # the last checkpoint, or the start of training
+        self.cost: float | None = None  # what the last one took
+
+    def due(self) -> bool:
+        return checkpoint.due(self.config.checkpoint_seconds(), time.perf_counter() - self.since, self.cost)
+
+    def save(self, search: Search, k: int) -> float:
+        """Write the state after session k; return the seconds it took (rank 0's, from the gather on)."""
+        t = time.perf_counter()
+        state = collect(search, k)
+        if search.comm.is_root:
+            assert state is not None
+            lineage.sync(self.config.out)
+            self.path = checkpoint.save(self.config.out, state, k, self.config.keep_checkpoints)
+        self.since = time.perf_counter()
+        self.cost = self.since - t
+        return self.cost
 
 
 def _replan(search: Search) -> None:

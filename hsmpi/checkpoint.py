@@ -1,6 +1,7 @@
 """Checkpoints: a run's state as HDF5 (arrays, JSON text and plain attributes; never pickles).
 
-Written by rank 0 after every session: a temporary file in the same folder,
+Written by rank 0 after a session (which sessions: `due`), after the last one
+and whenever the run is told to stop: a temporary file in the same folder,
 flushed and fsynced, the previous checkpoint kept as `checkpoint.prev.h5`,
 then `os.replace`.  Reading falls back to the backup, with a warning, when the
 latest file is missing, truncated or not a checkpoint.
@@ -26,8 +27,33 @@ LATEST = "checkpoint.h5"
 BACKUP = "checkpoint.prev.h5"
 
 
+# --checkpoint-interval auto: keep writing checkpoints to about this share of the run's time, never
+# checkpoint more often than AUTO_MIN_SECONDS (at most that much work goes unsaved to keep runs of tiny
+# sessions fast), and never let more than AUTO_MAX_SECONDS go unsaved because a checkpoint is expensive.
+AUTO_SHARE = 0.02
+AUTO_MIN_SECONDS = 1.0
+AUTO_MAX_SECONDS = 600.0
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why."""
+
+
+def due(interval: float | None, since_last: float, last_cost: float | None) -> bool:
+    """Should a checkpoint be written after this session (not the last, no stop asked for)?
+
+    `interval`: seconds between checkpoints (0: after every session) or None
+    for auto: 1/AUTO_SHARE times what the previous checkpoint took, within
+    [AUTO_MIN_SECONDS, AUTO_MAX_SECONDS] (the minimum before the first one).
+    Sessions of seconds or more are all checkpointed; a run of many
+    sub-second sessions spends about 2% of its time on checkpoints instead of
+    most of it.  `since_last`: seconds since the last checkpoint (or since
+    training began); `last_cost`: seconds the last one took, None before the first.
+    """
+    if interval is None:
+        wanted = AUTO_MIN_SECONDS if last_cost is None else last_cost / AUTO_SHARE
+        interval = min(max(wanted, AUTO_MIN_SECONDS), AUTO_MAX_SECONDS)
+    return since_last >= interval
 
 
 def _fill(group: h5py.Group, state: dict[str, Any]) -> None:

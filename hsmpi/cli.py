@@ -48,6 +48,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(status)
 
 
+def _interval(text: str) -> float | str:
+    """--checkpoint-interval: 'auto' or a number of seconds (checked by Config)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'auto', got {text!r}") from None
+
+
 def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p = _Parser(prog="python -m hsmpi", add_help=False,
                 description="Hypersearch as an MPI job: mpirun -n 8 python -m hsmpi [options]. "
@@ -81,6 +91,9 @@ def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint file or folder; auto: the --out folder's, if it has one")
     p.add_argument("--keep-checkpoints", type=int, help="checkpoints to keep besides the backup (default 1)")
+    p.add_argument("--checkpoint-interval", type=_interval, metavar="SECONDS|auto",
+                   help="seconds between checkpoints; 0: after every session; auto: about 2%% of the run's time "
+                        "(default). The last session and any stop always get one")
     p.add_argument("--progress", action="store_true",
                    help="a live bar within each session on a terminal (quiet when output is not a terminal)")
     p.add_argument("--export-top", type=int, metavar="K",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ class Config:
     threads: int = 0  # torch threads per rank; 0: the node's cores / ranks on the node
     resume: str | None = None  # a checkpoint file or folder, or "auto" (the out folder's, if any)
     keep_checkpoints: int = 1  # checkpoints kept besides the backup: the latest, plus N-1 older ones
+    checkpoint_interval: float | str = "auto"  # seconds between checkpoints; 0: every session; auto: see checkpoint.due
     stop_after: int | None = None  # stop (checkpoint, exit 75) once this session number is done
     progress: bool = False  # a live bar within each session, on a terminal only
     export_top: int = 3  # best.pt plus the final population's best K as PyTorch state dicts
@@ -97,6 +99,9 @@ class Config:
         if self.resume is not None and (not isinstance(self.resume, str) or not self.resume):
             raise ConfigError(f"resume must be a checkpoint path or 'auto', but got {self.resume!r}")
         _int("keep-checkpoints", self.keep_checkpoints, 1)
+        ci = self.checkpoint_interval
+        if ci != "auto" and (isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 <= ci < math.inf):
+            raise ConfigError(f"checkpoint-interval must be 'auto' or seconds >= 0, but got {ci!r}")
         _int("export-top", self.export_top, 0)
         if not isinstance(self.progress, bool):
             raise ConfigError(f"progress must be true or false, but got {self.progress!r}")
@@ -104,6 +109,10 @@ class Config:
             raise ConfigError(f"vectorize must be one of {list(VECTORIZE)}, but got {self.vectorize!r}")
         if self.stop_after is not None:
             _int("stop-after", self.stop_after, 1)
+
+    def checkpoint_seconds(self) -> float | None:
+        """--checkpoint-interval in seconds; None for auto."""
+        return None if self.checkpoint_interval == "auto" else float(self.checkpoint_interval)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

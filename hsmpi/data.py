@@ -53,3 +53,12 @@ class Data:
     def sample(self, n: int = 2) -> Batch:
         """The first few items, for checking shapes before training."""
         return self._take(torch.arange(min(n, self.length)))
+
+
+def epoch_sum(batch_losses: list[torch.Tensor], n: int, size: int) -> torch.Tensor:
+    """Sum over an epoch of batch-mean losses x batch sizes (batches of `size`, the last one the rest of `n`)."""
+    weights = torch.full((len(batch_losses),), float(size), dtype=torch.float64)
+    weights[-1] = n - size * (len(batch_losses) - 1)
+    stacked = torch.stack(batch_losses).double()  # (batches,) or (batches, members)
+    weights = weights.to(stacked.device)
+    return (stacked * (weights if stacked.dim() == 1 else weights[:, None])).sum(0)

@@ -50,7 +50,13 @@ def _tensors(model: torch.nn.Module,
              optimizer: torch.optim.Optimizer) -> tuple[list[tuple[Key, torch.Tensor]], dict[Key, Any]]:
     tensors: list[tuple[Key, torch.Tensor]] = [(("model", k), v) for k, v in model.state_dict().items()]
     scalars: dict[Key, Any] = {}
-    for index, state in optimizer.state_dict()["state"].items():
+    # The indexing of optimizer.state_dict() (parameters numbered across groups, those with state only),
+    # read straight from the optimizer: state_dict() copies every group and runs hooks, twice per share.
+    params = (p for group in optimizer.param_groups for p in group["params"])
+    for index, param in enumerate(params):
+        state = optimizer.state.get(param)
+        if not state:
+            continue
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
                 tensors.append((("opt", index, name), value))
@@ -77,8 +83,13 @@ def _view(flat: torch.Tensor, entry: Entry) -> torch.Tensor:
 def pack(model: torch.nn.Module, optimizer: torch.optim.Optimizer, header: Header, flat: torch.Tensor) -> None:
     """Copy the state into `flat` (a uint8 tensor of at least header.nbytes, on the model's device)."""
     tensors, _ = _tensors(model, optimizer)
-    for entry, (_, t) in zip(header.entries, tensors):
-        _view(flat, entry).copy_(t)
+    same = [(_view(flat, e), t) for e, (_, t) in zip(header.entries, tensors) if t.device == flat.device]
+    with torch.no_grad():
+        if same:
+            torch._foreach_copy_([d for d, _ in same], [t for _, t in same])  # one call for the bulk
+        for entry, (_, t) in zip(header.entries, tensors):
+            if t.device != flat.device:  # e.g. Adam's CPU `step` beside GPU weights
+                _view(flat, entry).copy_(t)
 
 
 def unpack(

@@ -40,10 +40,17 @@ def record(search: Search, k: int) -> dict[str, Any]:
 
 
 def append(out: str, line: dict[str, Any]) -> None:
+    """One session's line (not fsynced: `sync` runs before each checkpoint, and a resume trims to it)."""
     with open(os.path.join(out, NAME), "a") as f:
         f.write(json.dumps(line) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+
+
+def sync(out: str) -> None:
+    """Make the lines written so far durable (before a checkpoint that counts on them)."""
+    path = os.path.join(out, NAME)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
 
 
 def trim(out: str, sessions: int) -> None:

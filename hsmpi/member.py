@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import flatstate
-from .data import Data
+from .data import Data, epoch_sum
 from .space import HParams
 from .tasks import task_loss
 
@@ -96,14 +96,14 @@ class Member:
         mean = math.nan
         try:
             for _ in range(epochs):
-                total = torch.zeros((), dtype=torch.float64, device=self.device)
+                losses = []
                 for x, y in data.shuffled(self.batch_size, self.data_gen):
                     self.optimizer.zero_grad(set_to_none=True)
                     loss = task_loss(self.task, self.model(x), y)
                     loss.backward()
                     self.optimizer.step()
-                    total += loss.detach().double() * len(x)
-                mean = float(total) / len(data)
+                    losses.append(loss.detach())  # summed once per epoch: no extra tensor operations per step
+                mean = float(epoch_sum(losses, len(data), self.batch_size)) / len(data)
                 if on_epoch is not None:
                     on_epoch()
                 if not math.isfinite(mean):

@@ -410,8 +410,9 @@ class Search:
             if s == donor and i in local and i != donor:
                 local[i].adopt(header, self.buffer.device_view(), mine[i], self.buffer.host)
 
-    def log_session(self, k: int, value: float, winner: int, note: str, times: np.ndarray, elapsed: float) -> None:
-        """Rank 0's one line for session k (times: this rank's phases)."""
+    def log_session(self, k: int, value: float, winner: int, note: str, times: np.ndarray, elapsed: float,
+                    saved: bool = True) -> None:
+        """Rank 0's one line for session k (times: this rank's phases; `saved`: a checkpoint was written)."""
         if not self.comm.is_root:
             return
         m, done = len(self.schedule), sum(self.schedule[:k + 1])
@@ -421,7 +422,7 @@ class Search:
         line = (f"session {k + 1}/{m} | epochs {done}/{total} | best val {value:.5g} "
                 f"(member {winner}) | {hp} | {times.sum():.2f}s "
                 f"(train {times[0]:.2f}, val {times[1]:.2f}, share {times[2:5].sum():.3f}, "
-                f"checkpoint {times[5]:.3f}) | elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+                f"checkpoint {f'{times[5]:.3f}' if saved else 'not due'}) | elapsed {elapsed:.0f}s, eta {eta:.0f}s")
         self.log(line + (f" | {note}" if note else ""))
 
 

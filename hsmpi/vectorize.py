@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, vmap
 
-from .data import Data
+from .data import Data, epoch_sum
 from .member import Member
 from .tasks import task_loss
 
@@ -229,15 +229,15 @@ def train(members: list[Member], data: Data, epochs: int,
         # A diverged member draws no more data orders, as in the one-at-a-time path, so its stream stays in step.
         orders = torch.stack([torch.randperm(len(data), generator=m.data_gen) if ok else torch.arange(len(data))
                               for m, ok in zip(members, alive)]).to(x_all.device)
-        total = torch.zeros(len(members), dtype=torch.float64, device=x_all.device)
+        batch_losses = []
         for start in range(0, len(data), size):
             index = orders[:, start:start + size]
             losses = losses_of(batched.params(), x_all[index], y_all[index])
             batched.flat.grad = None
             losses.sum().backward()
             batched.step()
-            total += losses.detach().double() * index.shape[1]
-        epoch_means = (total / len(data)).cpu()
+            batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
+        epoch_means = (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
         if on_epoch is not None:
             for _ in members:
                 on_epoch()

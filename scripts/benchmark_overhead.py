@@ -2,6 +2,7 @@
 
     mpirun -n 2 python scripts/benchmark_overhead.py                    # everything
     mpirun -n 2 python scripts/benchmark_overhead.py --skip-e2e --max-params 1e7
+    mpirun -n 2 python scripts/benchmark_overhead.py --skip-bcast -M 30 120 --repeats 7
 
 Part 1 (broadcast sweep): a synthetic model of N parameters (N = 1e3 ... 1e8)
 with SGD momentum state; the time to share its state the way hsmpi does
@@ -12,7 +13,7 @@ Part 2 (end to end): for each built-in task, `hsmpi.run` with S = K x ranks
 members (K per rank) against K plain PyTorch training loops per rank (same
 model, optimizer, batch size and epochs; each rank running its own at the
 same time, as hsmpi's ranks do), both timed inside the same job; the ratio
-is hsmpi's time over the plain loops' time.
+is hsmpi's time over the plain loops' time (median of alternated repeats).
 Rank 0 prints Markdown tables.  Each task is warmed up first (one plain
 epoch), so one-time imports are charged to neither side.
 """
@@ -133,35 +134,54 @@ def plain_loops(task_name: str, members: list[int], epochs: int, seed: int, batc
     return time.perf_counter() - start
 
 
-def end_to_end(comm: Comm, tasks: list[str], per_rank: list[int], epochs: int, sessions: int) -> None:
+def _hsmpi_once(comm: Comm, task_name: str, population: int, epochs: int, sessions: int,
+                options: dict[str, Any]) -> tuple[float, float]:
+    """One hsmpi.run in a fresh folder: (wall seconds, rank 0's share not training or validating)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = comm.bcast(tmp)
+        comm.barrier()
+        start = MPI.Wtime()
+        result = hsmpi.run(task_name, comm=MPI.COMM_WORLD, population=population, epochs=epochs,
+                           sessions=sessions, threads=1, out=out, log=None, **options)
+        comm.barrier()
+        wall = MPI.Wtime() - start
+        share = overhead_share(result.path) if comm.is_root else math.nan
+        comm.barrier()  # nobody deletes the folder before rank 0 has read the results
+    return wall, share
+
+
+def end_to_end(comm: Comm, tasks: list[str], per_rank: list[int], epochs_list: list[int], sessions: int,
+               repeats: int, options: dict[str, Any]) -> None:
     rows = []
     for task_name in tasks:
         # Warm up: imports (scikit-learn, torch's lazy optimizer machinery) are paid once per process by
         # any script; pay them here so neither side of the comparison is charged with them.
         plain_loops(task_name, [comm.rank], 1, 0, 64)
-        for k in per_rank:
-            population = k * comm.size
-            with tempfile.TemporaryDirectory() as tmp:
-                out = comm.bcast(tmp)
-                comm.barrier()
-                start = MPI.Wtime()
-                result = hsmpi.run(task_name, comm=MPI.COMM_WORLD, population=population, epochs=epochs,
-                                   sessions=sessions, threads=1, out=out, log=None)
-                comm.barrier()
-                t_hs = MPI.Wtime() - start
-                share = overhead_share(result.path) if comm.is_root else math.nan
-            mine = list(range(comm.rank * k, (comm.rank + 1) * k))
-            comm.barrier()
-            t_plain = comm.allreduce_max(plain_loops(task_name, mine, epochs, 0, 64))
-            rows.append((task_name, k, population, t_plain, t_hs, share))
+        for epochs in epochs_list:
+            for k in per_rank:
+                population = k * comm.size
+                mine = list(range(comm.rank * k, (comm.rank + 1) * k))
+                hs, plain, shares = [], [], []
+                for _ in range(repeats):  # alternated, so that a slow spell of the machine hits both sides
+                    wall, share = _hsmpi_once(comm, task_name, population, epochs, sessions, options)
+                    hs.append(wall)
+                    shares.append(share)
+                    comm.barrier()
+                    plain.append(comm.allreduce_max(plain_loops(task_name, mine, epochs, 0, 64)))
+                ratios = np.array(hs) / np.array(plain)
+                rows.append((task_name, epochs, k, population, float(np.median(plain)), float(np.median(hs)),
+                             float(np.median(ratios)), float(ratios.min()), float(ratios.max()),
+                             float(np.median(shares))))
     if comm.is_root:
-        print(f"\n### hsmpi against plain PyTorch loops, {comm.size} ranks, M={epochs}, m={sessions}, "
-              "1 thread per rank\n")
-        print("| task | K per rank | S | plain loops (slowest rank) | hsmpi.run | ratio | hsmpi time not "
-              "training or validating |")
-        print("|---|---|---|---|---|---|---|")
-        for name, k, s, tp, th, share in rows:
-            print(f"| {name} | {k} | {s} | {tp:.2f} s | {th:.2f} s | {th / tp:.3f} | {share:.1%} |")
+        extra = "".join(f", {k}={v}" for k, v in options.items())
+        print(f"\n### hsmpi against plain PyTorch loops, {comm.size} ranks, m={sessions}, 1 thread per rank, "
+              f"median of {repeats} alternated runs{extra}\n")
+        print("| task | M | K per rank | S | plain loops (slowest rank) | hsmpi.run | ratio (median) "
+              "| ratio (min-max) | hsmpi time not training or validating |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, epochs, k, s, tp, th, ratio, lo, hi, share in rows:
+            print(f"| {name} | {epochs} | {k} | {s} | {tp:.3f} s | {th:.3f} s | {ratio:.3f} | {lo:.2f}-{hi:.2f} "
+                  f"| {share:.1%} |")
 
 
 def overhead_share(path: str | None) -> float:
@@ -179,7 +199,10 @@ def main() -> None:
     p.add_argument("--max-params", type=float, default=1e8)
     p.add_argument("--tasks", nargs="+", default=["regression1d", "friedman1", "diabetes", "digits"])
     p.add_argument("--per-rank", type=int, nargs="+", default=[1, 4])
-    p.add_argument("-M", "--epochs", type=int, default=30)
+    p.add_argument("-M", "--epochs", type=int, nargs="+", default=[30], help="M (several: one row each)")
+    p.add_argument("--repeats", type=int, default=5, help="alternated hsmpi / plain runs per row (median)")
+    p.add_argument("--checkpoint-interval", default=None,
+                   help="hsmpi's --checkpoint-interval for the end-to-end runs (default: hsmpi's own default)")
     p.add_argument("-m", "--sessions", type=int, default=6)
     p.add_argument("--skip-bcast", action="store_true")
     p.add_argument("--skip-e2e", action="store_true")
@@ -191,7 +214,11 @@ def main() -> None:
     if not args.skip_bcast:
         bcast_sweep(comm, args.max_params)
     if not args.skip_e2e:
-        end_to_end(comm, args.tasks, args.per_rank, args.epochs, args.sessions)
+        options: dict[str, Any] = {}
+        if args.checkpoint_interval is not None:
+            ci = args.checkpoint_interval
+            options["checkpoint_interval"] = ci if ci == "auto" else float(ci)
+        end_to_end(comm, args.tasks, args.per_rank, args.epochs, args.sessions, args.repeats, options)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ BAD_INPUTS = [
     (["--radius", "0"], "radius must be in (0, 1]"),
     (["--radius-final", "1.5"], "radius-final: radius must be in (0, 1], but got 1.5"),
     (["--holdout", "1"], "holdout must be a fraction in [0, 1), but got 1.0"),
+    (["--checkpoint-interval", "-5"], "checkpoint-interval must be 'auto' or seconds >= 0, but got -5.0"),
+    (["--checkpoint-interval", "soon"], "argument --checkpoint-interval: expected seconds or 'auto', got 'soon'"),
     (["--task", task_spec("TinyAdam"), "--holdout", "0.001"], "holdout 0.001 of a validation split of"),
     (["--truncation-fraction", "0.9", "--select", "truncation"], "fraction must be in (0, 0.5]"),
     (["--task", "nosuch"], "is not a built-in task"),

@@ -66,7 +66,8 @@ def test_resume_on_another_number_of_ranks(before: int, after: int, uninterrupte
 
 
 def test_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str, Path], tmp_path: Path) -> None:
-    first = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path), "--stop-after", "3"], ranks=2)
+    first = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path), "--stop-after", "3",
+                       "--checkpoint-interval", "0"], ranks=2)
     assert first.returncode == EXIT_STOPPED
     latest = tmp_path / "checkpoint.h5"
     latest.write_bytes(latest.read_bytes()[:1000])
@@ -89,6 +90,36 @@ def test_a_finished_run_can_be_extended(tmp_path: Path) -> None:
         assert f.attrs["sessions"] == 6
 
 
+def _checkpoint_column(folder: Path) -> list[bool]:
+    """Which sessions wrote a checkpoint (rank 0's checkpoint time is recorded only for those)."""
+    with h5py.File(folder / "results.h5", "r") as f:
+        return [bool(t > 0) for t in f["history/time/checkpoint"][()][:, 0]]
+
+
+def test_checkpoint_interval_zero_writes_after_every_session(tmp_path: Path) -> None:
+    result = run_hsmpi([*BASE, "--out", str(tmp_path), "--checkpoint-interval", "0"], ranks=2)
+    assert result.returncode == 0, result.stderr
+    assert _checkpoint_column(tmp_path) == [True] * 4
+    assert "not due" not in result.stdout
+
+
+def test_a_long_checkpoint_interval_still_saves_the_last_session_and_every_stop(
+        uninterrupted: dict[str, Path], tmp_path: Path) -> None:
+    long = ["--checkpoint-interval", "3600"]
+    full = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path / "full"), *long], ranks=2)
+    assert full.returncode == 0, full.stderr
+    assert _checkpoint_column(tmp_path / "full") == [False, False, False, True]
+    assert full.stdout.count("checkpoint not due") == 3
+    first = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path / "s"), "--stop-after", "2", *long],
+                      ranks=2)
+    assert first.returncode == EXIT_STOPPED, first.stderr
+    assert not (tmp_path / "s" / "checkpoint.prev.h5").exists(), "session 1 was not due, only the stop wrote"
+    second = run_hsmpi(["--resume", "auto", "--out", str(tmp_path / "s")], ranks=2)
+    assert second.returncode == 0, second.stderr
+    assert "2 of 4 sessions done" in second.stdout
+    _same(uninterrupted["winner"], tmp_path / "s")
+
+
 def test_resume_auto_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
     result = run_hsmpi([*BASE, "--resume", "auto", "--out", str(tmp_path)], ranks=2)
     assert result.returncode == 0, result.stderr
@@ -96,7 +127,8 @@ def test_resume_auto_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
 
 
 def test_keep_checkpoints(tmp_path: Path) -> None:
-    result = run_hsmpi([*BASE, "--out", str(tmp_path), "--keep-checkpoints", "3"], ranks=2)
+    result = run_hsmpi([*BASE, "--out", str(tmp_path), "--keep-checkpoints", "3", "--checkpoint-interval", "0"],
+                       ranks=2)
     assert result.returncode == 0, result.stderr
     kept = sorted(p.name for p in tmp_path.glob("checkpoint-s*.h5"))
     assert kept == ["checkpoint-s0002.h5", "checkpoint-s0003.h5"]
@@ -161,3 +193,13 @@ def test_resume_refuses_a_results_file(tmp_path: Path) -> None:
 
 def test_resume_refuses_a_missing_path(tmp_path: Path) -> None:
     _refused(["--resume", str(tmp_path / "nope.h5")], "does not exist")
+
+
+def test_checkpoint_due_rule() -> None:
+    from hsmpi.checkpoint import AUTO_MAX_SECONDS, AUTO_MIN_SECONDS, due
+    assert due(0.0, 0.0, 5.0), "0: after every session"
+    assert not due(10.0, 9.9, 0.01) and due(10.0, 10.0, 0.01)
+    assert not due(None, AUTO_MIN_SECONDS / 2, None) and due(None, AUTO_MIN_SECONDS, None), "auto: first"
+    assert not due(None, 0.5, 0.001) and due(None, AUTO_MIN_SECONDS, 0.001), "auto: at least the minimum"
+    assert not due(None, 4.9, 0.1) and due(None, 5.0, 0.1), "auto: 50x the last cost"
+    assert not due(None, AUTO_MAX_SECONDS - 1, 100.0) and due(None, AUTO_MAX_SECONDS, 100.0), "auto: capped"
