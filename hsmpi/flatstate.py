@@ -80,16 +80,40 @@ def _view(flat: torch.Tensor, entry: Entry) -> torch.Tensor:
     return flat[entry.offset:entry.offset + entry.nbytes].view(_dtype(entry.dtype)).view(entry.shape)
 
 
+# Views of a reused buffer for one layout, kept: building them (three tensor calls each) cost more than
+# the copies themselves for small models.  Held views keep their storage alive, so a data pointer in a
+# key cannot come back as another buffer's; the oldest layouts are dropped beyond _CACHE_SIZE.
+_CACHE: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+_CACHE_SIZE = 16
+
+
+def _layout(header: Header) -> tuple[Any, ...]:
+    return tuple((e.offset, e.nbytes, e.dtype, e.shape) for e in header.entries)
+
+
+def views(flat: torch.Tensor, header: Header) -> list[torch.Tensor]:
+    """One view of `flat` per header entry (cached per buffer and layout)."""
+    key = (flat.device, flat.data_ptr(), _layout(header))
+    found = _CACHE.get(key)
+    if found is None:
+        found = [_view(flat, e) for e in header.entries]
+        if len(_CACHE) >= _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[key] = found
+    return found
+
+
 def pack(model: torch.nn.Module, optimizer: torch.optim.Optimizer, header: Header, flat: torch.Tensor) -> None:
     """Copy the state into `flat` (a uint8 tensor of at least header.nbytes, on the model's device)."""
     tensors, _ = _tensors(model, optimizer)
-    same = [(_view(flat, e), t) for e, (_, t) in zip(header.entries, tensors) if t.device == flat.device]
+    targets = views(flat, header)
+    same = [(d, t) for d, (_, t) in zip(targets, tensors) if t.device == flat.device]
     with torch.no_grad():
         if same:
             torch._foreach_copy_([d for d, _ in same], [t for _, t in same])  # one call for the bulk
-        for entry, (_, t) in zip(header.entries, tensors):
+        for d, (_, t) in zip(targets, tensors):
             if t.device != flat.device:  # e.g. Adam's CPU `step` beside GPU weights
-                _view(flat, entry).copy_(t)
+                d.copy_(t)
 
 
 def unpack(
@@ -102,33 +126,31 @@ def unpack(
     """Load weights and optimizer state from `flat` into `model` and `optimizer`.
 
     The optimizer keeps its own param_groups (its hyperparameters), so the
-    new values win over the sender's.  Its state tensors are views of one
-    fresh copy of the buffer's optimizer part: members on one rank never share
-    momentum buffers.  `host` is the same bytes on the CPU (the pinned host
+    new values win over the sender's.  Its state tensors are fresh copies:
+    members on one rank never share momentum buffers.  `host` is the same bytes on the CPU (the pinned host
     buffer), where tensors that live on the CPU (Adam's step) are read from
     without a device sync.
     """
-    weights = [e for e in header.entries if e.key[0] == "model"]
+    sources = views(flat, header)
+    weights = [(e, v) for e, v in zip(header.entries, sources) if e.key[0] == "model"]
     targets = model.state_dict()
     with torch.no_grad():
-        torch._foreach_copy_([targets[e.key[1]] for e in weights], [_view(flat, e) for e in weights])
+        torch._foreach_copy_([targets[e.key[1]] for e, _ in weights], [v for _, v in weights])
     optimizer.state.clear()
     if header.optimizer != type(optimizer).__name__:
         return  # another optimizer's state means nothing to this one
-    opt_entries = [e for e in header.entries if e.key[0] == "opt"]
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    on_host = views(host, header) if host is not None and flat.device.type != "cpu" else None
     state: dict[int, dict[str, Any]] = {}
-    if opt_entries:
-        start = opt_entries[0].offset
-        region = flat[start:header.nbytes].clone()  # one copy for all of this member's device state
-        source = host if host is not None else flat if flat.device.type == "cpu" else flat.cpu()
-        for e in opt_entries:
-            # Only Adam's scalar `step` stays on the CPU beside GPU weights (whatever device the sender used).
-            if e.on_cpu and flat.device.type != "cpu" and e.key[-1] == "step" and not e.shape:
-                value = _view(source, e).clone()
-            else:
-                value = _view(region, Entry(e.key, e.dtype, e.shape, e.offset - start, e.nbytes))
-            state.setdefault(e.key[1], {})[e.key[2]] = value
+    for i, (e, v) in enumerate(zip(header.entries, sources)):
+        if e.key[0] != "opt":
+            continue
+        # Only Adam's scalar `step` stays on the CPU beside GPU weights (whatever device the sender used).
+        if e.on_cpu and flat.device.type != "cpu" and e.key[-1] == "step" and not e.shape:
+            value = (on_host[i] if on_host is not None else v.cpu()).clone()
+        else:
+            value = v.clone()  # this member's own copy
+        state.setdefault(e.key[1], {})[e.key[2]] = value
     for (_, index, name), value in header.scalars.items():
         state.setdefault(index, {})[name] = value
     for index, values in state.items():

@@ -34,3 +34,16 @@ def test_benchmark_throughput_runs_both_paths() -> None:
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 2 |")]
     assert len(rows) == 1 and "x" in rows[0], result.stdout
+
+
+def test_breakdown_run_parts_do_not_overlap() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "scripts/breakdown_run.py", "-M", "2", "-m", "2", "--repeats", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {c[1].strip().strip("*"): c[2].strip().strip("*") for c in
+            (line.split("|") for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line)}
+    assert float(rows["training and validation (every session)"]) > 0
+    assert float(rows["whole hsmpi.run"]) > 0
+    # The named parts are disjoint, so what is left over can only be positive (a little rounding aside).
+    assert float(rows["everything else (logging, small collectives, bookkeeping)"]) > -0.5
