@@ -30,7 +30,14 @@ def load_history(path: str) -> dict[str, Any]:
     """The history of a results file or a checkpoint, as arrays (hparams: name -> (m, S) list)."""
     if os.path.isdir(path):
         results = os.path.join(path, "results.h5")
-        path = results if os.path.exists(results) else os.path.join(path, checkpoint.LATEST)
+        if os.path.exists(results):
+            path = results
+        elif not any(os.path.exists(os.path.join(path, n)) for n in (checkpoint.LATEST, checkpoint.BACKUP)):
+            raise FileNotFoundError(
+                f"no results.h5 and no checkpoint in {path} yet (a run writes its first checkpoint after about "
+                "a second of training, see --checkpoint-interval; lineage.jsonl has every session so far)")
+        else:
+            return _from_checkpoint(path)
     with h5py.File(path, "r") as f:
         kind = f.attrs.get("format")
         if kind == "hsmpi-results":
@@ -42,7 +49,12 @@ def load_history(path: str) -> dict[str, Any]:
             hist["test"] = {k: float(f[f"test/{k}"][()]) for k in ("best_loss", "ensemble_loss")}
             hist["task"], hist["source"] = str(f.attrs["task"]), "results"
             return hist
-    state, _ = checkpoint.load(path)
+    return _from_checkpoint(path)
+
+
+def _from_checkpoint(path: str) -> dict[str, Any]:
+    """The history a checkpoint holds (a file, or a folder: its latest checkpoint, else the backup)."""
+    state, _ = checkpoint.load(path, warn=lambda s: print(s, file=sys.stderr))
     j = json.loads(state["history"]["json"])
     names = list(j["hparams"][0][0]) if j["hparams"] else []
     return {"train_loss": np.array(j["train_loss"], dtype=float), "val_loss": np.array(j["val_loss"], dtype=float),

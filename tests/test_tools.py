@@ -129,6 +129,10 @@ def test_report_of_results_and_of_a_checkpoint_in_progress(run: Path, tmp_path: 
     assert "checkpoint (run in progress)" in running.stdout
     bad = run_hsmpi(["report", str(tmp_path / "none.h5")], ranks=1, timeout=60)
     assert bad.returncode == 2 and "hsmpi: error: cannot read" in bad.stderr
+    (tmp_path / "early").mkdir()
+    early = run_hsmpi(["report", str(tmp_path / "early")], ranks=1, timeout=60)
+    assert early.returncode == 2 and "no results.h5 and no checkpoint in" in early.stderr, early.stderr
+    assert early.stderr.count("hsmpi: error:") == 1
     plotted = run_hsmpi(["plot", str(run), "--out", str(tmp_path / "c")], ranks=1, timeout=90)
     assert plotted.returncode == 0, plotted.stderr
     assert {p.name for p in (tmp_path / "c").iterdir()} == {"summary.md", "losses.png", "hparams.png"}
