@@ -80,26 +80,25 @@ def _view(flat: torch.Tensor, entry: Entry) -> torch.Tensor:
     return flat[entry.offset:entry.offset + entry.nbytes].view(_dtype(entry.dtype)).view(entry.shape)
 
 
-# Views of a reused buffer for one layout, kept: building them (three tensor calls each) cost more than
-# the copies themselves for small models.  Held views keep their storage alive, so a data pointer in a
-# key cannot come back as another buffer's; the oldest layouts are dropped beyond _CACHE_SIZE.
-_CACHE: dict[tuple[Any, ...], list[torch.Tensor]] = {}
-_CACHE_SIZE = 16
+# Views of a Buffer's memory per layout, kept while that memory lives: building them (three tensor calls
+# each) cost more than the copies themselves for small models.  Only Buffers register (and unregister when
+# they grow or go), so views never outlive or mix up memory; other tensors get fresh views each time.
+_CACHES: dict[tuple[str, int], dict[tuple[Any, ...], list[torch.Tensor]]] = {}
 
 
-def _layout(header: Header) -> tuple[Any, ...]:
-    return tuple((e.offset, e.nbytes, e.dtype, e.shape) for e in header.entries)
+def _place(t: torch.Tensor) -> tuple[str, int]:
+    return str(t.device), t.data_ptr()
 
 
 def views(flat: torch.Tensor, header: Header) -> list[torch.Tensor]:
-    """One view of `flat` per header entry (cached per buffer and layout)."""
-    key = (flat.device, flat.data_ptr(), _layout(header))
-    found = _CACHE.get(key)
+    """One view of `flat` per header entry (kept when `flat` is a Buffer's memory)."""
+    cache = _CACHES.get(_place(flat))
+    if cache is None:
+        return [_view(flat, e) for e in header.entries]
+    layout = tuple((e.offset, e.nbytes, e.dtype, e.shape) for e in header.entries)
+    found = cache.get(layout)
     if found is None:
-        found = [_view(flat, e) for e in header.entries]
-        if len(_CACHE) >= _CACHE_SIZE:
-            del _CACHE[next(iter(_CACHE))]
-        _CACHE[key] = found
+        found = cache[layout] = [_view(flat, e) for e in header.entries]
     return found
 
 
@@ -169,10 +168,26 @@ class Buffer:
         """Grow (never shrink) so repeated sessions reuse the same memory."""
         if self.host.numel() >= nbytes:
             return
+        self._release()
         pin = self.device.type == "cuda"
         self.host = torch.zeros(nbytes, dtype=torch.uint8, pin_memory=pin)  # zeroed: padding bytes are defined
         if pin:
             self.staging = torch.zeros(nbytes, dtype=torch.uint8, device=self.device)
+        for t in (self.host, self.staging):
+            if t is not None:
+                _CACHES[_place(t)] = {}
+
+    def _release(self) -> None:
+        """Forget the kept views of this buffer's memory (before it grows, or when the buffer goes)."""
+        for t in (self.host, self.staging):
+            if t is not None and t.numel():
+                _CACHES.pop(_place(t), None)
+
+    def __del__(self) -> None:
+        try:
+            self._release()
+        except Exception:  # noqa: BLE001 - at interpreter exit the module's globals may be gone already
+            pass
 
     def array(self, nbytes: int) -> np.ndarray:
         """The first nbytes of the host buffer as numpy, for MPI."""

@@ -102,3 +102,31 @@ def test_other_optimizer_state_is_dropped_not_misapplied() -> None:
     receiver.adopt(header, buffer.device_view(), hp)
     assert receiver.optimizer.state_dict()["state"] == {}
     assert torch.equal(receiver.model[0].weight, donor.model[0].weight)
+
+
+def test_kept_views_follow_the_buffer_memory() -> None:
+    """Views are kept only for a live Buffer's current memory: a grown or dropped buffer leaves none behind."""
+    import gc
+
+    task = TinyAdam()
+    donor, _ = _trained(task, 0, {"lr": 0.01, "beta1": 0.9})
+    receiver, _ = _trained(task, 1, {"lr": 0.05, "beta1": 0.6})
+    header = donor.header()
+    buffer = flatstate.Buffer(torch.device("cpu"))
+    buffer.ensure(header.nbytes)
+    place = flatstate._place(buffer.host)
+    donor.pack(header, buffer.device_view())
+    assert len(flatstate._CACHES[place]) == 1
+    buffer.ensure(header.nbytes * 2)  # grows: new memory, the old memory's views are dropped
+    new_place = flatstate._place(buffer.host)
+    assert new_place != place and flatstate._CACHES[new_place] == {}
+    donor.pack(header, buffer.device_view())
+    receiver.adopt(header, buffer.device_view(), {"lr": 0.002, "beta1": 0.7})
+    for (k, a), (_, b) in zip(donor.model.state_dict().items(), receiver.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    del buffer
+    gc.collect()
+    assert new_place not in flatstate._CACHES
+    loose = torch.zeros(header.nbytes, dtype=torch.uint8)  # not a Buffer's memory: fresh views, nothing kept
+    donor.pack(header, loose)
+    assert flatstate._place(loose) not in flatstate._CACHES
