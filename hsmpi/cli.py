@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(status)
 
 
-def _interval(text: str) -> float | str:
+def interval_arg(text: str) -> float | str:
     """--checkpoint-interval: 'auto' or a number of seconds (checked by Config)."""
     if text == "auto":
         return text
@@ -91,7 +91,7 @@ def build_parser(is_root: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint file or folder; auto: the --out folder's, if it has one")
     p.add_argument("--keep-checkpoints", type=int, help="checkpoints to keep besides the backup (default 1)")
-    p.add_argument("--checkpoint-interval", type=_interval, metavar="SECONDS|auto",
+    p.add_argument("--checkpoint-interval", type=interval_arg, metavar="SECONDS|auto",
                    help="seconds between checkpoints; 0: after every session; auto: about 2%% of the run's time "
                         "(default). The last session and any stop always get one")
     p.add_argument("--progress", action="store_true",

@@ -32,6 +32,7 @@ from mpi4py import MPI
 
 import hsmpi
 from hsmpi import flatstate
+from hsmpi.cli import interval_arg
 from hsmpi.comm import Comm
 from hsmpi.data import Data
 from hsmpi.member import DATA_ORDER, HPARAMS, Member, derive_seed, init_seed
@@ -203,7 +204,7 @@ def main() -> None:
     p.add_argument("--per-rank", type=int, nargs="+", default=[1, 4])
     p.add_argument("-M", "--epochs", type=int, nargs="+", default=[30], help="M (several: one row each)")
     p.add_argument("--repeats", type=int, default=5, help="alternated hsmpi / plain runs per row (median)")
-    p.add_argument("--checkpoint-interval", default=None,
+    p.add_argument("--checkpoint-interval", type=interval_arg, default=None,
                    help="hsmpi's --checkpoint-interval for the end-to-end runs (default: hsmpi's own default)")
     p.add_argument("-m", "--sessions", type=int, default=6)
     p.add_argument("--skip-bcast", action="store_true")
@@ -218,8 +219,7 @@ def main() -> None:
     if not args.skip_e2e:
         options: dict[str, Any] = {}
         if args.checkpoint_interval is not None:
-            ci = args.checkpoint_interval
-            options["checkpoint_interval"] = ci if ci == "auto" else float(ci)
+            options["checkpoint_interval"] = args.checkpoint_interval
         end_to_end(comm, args.tasks, args.per_rank, args.epochs, args.sessions, args.repeats, options)
 
 
