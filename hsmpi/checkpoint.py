@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import h5new
 from .results import write_atomic
 
 FORMAT = "hsmpi-checkpoint"
@@ -59,11 +60,11 @@ def due(interval: float | None, since_last: float, last_cost: float | None) -> b
 def _fill(group: h5py.Group, state: dict[str, Any]) -> None:
     for key, value in state.items():
         if isinstance(value, dict):
-            _fill(group.create_group(key), value)
+            _fill(h5new.group(group, key), value)
         elif isinstance(value, np.ndarray):
-            group.create_dataset(key, data=value)
+            h5new.dataset(group, key, value)
         elif isinstance(value, (str, int, float, bool, np.integer, np.floating, np.bool_)):
-            group.attrs[key] = value
+            h5new.attr(group, key, value)
         else:
             raise TypeError(f"checkpoint field {key!r}: cannot store {type(value).__name__}")
 
@@ -86,7 +87,7 @@ def save(folder: str, state: dict[str, Any], session: int, keep: int = 1) -> str
     path = os.path.join(folder, LATEST)
 
     def fill(f: h5py.File) -> None:
-        f.attrs["format"] = FORMAT
+        h5new.attr(f, "format", FORMAT)
         _fill(f, state)
 
     tmp = os.path.join(folder, ".checkpoint-new.h5")

@@ -28,6 +28,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hsmpi import h5new
+
 FORMAT = "hsmpi-results"
 
 
@@ -83,37 +85,32 @@ def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any],
                   test: Mapping[str, Any]) -> None:
     """Write the whole results file; every argument is a plain dict of arrays and numbers."""
     def fill(f: h5py.File) -> None:
-        f.attrs["format"] = FORMAT
-        for key, value in meta.items():
-            f.attrs[key] = _attr(value)
-        for key, value in config.items():
-            f.attrs[key] = _attr(value)
-        f.attrs["config"] = json.dumps(dict(config))
-        f.attrs["space"] = json.dumps(dict(space))
-        h = f.create_group("history")
+        attrs = {"format": FORMAT, **meta, **config}  # a setting named like a meta field wins, as before
+        for key, value in attrs.items():
+            h5new.attr(f, key, _attr(value))
+        h5new.attr(f, "config", json.dumps(dict(config)))
+        h5new.attr(f, "space", json.dumps(dict(space)))
         for key in ("train_loss", "val_loss", "winner", "winner_loss", "sources", "epochs"):
-            h[key] = np.asarray(history[key])
-        h["note"] = np.asarray(history["note"], dtype=h5py.string_dtype())
+            h5new.dataset(f, f"history/{key}", np.asarray(history[key]))
+        h5new.dataset(f, "history/note", np.asarray(history["note"], dtype=h5py.string_dtype()))
         for name, values in history["hparams"].items():
-            h[f"hparams/{name}"] = values
+            h5new.dataset(f, f"history/hparams/{name}", values)
         for phase, values in history["time"].items():
-            h[f"time/{phase}"] = values
-        b = f.create_group("best")
+            h5new.dataset(f, f"history/time/{phase}", values)
+        b = h5new.group(f, "best")
         for key in ("val_loss", "session", "member"):
-            b.attrs[key] = best[key]
+            h5new.attr(b, key, best[key])
         for name, array in best["weights"].items():
-            b[f"weights/{name}"] = array
+            h5new.dataset(b, f"weights/{name}", array)
         for name, value in best["hparams"].items():
-            b[f"hparams/{name}"] = hparam_array([value])[0]
-        p = f.create_group("population")
+            h5new.dataset(b, f"hparams/{name}", hparam_array([value])[0])
         for name, array in population["weights"].items():
-            p[f"weights/{name}"] = array
+            h5new.dataset(f, f"population/weights/{name}", array)
         for name, values in population["hparams"].items():
-            p[f"hparams/{name}"] = values
-        p["val_loss"] = population["val_loss"]
-        t = f.create_group("test")
+            h5new.dataset(f, f"population/hparams/{name}", values)
+        h5new.dataset(f, "population/val_loss", population["val_loss"])
         for key, value in test.items():
-            t[key] = value
+            h5new.dataset(f, f"test/{key}", value)
     write_atomic(path, fill)
 
 
