@@ -49,7 +49,7 @@ def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], No
     sessions, seed, sampler, select, out, device, members_per_rank, resume,
     ...); `comm` is an mpi4py communicator (default COMM_WORLD).  Call it on
     every rank.  Rank 0 writes `<out>/results.h5` and checkpoints
-    (`checkpoint_interval`).  With `resume`, settings not given come from the checkpoint.
+    (`checkpoint_interval`; the last one another rank on its node, if any).  With `resume`, settings not given come from the checkpoint.
     """
     comm = as_comm(comm)
     name = task if isinstance(task, str) else f"{type(task).__module__}:{type(task).__qualname__}"
@@ -203,38 +203,87 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         write = bool(comm.bcast(last or signum != 0 or saver.due() if comm.is_root else None))
         search.record_times(times)  # before the checkpoint, so that it holds this session's times too
         if write:
-            times[5] = saver.save(search, k)
+            times[5] = saver.save(search, k, hand_off=last)
             if comm.is_root:  # the checkpoint column is rank 0's writing time, known only now
                 search.history.time[-1][0, 5] = times[5]
         search.log_session(k, value, winner, note, times, time.perf_counter() - start, write)
         if signum:
             raise Stopped(signum, k + 1, len(search.schedule), saver.path)
-    return _finish(search, comm, config, log, start)
+    return _finish(search, comm, config, log, start, saver)
 
 
 class _Saver:
     """Writes checkpoints (collective) and, on rank 0, knows when the next one is due."""
+
+    # The last checkpoint of a run goes to comm.io_helper to write while rank 0 writes the results file.
+    # Not for states over this: the send pickles a copy (memory), and a large file's time is its data.
+    HAND_OFF_MAX_BYTES = 64 * 2**20
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.path = os.path.join(config.out, checkpoint.LATEST)
         self.since = time.perf_counter()  # the last checkpoint, or the start of training
         self.cost: float | None = None  # what the last one took
+        self.handed: tuple[dict[str, Any] | None, int] | None = None  # every rank: (rank 0's state, session)
+        self.error = ""  # the helper's, when writing a handed-off checkpoint failed
 
     def due(self) -> bool:
         return checkpoint.due(self.config.checkpoint_seconds(), time.perf_counter() - self.since, self.cost)
 
-    def save(self, search: Search, k: int) -> float:
-        """Write the state after session k; return the seconds it took (rank 0's, from the gather on)."""
+    def save(self, search: Search, k: int, hand_off: bool = False) -> float:
+        """Write the state after session k; return the seconds it took (rank 0's, from the gather on).
+
+        `hand_off` (the run's last checkpoint): leave the writing to comm.io_helper, done in
+        `write_handed` while rank 0 writes the results file (about half a run's fixed cost is files).
+        """
         t = time.perf_counter()
+        comm = search.comm
         state = collect(search, k)
-        if search.comm.is_root:
+        if comm.is_root:
             assert state is not None
             lineage.sync(self.config.out)
+        if hand_off and comm.io_helper != 0 and comm.bcast(
+                _array_bytes(state) <= self.HAND_OFF_MAX_BYTES if comm.is_root else None):
+            self.handed = (state, k)
+        elif comm.is_root:
+            assert state is not None
             self.path = checkpoint.save(self.config.out, state, k, self.config.keep_checkpoints)
         self.since = time.perf_counter()
         self.cost = self.since - t
         return self.cost
+
+    def write_handed(self, comm: SerialComm) -> None:
+        """Rank 0 sends the handed-off state; comm.io_helper writes it (a failure is kept, see `confirm`)."""
+        if self.handed is None:
+            return
+        if comm.is_root:
+            comm.send(self.handed, dest=comm.io_helper)
+        elif comm.rank == comm.io_helper:
+            state, k = comm.recv(source=0)
+            try:
+                self.path = checkpoint.save(self.config.out, state, k, self.config.keep_checkpoints)
+            except OSError as err:
+                self.error = f"{err.strerror or err}: {getattr(err, 'filename', None) or self.config.out}"
+
+    def confirm(self, comm: SerialComm, results: str) -> None:
+        """After the results file: the helper tells rank 0 how writing went; both raise if it failed."""
+        if self.handed is None:
+            return
+        if comm.rank == comm.io_helper:
+            comm.send(self.error, dest=0)
+        elif comm.is_root:
+            self.error = comm.recv(source=comm.io_helper)
+        if self.error:
+            raise checkpoint.CheckpointError(
+                f"the final checkpoint could not be written ({self.error}); the results are complete in "
+                f"{results or 'results.h5'}, but the run cannot be extended with --resume")
+
+
+def _array_bytes(state: Any) -> int:
+    """Bytes of the numpy arrays in a nested dict."""
+    if isinstance(state, dict):
+        return sum(_array_bytes(v) for v in state.values())
+    return int(state.nbytes) if isinstance(state, np.ndarray) else 0
 
 
 def _replan(search: Search) -> None:
@@ -247,10 +296,12 @@ def _replan(search: Search) -> None:
     search.record_times(times, replan=True)
 
 
-def _finish(search: Search, comm: SerialComm, config: Config, log: Callable[[str], None], start: float) -> Result:
+def _finish(search: Search, comm: SerialComm, config: Config, log: Callable[[str], None], start: float,
+            saver: _Saver) -> Result:
     result, record = finish(search)
+    saver.write_handed(comm)
+    path = os.path.join(config.out, "results.h5")
     if comm.is_root:
-        path = os.path.join(config.out, "results.h5")
         meta = {"hsmpi_version": __version__, "population": search.population, "ranks": comm.size,
                 "threads": search.threads, "device_type": search.device.type, "mpi": comm.library(),
                 "wall_seconds": time.perf_counter() - start}
@@ -258,6 +309,8 @@ def _finish(search: Search, comm: SerialComm, config: Config, log: Callable[[str
         write_results(path, meta, settings, describe_space(search.space), **record)
         result.path = path
         export_top(config.out, record, min(config.export_top, search.population))
+    saver.confirm(comm, path)
+    if comm.is_root:
         log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "
             f"session {result.best_session + 1}) | population average {result.ensemble_test_loss:.5g} "
             f"({record['test']['ensemble_members']} members)")

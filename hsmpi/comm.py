@@ -39,6 +39,9 @@ class SerialComm:
     local_rank = 0
     local_size = 1
     is_root = True
+    # Another rank on rank 0's node (the highest), or 0 if rank 0 is alone there: it shares rank 0's
+    # view of the file system, so it can write a file in the output folder while rank 0 writes another.
+    io_helper = 0
 
     def allreduce_minloc(self, values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:
         return local_min(values, indices)
@@ -64,6 +67,12 @@ class SerialComm:
 
     def allgather(self, obj: Any) -> list[Any]:
         return [obj]
+
+    def send(self, obj: Any, dest: int) -> None:
+        raise ValueError(f"no rank {dest} to send to: this is one process")
+
+    def recv(self, source: int) -> Any:
+        raise ValueError(f"no rank {source} to receive from: this is one process")
 
     def barrier(self) -> None:
         pass
@@ -95,7 +104,9 @@ class Comm(SerialComm):
         node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node.Get_rank()
         self.local_size = node.Get_size()
+        neighbours = node.allgather(self.rank)
         node.Free()
+        self.io_helper = int(mpi_comm.bcast(max(neighbours) if self.is_root else None, root=0))
         self._pair_dtype = dtlib.to_numpy_dtype(MPI.DOUBLE_INT)
 
     def allreduce_minloc(self, values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:
@@ -129,6 +140,13 @@ class Comm(SerialComm):
 
     def allgather(self, obj: Any) -> list[Any]:
         return self._comm.allgather(obj)
+
+    def send(self, obj: Any, dest: int) -> None:
+        """Point to point, pickled: only for hsmpi's own dicts of arrays between its ranks."""
+        self._comm.send(obj, dest=dest)
+
+    def recv(self, source: int) -> Any:
+        return self._comm.recv(source=source)
 
     def barrier(self) -> None:
         self._comm.Barrier()

@@ -90,6 +90,30 @@ def test_a_finished_run_can_be_extended(tmp_path: Path) -> None:
         assert f.attrs["sessions"] == 6
 
 
+def test_the_last_checkpoint_is_written_by_rank_0s_neighbour_and_is_complete(tmp_path: Path) -> None:
+    """With 2+ ranks on rank 0's node another rank writes the last checkpoint while rank 0 writes the results."""
+    result = run_hsmpi([*BASE, "--out", str(tmp_path), "--checkpoint-interval", "3600"], ranks=3)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "checkpoint.h5", "r") as c, h5py.File(tmp_path / "results.h5", "r") as r:
+        assert c.attrs["next_session"] == 4 and bool(c.attrs["pending_selection"])
+        assert sorted(c["states"]) == ["0", "1", "2", "3"]
+        assert c["members/data_rng"].shape[0] == 4
+        assert np.isclose(c.attrs["best_val_loss"], r["best"].attrs["val_loss"])
+    assert not list(tmp_path.glob(".checkpoint-new*")) and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_final_checkpoint_that_cannot_be_written_is_one_clear_error_and_the_results_stay(tmp_path: Path) -> None:
+    (tmp_path / ".checkpoint-new.h5").mkdir()  # the checkpoint's rename target is a folder: the write fails
+    (tmp_path / ".checkpoint-new.h5" / "x").write_text("")
+    result = run_hsmpi([*BASE, "--out", str(tmp_path), "--checkpoint-interval", "3600"], ranks=2)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("hsmpi: error: the final checkpoint could not be written") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        assert f["history/val_loss"].shape == (4, 4)
+    assert not (tmp_path / "checkpoint.h5").exists()
+
+
 def _checkpoint_column(folder: Path) -> list[bool]:
     """Which sessions wrote a checkpoint (rank 0's checkpoint time is recorded only for those)."""
     with h5py.File(folder / "results.h5", "r") as f:
