@@ -49,7 +49,8 @@ def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], No
     sessions, seed, sampler, select, out, device, members_per_rank, resume,
     ...); `comm` is an mpi4py communicator (default COMM_WORLD).  Call it on
     every rank.  Rank 0 writes `<out>/results.h5` and checkpoints
-    (`checkpoint_interval`; the last one another rank on its node, if any).  With `resume`, settings not given come from the checkpoint.
+    (`checkpoint_interval`; the last one another rank on its node, if any).
+    With `resume`, settings not given come from the checkpoint.
     """
     comm = as_comm(comm)
     name = task if isinstance(task, str) else f"{type(task).__module__}:{type(task).__qualname__}"
