@@ -253,18 +253,39 @@ class _Saver:
         self.cost = self.since - t
         return self.cost
 
-    def write_handed(self, comm: SerialComm) -> None:
-        """Rank 0 sends the handed-off state; comm.io_helper writes it (a failure is kept, see `confirm`)."""
+    def write_handed(self, comm: SerialComm, exports: tuple[dict[str, Any], int] | None = None) -> bool:
+        """Rank 0 sends the handed-off state; comm.io_helper writes it (a failure is kept, see `confirm`).
+
+        `exports` (rank 0: the results record and how many top members to export): the helper writes
+        best.pt and the top-K files too, when they are small.  Returns whether it does.
+        """
         if self.handed is None:
-            return
+            return False
         if comm.is_root:
-            comm.send(self.handed, dest=comm.io_helper)
-        elif comm.rank == comm.io_helper:
-            state, k = comm.recv(source=0)
+            state, k = self.handed
+            if exports is not None:
+                record, _ = exports
+                if _array_bytes(record["best"]) + _array_bytes(record["population"]) > self.HAND_OFF_MAX_BYTES:
+                    exports = None
+                else:
+                    exports = ({"best": record["best"], "population": record["population"]}, exports[1])
+            comm.send((state, k, exports), dest=comm.io_helper)
+            self.handed = (None, k)
+            return exports is not None
+        if comm.rank == comm.io_helper:
+            state, k, exports = comm.recv(source=0)
             try:
                 self.path = checkpoint.save(self.config.out, state, k, self.config.keep_checkpoints)
             except OSError as err:
-                self.error = f"{err.strerror or err}: {getattr(err, 'filename', None) or self.config.out}"
+                self.error = (f"the final checkpoint could not be written ({_why(err, self.config.out)}), so the "
+                              f"run cannot be extended with --resume")
+            if exports is not None:
+                try:
+                    export_top(self.config.out, *exports)
+                except OSError as err:
+                    self.error += ("; " if self.error else "") + \
+                        f"best.pt and the top-K files could not be written ({_why(err, self.config.out)})"
+        return False
 
     def confirm(self, comm: SerialComm, results: str) -> None:
         """After the results file: the helper tells rank 0 how writing went; both raise if it failed."""
@@ -275,9 +296,11 @@ class _Saver:
         elif comm.is_root:
             self.error = comm.recv(source=comm.io_helper)
         if self.error:
-            raise checkpoint.CheckpointError(
-                f"the final checkpoint could not be written ({self.error}); the results are complete in "
-                f"{results or 'results.h5'}, but the run cannot be extended with --resume")
+            raise checkpoint.CheckpointError(f"{self.error}; the results are complete in {results}")
+
+
+def _why(err: OSError, folder: str) -> str:
+    return f"{err.strerror or err}: {getattr(err, 'filename', None) or folder}"
 
 
 def _array_bytes(state: Any) -> int:
@@ -300,7 +323,8 @@ def _replan(search: Search) -> None:
 def _finish(search: Search, comm: SerialComm, config: Config, log: Callable[[str], None], start: float,
             saver: _Saver) -> Result:
     result, record = finish(search)
-    saver.write_handed(comm)
+    top = min(config.export_top, search.population)
+    exported = saver.write_handed(comm, (record, top) if comm.is_root else None)
     path = os.path.join(config.out, "results.h5")
     if comm.is_root:
         meta = {"hsmpi_version": __version__, "population": search.population, "ranks": comm.size,
@@ -309,7 +333,8 @@ def _finish(search: Search, comm: SerialComm, config: Config, log: Callable[[str
         settings = dataclasses.replace(config, population=search.population).to_dict()
         write_results(path, meta, settings, describe_space(search.space), **record)
         result.path = path
-        export_top(config.out, record, min(config.export_top, search.population))
+        if not exported:
+            export_top(config.out, record, top)
     saver.confirm(comm, path)
     if comm.is_root:
         log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "

@@ -47,3 +47,15 @@ def test_breakdown_run_parts_do_not_overlap() -> None:
     assert float(rows["whole hsmpi.run"]) > 0
     # The named parts are disjoint, so what is left over can only be positive (a little rounding aside).
     assert float(rows["everything else (logging, small collectives, bookkeeping)"]) > -0.5
+
+
+def test_breakdown_run_under_mpirun_has_a_column_per_rank() -> None:
+    result = _script(["scripts/breakdown_run.py", "-M", "2", "-m", "2", "--repeats", "1"], ranks=2)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "| part | rank 0 (ms per run) | rank 1 (ms per run) |" in lines, result.stdout
+    rows = {c[1].strip().strip("*"): [x.strip().strip("*") for x in c[2:-1]] for c in
+            (line.split("|") for line in lines if line.startswith("| ") and "---" not in line)}
+    assert float(rows["results file"][0]) > 0 and float(rows["results file"][1]) == 0, "rank 0 writes the results"
+    whole = [float(x) for x in rows["whole hsmpi.run"]]
+    assert whole[0] == whole[1] > 0  # until the last rank is done: the same on both

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_hsmpi, task_spec
 
@@ -99,6 +100,16 @@ def test_the_last_checkpoint_is_written_by_rank_0s_neighbour_and_is_complete(tmp
         assert sorted(c["states"]) == ["0", "1", "2", "3"]
         assert c["members/data_rng"].shape[0] == 4
         assert np.isclose(c.attrs["best_val_loss"], r["best"].attrs["val_loss"])
+        best = {name: r[f"best/weights/{name}"][()] for name in r["best/weights"]}
+        top1 = int(np.argmin(r["population/val_loss"][()]))
+        first = {name: r[f"population/weights/{name}"][top1] for name in r["population/weights"]}
+    # best.pt and the top-K files were handed to the same rank: they hold the results file's weights
+    for file, expected in (("best.pt", best), ("top1.pt", first)):
+        saved = torch.load(tmp_path / file, weights_only=True)
+        assert sorted(saved) == sorted(expected)
+        for name, array in expected.items():
+            assert np.array_equal(saved[name].numpy(), array), (file, name)
+    assert (tmp_path / "top3.pt").exists() and (tmp_path / "top.json").exists()
     assert not list(tmp_path.glob(".checkpoint-new*")) and not list(tmp_path.glob(".tmp-*"))
 
 
