@@ -52,7 +52,7 @@ def collect(search: Search, k: int) -> CheckpointState | None:
     # Rank 0 kept a copy of every donor's state when it was broadcast; only other kept states travel.
     wanted = [i for i in range(search.population) if ids[i] == i and i not in search.last_donors]
     local = {m.index: m for m in search.members}
-    mine_states = [(i, header_to_json(local[i].header()), _packed(search, local[i])) for i in wanted if i in local]
+    mine_states = [(i, *_packed(search, local[i])) for i in wanted if i in local]
     mine_rng = [(m.index, m.data_gen.get_state().numpy(), m.rng_state.numpy(),
                  None if m.cuda_rng_state is None else m.cuda_rng_state.cpu().numpy()) for m in search.members]
     gathered = comm.gather((mine_states, mine_rng))
@@ -85,9 +85,10 @@ def collect(search: Search, k: int) -> CheckpointState | None:
     }
 
 
-def _packed(search: Search, member: Any) -> np.ndarray:
+def _packed(search: Search, member: Any) -> tuple[str, np.ndarray]:
+    """A member's state for the checkpoint: its header as JSON and a copy of its packed bytes."""
     header = member.header()
-    return search._pack(member, header).copy()
+    return header_to_json(header), search._pack(member, header).copy()
 
 
 def _best_state(best: Best) -> dict[str, Any]:
