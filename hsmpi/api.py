@@ -263,15 +263,15 @@ class _Saver:
             return False
         if comm.is_root:
             state, k = self.handed
+            part = None
             if exports is not None:
-                record, _ = exports
-                if _array_bytes(record["best"]) + _array_bytes(record["population"]) > self.HAND_OFF_MAX_BYTES:
-                    exports = None
-                else:
-                    exports = ({"best": record["best"], "population": record["population"]}, exports[1])
-            comm.send((state, k, exports), dest=comm.io_helper)
-            self.handed = (None, k)
-            return exports is not None
+                record, top = exports
+                part = {"best": record["best"], "population": record["population"]}
+                if _array_bytes(part) > self.HAND_OFF_MAX_BYTES:
+                    part = None
+            comm.send((state, k, None if part is None else (part, top)), dest=comm.io_helper)
+            self.handed = (None, k)  # the helper holds the state now
+            return part is not None
         if comm.rank == comm.io_helper:
             state, k, exports = comm.recv(source=0)
             try:

@@ -104,9 +104,9 @@ class Comm(SerialComm):
         node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node.Get_rank()
         self.local_size = node.Get_size()
-        neighbours = node.allgather(self.rank)
+        highest_here = node.allreduce(self.rank, op=MPI.MAX)
         node.Free()
-        self.io_helper = int(mpi_comm.bcast(max(neighbours) if self.is_root else None, root=0))
+        self.io_helper = int(mpi_comm.bcast(highest_here if self.is_root else None, root=0))
         self._pair_dtype = dtlib.to_numpy_dtype(MPI.DOUBLE_INT)
 
     def allreduce_minloc(self, values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:

@@ -36,10 +36,12 @@ _LCPL = _link_plist()
 
 
 def as_array(value: Any) -> np.ndarray:
-    """`value` as the array h5py would store: str (scalar or in arrays) as vlen UTF-8."""
+    """`value` as the C-contiguous array h5py would store: str (scalar or in arrays) as vlen UTF-8."""
     if isinstance(value, str):
         return np.array(value, dtype=STRING)
     array = np.asarray(value)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
     if array.dtype.kind == "U":
         return array.astype(STRING)
     if array.dtype.kind == "O" and h5py.check_string_dtype(array.dtype) is None:
@@ -65,8 +67,6 @@ def attr(obj: Any, name: str, value: Any) -> None:
 def dataset(group: Any, path: str, value: Any) -> None:
     """Dataset at `path` (relative to `group`, parents made as needed) holding `value`, contiguous."""
     array = as_array(value)
-    if not array.flags.c_contiguous:
-        array = array.copy(order="C")
     file_type = h5t.py_create(array.dtype, logical=True)
     handle = h5d.create(group.id, _name(path), file_type, h5s.create_simple(array.shape), lcpl=_LCPL)
     if array.size:

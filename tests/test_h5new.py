@@ -35,11 +35,6 @@ VALUES: dict[str, Any] = {
 }
 
 
-def _read(node: Any) -> Any:
-    value = node[()] if isinstance(node, h5py.Dataset) else node
-    return value
-
-
 def _same(a: Any, b: Any) -> None:
     assert type(a) is type(b), (a, b)
     if isinstance(a, np.ndarray):
