@@ -25,6 +25,7 @@ from .session import Search, SetupError, agree
 from .space import describe_space, validate_space
 from .state import collect, restore
 from .tasks import TaskError, load_task
+from .text import clean, say
 
 # Settings a resumed run must share with its checkpoint (the rest may change, e.g. -m and -M to extend it).
 MUST_MATCH = ("task", "population", "seed")
@@ -69,7 +70,7 @@ def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], No
         raise  # raised on every rank alike
     except BaseException as err:
         if comm.size > 1:  # the other ranks would wait forever in their next collective
-            print(f"hsmpi: rank {comm.rank} of {comm.size} failed: {type(err).__name__}: {err}", file=sys.stderr)
+            say(f"hsmpi: rank {comm.rank} of {comm.size} failed: {type(err).__name__}: {err}", sys.stderr)
             traceback.print_exc(file=sys.stderr)
             comm.abort(1)
         raise
@@ -123,7 +124,7 @@ def _load_checkpoint(config: Config, task: Any, size: int, log: Callable[[str], 
     if where is None:
         log(f"no checkpoint in {config.out}: starting a new run")
         return None, None, ""
-    ckpt, path = checkpoint.load(where, warn=lambda s: print(s, file=sys.stderr))
+    ckpt, path = checkpoint.load(where, warn=lambda s: say(s, sys.stderr))
     population = resolve_population(config, size)
     if ckpt["task"] != config.task:
         raise checkpoint.CheckpointError(f"{path} was made for task {ckpt['task']!r}, not {config.task!r}")
@@ -162,6 +163,7 @@ def _load_checkpoint(config: Config, task: Any, size: int, log: Callable[[str], 
 def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], None]) -> Result:
     """The job on one rank: setup (or resume), the sessions with a checkpoint after each, results."""
     start = time.perf_counter()
+    log = _cleaned(log)
     agree(comm, _check_out(config.out) if comm.is_root else None)
     ckpt, schedule, path, error = None, None, "", None
     if config.resume and comm.is_root:
@@ -211,6 +213,11 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         if signum:
             raise Stopped(signum, k + 1, len(search.schedule), saver.path)
     return _finish(search, comm, config, log, start, saver)
+
+
+def _cleaned(log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log` with every line made safe to show (see hsmpi.text)."""
+    return lambda line: log(clean(line, lines=True))
 
 
 class _Saver:

@@ -28,6 +28,7 @@ from .selection import SELECTIONS
 from .session import SetupError
 from .signals import install as install_signal_handlers
 from .tasks import BUILTIN, TaskError, load_task
+from .text import say
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -166,7 +167,7 @@ def parse(argv: Sequence[str], comm: SerialComm | None = None) -> Config | str:
 
 def _say(comm: SerialComm, message: str, stream: Any = sys.stdout) -> None:
     if comm.is_root:
-        print(message, file=stream, flush=True)
+        say(message, stream)
 
 
 def _doctor(comm: SerialComm, args: list[str]) -> int:
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert isinstance(parsed, Config)
         task = _agreed(comm, lambda: load_task(parsed.task))
         install_signal_handlers()
-        execute(parsed, task, comm, log=lambda line: print(line, flush=True))
+        execute(parsed, task, comm, log=say)
     except (UsageError, ConfigError, TaskError, SetupError, CheckpointError) as err:
         _say(comm, f"hsmpi: error: {err}", sys.stderr)
         return EXIT_USAGE
@@ -227,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as err:  # noqa: BLE001 - any failure on one rank must end every rank
         if isinstance(err, SystemExit) and not err.code:
             return 0
-        sys.stderr.write(f"hsmpi: rank {comm.rank} of {comm.size} failed ({os.uname().nodename}): "
-                         f"{type(err).__name__}: {err}\n")
+        say(f"hsmpi: rank {comm.rank} of {comm.size} failed ({os.uname().nodename}): "
+            f"{type(err).__name__}: {err}", sys.stderr)
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
         if comm.size > 1:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .text import clean
+
 
 def _finite_or_inf(value: float) -> float:
     """NaN or inf never wins a MINLOC (MPICH propagates NaN; see shared/NOTES.md)."""
@@ -157,30 +159,47 @@ class Comm(SerialComm):
         self._comm.Abort(code)
 
     def library(self) -> str:
-        return " ".join(self._MPI.Get_library_version().splitlines()[0].split())
+        """The library's own version line, made safe to store and print (Open MPI's ends in a NUL)."""
+        return clean(" ".join(self._MPI.Get_library_version().splitlines()[0].split()))
 
     def details(self) -> dict[str, str]:
         major, minor = self._MPI.Get_version()
         return {"library": self.library(), "standard": f"{major}.{minor}", "cuda_aware": _cuda_aware(),
-                "processor": self._MPI.Get_processor_name()}
+                "processor": clean(self._MPI.Get_processor_name())}
+
+
+def _loaded_mpi_libraries() -> list[str]:
+    """Paths of the MPI libraries this process has loaded (mpi4py opens its libmpi privately, so its
+    symbols are not in the global namespace that `ctypes.CDLL(None)` searches)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libmpi" in line}
+    except OSError:  # not Linux
+        return []
+    return sorted(p for p in paths if os.path.basename(p).startswith("libmpi.") and os.path.exists(p))
 
 
 def _cuda_aware() -> str:
-    """Ask the loaded MPI library whether it moves CUDA buffers itself (Open MPI's and MPICH's extensions)."""
+    """Ask the loaded MPI library whether it moves CUDA buffers itself (Open MPI's and MPICH's extensions).
+
+    Both answer at run time, for the library and the machine it runs on: "no"
+    also when the library was built with CUDA but finds no GPU here.
+    """
     import ctypes
 
-    try:
-        lib = ctypes.CDLL(None)
-    except OSError:
-        return "unknown"
-    query = getattr(lib, "MPIX_Query_cuda_support", None)  # Open MPI
-    if query is not None:
-        return "yes" if query() == 1 else "no"
-    gpu_query = getattr(lib, "MPIX_GPU_query_support", None)  # MPICH 4+: (type 1 = CUDA, &flag)
-    if gpu_query is not None:
-        flag = ctypes.c_int(0)
-        if gpu_query(1, ctypes.byref(flag)) == 0:
-            return "yes" if flag.value else "no"
+    for path in [*_loaded_mpi_libraries(), None]:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        gpu_query = getattr(lib, "MPIX_GPU_query_support", None)  # MPICH 4+: (type 1 = CUDA, &flag)
+        if gpu_query is not None:
+            flag = ctypes.c_int(0)
+            if gpu_query(1, ctypes.byref(flag)) == 0:
+                return "yes" if flag.value else "no"
+        query = getattr(lib, "MPIX_Query_cuda_support", None)  # Open MPI (mpi-ext.h); MPICH has it too
+        if query is not None:
+            return "yes" if query() == 1 else "no"
     return "unknown"
 
 

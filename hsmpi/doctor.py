@@ -8,6 +8,7 @@ from typing import Any
 
 from . import __version__
 from .comm import SerialComm
+from .text import say
 
 
 def _rank_facts(comm: SerialComm) -> dict[str, Any]:
@@ -62,5 +63,5 @@ def doctor(comm: SerialComm) -> int:
             warnings.append(f"on {host}, {len(cuda)} ranks share {len(set(cuda))} GPU(s): fine for small "
                             "models (or use --members-per-rank with --vectorize), slow for large ones")
     lines += [f"warning: {w}" for w in warnings]
-    print("\n".join(lines), flush=True)
+    say("\n".join(lines))
     return 0

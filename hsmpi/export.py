@@ -8,13 +8,14 @@ by their last validation loss, described in `top.json`.  Load one with
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
 import numpy as np
 import torch
+
+from . import text
 
 
 def _save(path: str, weights: dict[str, np.ndarray]) -> None:
@@ -40,9 +41,9 @@ def export_top(out: str, record: dict[str, Any], k: int) -> list[str]:
                           "val_loss": float(val[i]) if math.isfinite(val[i]) else None, "hparams": hp})
         written.append(path)
     with open(os.path.join(out, "top.json"), "w") as f:
-        json.dump({"best": {"file": "best.pt", "member": int(record["best"]["member"]),
+        f.write(text.dumps({"best": {"file": "best.pt", "member": int(record["best"]["member"]),
                             "val_loss": float(record["best"]["val_loss"]),
                             "session": int(record["best"]["session"]) + 1,
                             "hparams": record["best"]["hparams"]},
-                   "top": described}, f, indent=1)
+                   "top": described}, indent=1))
     return written

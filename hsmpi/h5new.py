@@ -22,6 +22,8 @@ import h5py
 import numpy as np
 from h5py import h5a, h5d, h5g, h5p, h5s, h5t
 
+from .text import clean
+
 STRING = h5py.string_dtype()  # variable-length UTF-8, what h5py uses for Python str
 
 
@@ -38,17 +40,22 @@ _LCPL = _link_plist()
 def as_array(value: Any) -> np.ndarray:
     """`value` as the C-contiguous array h5py would store: str (scalar or in arrays) as vlen UTF-8."""
     if isinstance(value, str):
-        return np.array(value, dtype=STRING)
+        return np.array(clean(value, lines=True), dtype=STRING)
     array = np.asarray(value)
+    text = array.dtype.kind == "U" or (array.dtype.kind == "O" and h5py.check_string_dtype(array.dtype) is not None)
+    if array.dtype.kind == "O" and not text:
+        kinds = {type(x) for x in array.flat}
+        if not kinds <= {str}:
+            raise TypeError(f"cannot store an object array of {', '.join(sorted(k.__name__ for k in kinds))}")
+        text = True
+    if text:
+        # as h5py does: str arrays are vlen UTF-8; each string made safe (HDF5 refuses embedded NULs)
+        cleaned = np.empty(array.shape, dtype=STRING)
+        for index, x in np.ndenumerate(array):
+            cleaned[index] = clean(x, lines=True)
+        return cleaned
     if not array.flags.c_contiguous:
         array = array.copy(order="C")
-    if array.dtype.kind == "U":
-        return array.astype(STRING)
-    if array.dtype.kind == "O" and h5py.check_string_dtype(array.dtype) is None:
-        kinds = {type(x) for x in array.flat}
-        if kinds <= {str}:  # as h5py does: an object array of str is vlen UTF-8
-            return array.view(STRING)
-        raise TypeError(f"cannot store an object array of {', '.join(sorted(k.__name__ for k in kinds))}")
     return array
 
 

@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any
 
+from . import text
 from .session import BEST_EVER, Search
 
 NAME = "lineage.jsonl"
@@ -42,7 +43,7 @@ def record(search: Search, k: int) -> dict[str, Any]:
 def append(out: str, line: dict[str, Any]) -> None:
     """One session's line (not fsynced: `sync` runs before each checkpoint, and a resume trims to it)."""
     with open(os.path.join(out, NAME), "a") as f:
-        f.write(json.dumps(line) + "\n")
+        f.write(text.dumps(line) + "\n")
 
 
 def sync(out: str) -> None:

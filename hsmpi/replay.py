@@ -22,6 +22,7 @@ from .data import Data
 from .member import Member
 from .space import Choice, HParams, IntUniform
 from .tasks import load_task
+from .text import say
 
 
 def _typed(space: Any, name: str, value: Any) -> Any:
@@ -50,7 +51,7 @@ def schedule(path: str) -> tuple[dict[str, Any], list[tuple[int, HParams]], floa
     return config, steps, best, int(winners[0])
 
 
-def replay(path: str, device: str = "cpu", log: Any = print) -> float:
+def replay(path: str, device: str = "cpu", log: Any = say) -> float:
     """Retrain and return the replayed network's test loss."""
     config, steps, best, first = schedule(path)
     task = load_task(config["task"])
@@ -89,7 +90,7 @@ def main(args: list[str]) -> int:
     try:
         replay(ns.results, ns.device)
     except (OSError, KeyError, ValueError) as err:
-        print(f"hsmpi: error: cannot replay {ns.results}: {err}", file=sys.stderr)
+        say(f"hsmpi: error: cannot replay {ns.results}: {err}", sys.stderr)
         return 2
     return 0
 

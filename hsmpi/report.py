@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from . import checkpoint
+from .text import say
 
 PHASES = ("train", "val", "select", "scatter", "bcast", "checkpoint")
 
@@ -54,7 +55,7 @@ def load_history(path: str) -> dict[str, Any]:
 
 def _from_checkpoint(path: str) -> dict[str, Any]:
     """The history a checkpoint holds (a file, or a folder: its latest checkpoint, else the backup)."""
-    state, _ = checkpoint.load(path, warn=lambda s: print(s, file=sys.stderr))
+    state, _ = checkpoint.load(path, warn=lambda s: say(s, sys.stderr))
     j = json.loads(state["history"]["json"])
     names = list(j["hparams"][0][0]) if j["hparams"] else []
     return {"train_loss": np.array(j["train_loss"], dtype=float), "val_loss": np.array(j["val_loss"], dtype=float),
@@ -159,7 +160,7 @@ def main(args: list[str]) -> int:
     try:
         h = load_history(ns.results)
     except (OSError, KeyError, ValueError, checkpoint.CheckpointError) as err:
-        print(f"hsmpi: error: cannot read {ns.results}: {err}", file=sys.stderr)
+        say(f"hsmpi: error: cannot read {ns.results}: {err}", sys.stderr)
         return 2
     base = ns.results if os.path.isdir(ns.results) else os.path.dirname(os.path.abspath(ns.results))
     folder = ns.out or os.path.join(base, "report")
@@ -167,7 +168,7 @@ def main(args: list[str]) -> int:
     text = summary(h)
     with open(os.path.join(folder, "summary.md"), "w") as f:
         f.write(text)
-    print(text)
+    say(text)
     written = plots(h, folder)
-    print("plots: " + (", ".join(written) if written else "none (pip install matplotlib for PNGs)"))
+    say("plots: " + (", ".join(written) if written else "none (pip install matplotlib for PNGs)"))
     return 0

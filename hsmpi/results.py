@@ -19,7 +19,6 @@ Layout (S members, m sessions, R ranks):
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hsmpi import h5new
+from hsmpi import h5new, text
 
 FORMAT = "hsmpi-results"
 
@@ -49,7 +48,7 @@ def _attr(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
+        return text.dumps(value)
     return value
 
 
@@ -88,8 +87,8 @@ def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any],
         attrs = {"format": FORMAT, **meta, **config}  # a setting named like a meta field wins, as before
         for key, value in attrs.items():
             h5new.attr(f, key, _attr(value))
-        h5new.attr(f, "config", json.dumps(dict(config)))
-        h5new.attr(f, "space", json.dumps(dict(space)))
+        h5new.attr(f, "config", text.dumps(dict(config)))
+        h5new.attr(f, "space", text.dumps(dict(space)))
         for key in ("train_loss", "val_loss", "winner", "winner_loss", "sources", "epochs"):
             h5new.dataset(f, f"history/{key}", np.asarray(history[key]))
         h5new.dataset(f, "history/note", np.asarray(history["note"], dtype=h5py.string_dtype()))

@@ -15,6 +15,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from .text import clean
+
 Value = Union[float, int, str, bool]
 
 
@@ -125,6 +127,9 @@ class Choice:
                 raise SpaceError(f"Choice: values must be numbers, strings or booleans, but got {v!r}")
             if isinstance(v, float) and not math.isfinite(v):
                 raise SpaceError(f"Choice: values must be finite, but got {v!r}")
+            if isinstance(v, str) and clean(v) != v:  # it would not come back the same from a results file
+                raise SpaceError(f"Choice: string values must be printable UTF-8 without control characters, "
+                                 f"but got {v!r}")
         if len(set(values)) != len(values):
             raise SpaceError(f"Choice: values must be distinct, but got {list(values)!r}")
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -15,13 +16,41 @@ ROOT = HERE.parent
 TASKS = HERE / "tasks_for_tests.py"
 
 
+# Where launchers put a rank's number in its environment: MPICH's hydra, Open MPI, any PMIx launcher.
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
 def mpirun() -> str:
-    """The mpirun beside this Python (the venv's mpich wheel), else the one on PATH."""
+    """The mpirun beside this Python (the venv's MPI wheel), else the one on PATH."""
     local = Path(sys.executable).parent / "mpirun"
     found = str(local) if local.exists() else shutil.which("mpirun") or shutil.which("mpiexec")
     if not found:
         pytest.skip("no mpirun on this machine")
     return found
+
+
+@functools.cache
+def _launcher(path: str) -> tuple[str, ...]:
+    """`path` with the options its MPI needs here: Open MPI refuses root without --allow-run-as-root and
+    more ranks than cores without --oversubscribe; MPICH needs neither."""
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    if "Open MPI" not in version and "OpenRTE" not in version:
+        return (path,)
+    return (path, "--oversubscribe", *(["--allow-run-as-root"] if os.geteuid() == 0 else []))
+
+
+def mpirun_cmd(ranks: int) -> list[str]:
+    """The start of a command line that launches `ranks` processes with this venv's MPI."""
+    return [*_launcher(mpirun()), "-n", str(ranks)]
+
+
+def rank_in_environ(environ: list[bytes]) -> int | None:
+    """A process's MPI rank, from its /proc environ entries (None if it is not an MPI rank)."""
+    for entry in environ:
+        name, _, value = entry.partition(b"=")
+        if name.decode(errors="replace") in RANK_VARIABLES and value.isdigit():
+            return int(value)
+    return None
 
 
 def run_hsmpi(args: list[str], ranks: int = 1, timeout: float = 120, cwd: Path | None = None,
@@ -30,9 +59,10 @@ def run_hsmpi(args: list[str], ranks: int = 1, timeout: float = 120, cwd: Path |
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
-    cmd = [mpirun(), "-n", str(ranks), sys.executable, "-m", "hsmpi", *args]
+    cmd = [*mpirun_cmd(ranks), sys.executable, "-m", "hsmpi", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=full_env)
 
 
 def task_spec(name: str) -> str:
     return f"{TASKS}:{name}"
+

@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, mpirun
+from conftest import ROOT, mpirun_cmd
 
 
 def _script(args: list[str], ranks: int) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [mpirun(), "-n", str(ranks), sys.executable, *args]
+    cmd = [*mpirun_cmd(ranks), sys.executable, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
 
 

@@ -52,7 +52,13 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("args,needle", BAD_INPUTS, ids=[n[:40] for _, n in BAD_INPUTS])
+# Repeated under a second MPI: a flag, a task space, and a failure on one rank only (asked of MPI itself).
+BOTH_MPIS = {"unrecognized arguments: --bogus", "low > 0 must hold", "on another rank: task"}
+CASES = [pytest.param(args, needle, id=needle[:40], marks=[pytest.mark.both_mpis] if needle in BOTH_MPIS else [])
+         for args, needle in BAD_INPUTS]
+
+
+@pytest.mark.parametrize("args,needle", CASES)
 def test_bad_input_is_one_clear_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
     if "--device" in args:
         import torch
@@ -89,6 +95,7 @@ def test_config_file_is_read_and_flags_win(tmp_path: Path) -> None:
     assert (tmp_path / "from-toml" / "results.h5").exists()
 
 
+@pytest.mark.both_mpis
 def test_planted_exception_on_one_rank_ends_a_4_rank_job_fast(tmp_path: Path) -> None:
     start = time.monotonic()
     result = run_hsmpi(["--task", task_spec("PlantedFailure"), "-S", "4", "-M", "20", "-m", "10",
@@ -101,6 +108,7 @@ def test_planted_exception_on_one_rank_ends_a_4_rank_job_fast(tmp_path: Path) ->
     assert not (tmp_path / "results.h5").exists()
 
 
+@pytest.mark.both_mpis
 def test_help_and_version_print_once() -> None:
     result = run_hsmpi(["--help"], ranks=2, timeout=60)
     assert result.returncode == 0 and result.stdout.count("usage:") == 1
@@ -110,6 +118,7 @@ def test_help_and_version_print_once() -> None:
     assert result.stdout.count("hsmpi ") == 1
 
 
+@pytest.mark.both_mpis
 def test_settings_and_session_lines_come_from_rank_0_only(tmp_path: Path) -> None:
     result = run_hsmpi(["--task", task_spec("TinyAdam"), *SMALL, "--out", str(tmp_path)], ranks=2, timeout=90)
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, mpirun, run_hsmpi, task_spec
+from conftest import ROOT, mpirun_cmd, rank_in_environ, run_hsmpi, task_spec
+
+pytestmark = pytest.mark.both_mpis  # CI repeats these under Open MPI
 
 EXIT_STOPPED = 75
 ARGS = ["--task", task_spec("Slow"), "-S", "4", "-M", "24", "-m", "12", "--batch-size", "8", "--seed", "4",
@@ -22,12 +24,13 @@ ARGS = ["--task", task_spec("Slow"), "-S", "4", "-M", "24", "-m", "12", "--batch
 
 def _start(out: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [mpirun(), "-n", "4", sys.executable, "-m", "hsmpi", *ARGS, "--out", str(out)]
+    cmd = [*mpirun_cmd(4), sys.executable, "-m", "hsmpi", *ARGS, "--out", str(out)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _rank_pid(out: Path, rank: int, timeout: float = 60) -> int:
-    """The pid of one hsmpi rank of the job writing to `out` (found by its command line and PMI_RANK)."""
+    """The pid of one hsmpi rank of the job writing to `out` (found by its command line and the rank its
+    launcher put in its environment, whichever MPI that is)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -37,7 +40,7 @@ def _rank_pid(out: Path, rank: int, timeout: float = 60) -> int:
             except OSError:
                 continue
             if cmd[0] == sys.executable.encode() and str(out).encode() in cmd \
-                    and f"PMI_RANK={rank}".encode() in env:
+                    and rank_in_environ(env) == rank:
                 return int(pid)
         time.sleep(0.1)
     raise AssertionError(f"rank {rank} of the job in {out} was not found")

@@ -18,7 +18,7 @@ from hsmpi.quality import methods, tables
 from hsmpi.quality.trial import Problem, train_trial
 from hsmpi.space import check_hparams, sample_space
 
-from conftest import ROOT, mpirun
+from conftest import ROOT, mpirun_cmd
 
 pytest.importorskip("sklearn")
 
@@ -112,7 +112,7 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
     for lib in ("hyperopt", "optuna", "propulate", "scipy"):
         pytest.importorskip(lib)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [mpirun(), "-n", "2", sys.executable, "-m", "hsmpi.quality", "--quick", "--tasks", "regression1d",
+    cmd = [*mpirun_cmd(2), sys.executable, "-m", "hsmpi.quality", "--quick", "--tasks", "regression1d",
            "diabetes", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -102,3 +102,42 @@ def test_python_api_returns_the_best_model(tmp_path: Path) -> None:
     with torch.no_grad():
         loss = torch.nn.functional.mse_loss(result.best_model(x), y).item()
     assert loss == pytest.approx(result.test_loss, rel=1e-5)
+
+
+@pytest.mark.both_mpis
+def test_the_default_job_writes_a_results_file_that_plain_h5py_reads(tmp_path: Path) -> None:
+    """The README's job as it stands (every default), on 2 ranks: the file any MPI's strings end up in."""
+    from hsmpi.text import clean
+
+    result = run_hsmpi(["--out", str(tmp_path)], ranks=2, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        mpi = f.attrs["mpi"]
+        assert mpi and "\x00" not in mpi and mpi == clean(mpi)
+        assert f"MPI {mpi}" in result.stdout.splitlines()[0]  # the settings line names the same library
+        assert (f.attrs["task"], f.attrs["ranks"], f.attrs["population"]) == ("regression1d", 2, 8)
+        assert f["history/val_loss"].shape == (6, 8)
+        assert np.isfinite(f["test/best_loss"][()])
+        assert json.loads(f.attrs["config"])["select"] == "truncation"
+    lines = (tmp_path / "lineage.jsonl").read_text().splitlines()
+    assert [json.loads(line)["session"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.both_mpis
+def test_a_4_rank_run_of_a_task_file_gives_what_one_rank_gives(tmp_path: Path) -> None:
+    """The held-out benchmark's shape (a task written only against the interface, 16 members on 4 ranks),
+    with a held-back validation part: the same winners and losses as one process computes."""
+    args = ["--task", task_spec("TinyAdam"), "-S", "16", "-M", "6", "-m", "3", "--seed", "3", "--threads", "1",
+            "--holdout", "0.25", "--export-top", "1"]
+    files = []
+    for ranks in (4, 1):
+        out = tmp_path / f"n{ranks}"
+        done = run_hsmpi([*args, "--out", str(out)], ranks=ranks, timeout=300)
+        assert done.returncode == 0, done.stderr
+        files.append(out / "results.h5")
+    with h5py.File(files[0], "r") as a, h5py.File(files[1], "r") as b:
+        assert a.attrs["ranks"] == 4 and b.attrs["ranks"] == 1
+        for key in ("history/val_loss", "history/winner", "history/sources", "test/best_loss"):
+            assert np.array_equal(a[key][()], b[key][()]), key
+        for name in a["population/weights"]:
+            assert np.array_equal(a[f"population/weights/{name}"][()], b[f"population/weights/{name}"][()])

@@ -43,7 +43,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("select", ["winner", "truncation"])
-@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, pytest.param(2, marks=pytest.mark.both_mpis), 3])
 def test_stop_after_session_k_then_resume_equals_uninterrupted(
         k: int, select: str, uninterrupted: dict[str, Path], tmp_path: Path) -> None:
     first = run_hsmpi([*BASE, "--select", select, "--out", str(tmp_path), "--stop-after", str(k)], ranks=2)
@@ -56,7 +56,7 @@ def test_stop_after_session_k_then_resume_equals_uninterrupted(
     _same(uninterrupted[select], tmp_path)
 
 
-@pytest.mark.parametrize("before,after", [(4, 2), (2, 4), (4, 1)])
+@pytest.mark.parametrize("before,after", [pytest.param(4, 2, marks=pytest.mark.both_mpis), (2, 4), (4, 1)])
 def test_resume_on_another_number_of_ranks(before: int, after: int, uninterrupted: dict[str, Path],
                                            tmp_path: Path) -> None:
     first = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path), "--stop-after", "2"], ranks=before)
@@ -79,6 +79,7 @@ def test_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str, 
     _same(uninterrupted["winner"], tmp_path)  # the backup is one session older, and still exact
 
 
+@pytest.mark.both_mpis
 def test_a_finished_run_can_be_extended(tmp_path: Path) -> None:
     first = run_hsmpi([*BASE, "--select", "winner", "--out", str(tmp_path)], ranks=2)
     assert first.returncode == 0, first.stderr

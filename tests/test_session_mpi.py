@@ -118,3 +118,27 @@ def test_all_diverged_restarts_from_best_state() -> None:
     # everyone restarted from the initial (shared) weights, which are finite
     for m in search.members:
         assert all(torch.isfinite(p).all() for p in m.model.parameters())
+
+
+def test_the_mpi_library_string_goes_into_hdf5_and_back_as_the_library_says_it(mpi_tmp_path) -> None:  # noqa: ANN001
+    """Whatever this MPI returns (Open MPI ends its version in a NUL) is stored and read back cleaned."""
+    import h5py
+    from mpi4py import MPI
+
+    from hsmpi import h5new
+    from hsmpi.text import clean
+
+    comm = _comm()
+    raw = MPI.Get_library_version()
+    line = comm.library()
+    assert line and "\x00" not in line and line == clean(line)
+    assert line.split()[:2] == raw.split()[:2]  # the library's own name, word for word
+    path = mpi_tmp_path / f"rank{comm.rank}.h5"
+    with h5py.File(path, "w") as f:
+        h5new.attr(f, "mpi", line)
+        h5new.attr(f, "raw", raw)
+        h5new.dataset(f, "processor", np.array([MPI.Get_processor_name()], dtype=object))
+    with h5py.File(path, "r") as f:
+        assert f.attrs["mpi"] == line
+        assert f.attrs["raw"] == clean(raw, lines=True)
+        assert f["processor"].asstr()[0] == clean(MPI.Get_processor_name(), lines=True)
