@@ -33,6 +33,7 @@ CASES: dict[str, dict[str, Any]] = {
     "defaults": {},
     "winner+elitism+holdout": dict(select="winner", elitism=True, holdout=0.25, radius=0.15),
     "perturb+shrinking": dict(sampler="perturb", radius_final=0.05, independent_init=True),
+    "vectorized": dict(vectorize="on"),  # falls back to one at a time where it cannot (dropout)
 }
 TASKS = ("regression1d", "friedman1", "diabetes", "digits")
 SKIPPED = ("history/time",)  # seconds: differ between identical runs
