@@ -9,9 +9,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import run  # noqa: E402
-from .config import Config  # noqa: E402
-from .finish import Result  # noqa: E402
-from .space import Choice, IntUniform, LogUniform, Uniform  # noqa: E402
+from hsmpi.algorithm.space import Choice, IntUniform, LogUniform, Uniform  # noqa: E402
+from hsmpi.config import Config  # noqa: E402
+from hsmpi.engine.finish import Result  # noqa: E402
+from hsmpi.engine.job import run  # noqa: E402
 
 __all__ = ["Choice", "IntUniform", "LogUniform", "Uniform", "run", "Config", "Result", "__version__"]

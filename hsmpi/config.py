@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .sampling import SAMPLERS, make_sampler
-from .selection import SELECTIONS, make_selection
+from hsmpi.algorithm.sampling import SAMPLERS, make_sampler
+from hsmpi.algorithm.selection import SELECTIONS, make_selection
 
 
 class ConfigError(ValueError):

@@ -31,12 +31,12 @@ import torch
 from mpi4py import MPI
 
 import hsmpi
-from hsmpi import flatstate
+from hsmpi.algorithm.space import sample_space
 from hsmpi.cli import interval_arg
-from hsmpi.comm import Comm
-from hsmpi.data import Data
-from hsmpi.member import DATA_ORDER, HPARAMS, Member, derive_seed, init_seed
-from hsmpi.space import sample_space
+from hsmpi.engine.data import Data
+from hsmpi.engine.member import DATA_ORDER, HPARAMS, Member, derive_seed, init_seed
+from hsmpi.parallel import flatstate
+from hsmpi.parallel.comm import Comm
 from hsmpi.tasks import load_task, task_loss
 
 

@@ -21,10 +21,10 @@ import time
 import numpy as np
 import torch
 
-from hsmpi import vectorize
-from hsmpi.data import Data
-from hsmpi.member import HPARAMS, Member, derive_seed
-from hsmpi.space import sample_space
+from hsmpi.algorithm.space import sample_space
+from hsmpi.engine import vectorize
+from hsmpi.engine.data import Data
+from hsmpi.engine.member import HPARAMS, Member, derive_seed
 from hsmpi.tasks import load_task
 
 

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 import hsmpi
-from hsmpi import api, session
-from hsmpi.comm import world
+from hsmpi.engine import job as api
+from hsmpi.engine import session
+from hsmpi.parallel.comm import world
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchmark_overhead import plain_loops  # noqa: E402

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import torch
 
-from hsmpi.data import Data
+from hsmpi.engine.data import Data
 from hsmpi.tasks import load_task, task_loss
 
 

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 import hsmpi
-from hsmpi.comm import world
+from hsmpi.parallel.comm import world
 
 SMALL = dict(population=8, epochs=6, sessions=3, seed=11, threads=1, export_top=0)
 CASES: dict[str, dict[str, Any]] = {

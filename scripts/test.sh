@@ -68,8 +68,8 @@ in_process_mpi_tests() {  # $1: the MPI's name (run with its venv active)
   return $bad
 }
 
-in_venv "$VENV" ruff check hsmpi tests scripts || fail "ruff"
-in_venv "$VENV" mypy hsmpi || fail "mypy"
+in_venv "$VENV" ruff check hsmpi benchmarks tests scripts || fail "ruff"
+in_venv "$VENV" mypy hsmpi benchmarks || fail "mypy"
 
 in_venv "$VENV" in_process_mpi_tests MPICH || status=1
 if [ "$OPENMPI" != 0 ]; then

@@ -14,6 +14,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TASKS = HERE / "tasks_for_tests.py"
+if str(ROOT) not in sys.path:  # the checkout's benchmarks/ package, whatever folder pytest started in
+    sys.path.insert(0, str(ROOT))
 
 
 # Where launchers put a rank's number in its environment: MPICH's hydra, Open MPI, any PMIx launcher.

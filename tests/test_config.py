@@ -9,9 +9,9 @@ import re
 
 import pytest
 
+from hsmpi.algorithm.sampling import SAMPLERS
+from hsmpi.algorithm.selection import SELECTIONS
 from hsmpi.config import DEVICES, Config, ConfigError, layout, resolve_population, session_epochs
-from hsmpi.sampling import SAMPLERS
-from hsmpi.selection import SELECTIONS
 
 
 def test_defaults_are_valid() -> None:

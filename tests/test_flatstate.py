@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from hsmpi import flatstate
-from hsmpi.data import Data
-from hsmpi.member import Member
+from hsmpi.engine.data import Data
+from hsmpi.engine.member import Member
+from hsmpi.parallel import flatstate
 
 from tasks_for_tests import Tiny, TinyAdam
 

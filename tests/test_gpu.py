@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import hsmpi
-from hsmpi import flatstate, vectorize
-from hsmpi.data import Data
-from hsmpi.member import Member
+from hsmpi.engine import vectorize
+from hsmpi.engine.data import Data
+from hsmpi.engine.member import Member
+from hsmpi.parallel import flatstate
 
 from conftest import run_hsmpi, task_spec
 from tasks_for_tests import TinyAdam

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from hsmpi.api import run
-from hsmpi.comm import SerialComm
 from hsmpi.config import Config, ConfigError
-from hsmpi.session import SetupError
+from hsmpi.engine.job import run
+from hsmpi.engine.session import SetupError
+from hsmpi.parallel.comm import SerialComm
 from hsmpi.tasks import task_loss
 
 from conftest import run_hsmpi, task_spec

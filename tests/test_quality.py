@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from hsmpi.comm import SerialComm
-from hsmpi.quality import methods, tables
-from hsmpi.quality.trial import Problem, train_trial
-from hsmpi.space import check_hparams, sample_space
+from benchmarks.quality import methods, tables
+from benchmarks.quality.trial import Problem, train_trial
+from hsmpi.algorithm.space import check_hparams, sample_space
+from hsmpi.parallel.comm import SerialComm
 
 from conftest import ROOT, mpirun_cmd
 
@@ -30,7 +30,7 @@ def problem() -> Problem:
 
 def test_trial_matches_an_hsmpi_member_trained_alone(problem: Problem) -> None:
     """Same seed, same index, same hyperparameters: a trial is an hsmpi member with m = 1."""
-    from hsmpi.api import run
+    from hsmpi.engine.job import run
 
     hp = sample_space(problem.task.space, np.random.default_rng(0))
     a = train_trial(problem, 0, hp, 3)
@@ -112,7 +112,7 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
     for lib in ("hyperopt", "optuna", "propulate", "scipy"):
         pytest.importorskip(lib)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [*mpirun_cmd(2), sys.executable, "-m", "hsmpi.quality", "--quick", "--tasks", "regression1d",
+    cmd = [*mpirun_cmd(2), sys.executable, "-m", "benchmarks.quality", "--quick", "--tasks", "regression1d",
            "diabetes", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -133,7 +133,7 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
 def test_benchmark_refuses_propulate_on_one_rank(tmp_path: Path) -> None:
     pytest.importorskip("propulate")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "hsmpi.quality", "--quick", "--tasks", "diabetes", "--methods", "propulate",
+    cmd = [sys.executable, "-m", "benchmarks.quality", "--quick", "--tasks", "diabetes", "--methods", "propulate",
            "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert done.returncode == 2 and "Propulate needs at least 2 MPI ranks" in done.stderr

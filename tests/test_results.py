@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hsmpi
-from hsmpi.results import read_results
+from hsmpi.io.results import read_results
 
 from conftest import run_hsmpi, task_spec
 from tasks_for_tests import Tiny, TinyAdam
@@ -107,7 +107,7 @@ def test_python_api_returns_the_best_model(tmp_path: Path) -> None:
 @pytest.mark.both_mpis
 def test_the_default_job_writes_a_results_file_that_plain_h5py_reads(tmp_path: Path) -> None:
     """The README's job as it stands (every default), on 2 ranks: the file any MPI's strings end up in."""
-    from hsmpi.text import clean
+    from hsmpi.io.text import clean
 
     result = run_hsmpi(["--out", str(tmp_path)], ranks=2, timeout=300)
     assert result.returncode == 0, result.stderr

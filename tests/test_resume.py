@@ -232,7 +232,7 @@ def test_resume_refuses_a_missing_path(tmp_path: Path) -> None:
 
 
 def test_checkpoint_due_rule() -> None:
-    from hsmpi.checkpoint import AUTO_MAX_SECONDS, AUTO_MIN_SECONDS, due
+    from hsmpi.io.checkpoint import AUTO_MAX_SECONDS, AUTO_MIN_SECONDS, due
     assert due(0.0, 0.0, 5.0), "0: after every session"
     assert not due(10.0, 9.9, 0.01) and due(10.0, 10.0, 0.01)
     assert not due(None, AUTO_MIN_SECONDS / 2, None) and due(None, AUTO_MIN_SECONDS, None), "auto: first"

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hsmpi.sampling import SAMPLERS, URS, Perturb, SamplerError, make_sampler
-from hsmpi.space import Choice, IntUniform, LogUniform, Param, Uniform, check_hparams, sample_space
+from hsmpi.algorithm.sampling import SAMPLERS, URS, Perturb, SamplerError, make_sampler
+from hsmpi.algorithm.space import Choice, IntUniform, LogUniform, Param, Uniform, check_hparams, sample_space
 
 SPACE: dict[str, Param] = {
     "lr": LogUniform(1e-5, 1e-1),

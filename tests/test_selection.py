@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from hsmpi.selection import (
+from hsmpi.algorithm.selection import (
     SELECTIONS,
     SelectionError,
     Truncation,

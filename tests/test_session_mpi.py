@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from hsmpi import flatstate
 from hsmpi.config import Config
-from hsmpi.member import Member
-from hsmpi.session import BEST_EVER, Search
+from hsmpi.engine.member import Member
+from hsmpi.engine.session import BEST_EVER, Search
+from hsmpi.io import hdf5
+from hsmpi.parallel import flatstate
 
 from tasks_for_tests import AllDiverge, Diverging, Tiny, TinyAdam
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.mpi(min_size=2)
 def _comm():  # noqa: ANN202
     from mpi4py import MPI
 
-    from hsmpi.comm import Comm
+    from hsmpi.parallel.comm import Comm
 
     return Comm(MPI.COMM_WORLD)
 
@@ -125,8 +126,7 @@ def test_the_mpi_library_string_goes_into_hdf5_and_back_as_the_library_says_it(m
     import h5py
     from mpi4py import MPI
 
-    from hsmpi import h5new
-    from hsmpi.text import clean
+    from hsmpi.io.text import clean
 
     comm = _comm()
     raw = MPI.Get_library_version()
@@ -135,9 +135,9 @@ def test_the_mpi_library_string_goes_into_hdf5_and_back_as_the_library_says_it(m
     assert line.split()[:2] == raw.split()[:2]  # the library's own name, word for word
     path = mpi_tmp_path / f"rank{comm.rank}.h5"
     with h5py.File(path, "w") as f:
-        h5new.attr(f, "mpi", line)
-        h5new.attr(f, "raw", raw)
-        h5new.dataset(f, "processor", np.array([MPI.Get_processor_name()], dtype=object))
+        hdf5.attr(f, "mpi", line)
+        hdf5.attr(f, "raw", raw)
+        hdf5.dataset(f, "processor", np.array([MPI.Get_processor_name()], dtype=object))
     with h5py.File(path, "r") as f:
         assert f.attrs["mpi"] == line
         assert f.attrs["raw"] == clean(raw, lines=True)

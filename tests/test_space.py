@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hsmpi.space import (
+from hsmpi.algorithm.space import (
     Choice,
     IntUniform,
     LogUniform,

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from hsmpi import h5new
-from hsmpi.space import Choice, SpaceError
-from hsmpi.text import clean, clean_tree, dumps
+from hsmpi.algorithm.space import Choice, SpaceError
+from hsmpi.io import hdf5
+from hsmpi.io.text import clean, clean_tree, dumps
 
 # What real MPIs return from MPI_Get_library_version, byte for byte (measured with mpi4py 4.1):
 # Open MPI 5.0.11 counts its terminating NUL in the length; MPICH 5.0 spans several lines.
@@ -63,10 +63,10 @@ def test_hdf5_takes_what_it_refuses_raw(tmp_path: Path) -> None:
     with h5py.File(path, "w") as f:
         with pytest.raises(ValueError, match="NUL"):  # h5py itself, the failure under Open MPI
             f.attrs["raw"] = OPEN_MPI
-        h5new.attr(f, "mpi", OPEN_MPI)
-        h5new.attr(f, "inner", "a\x00b")
-        h5new.dataset(f, "names", np.array(["ok", "x\x00y", "caf\udce9"], dtype=object))
-        h5new.dataset(f, "unicode", np.array(["é\x1b"]))
+        hdf5.attr(f, "mpi", OPEN_MPI)
+        hdf5.attr(f, "inner", "a\x00b")
+        hdf5.dataset(f, "names", np.array(["ok", "x\x00y", "caf\udce9"], dtype=object))
+        hdf5.dataset(f, "unicode", np.array(["é\x1b"]))
     with h5py.File(path, "r") as f:
         assert f.attrs["mpi"] == OPEN_MPI[:-1]
         assert f.attrs["inner"] == "a\\x00b"

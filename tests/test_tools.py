@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml  # type: ignore[import-untyped]
 
-from hsmpi.replay import replay
+from hsmpi.cli.replay import replay
 from hsmpi.tasks import load_task
 
 from conftest import ROOT, run_hsmpi, task_spec
@@ -164,7 +164,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
 
 
 def test_lineage_trim_drops_a_line_cut_short_by_a_crash(tmp_path: Path) -> None:
-    from hsmpi import lineage
+    from hsmpi.io import lineage
 
     path = tmp_path / lineage.NAME
     path.write_text('{"session": 1}\n{"session": 2}\n{"session": 3, "memb')

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from hsmpi import vectorize
-from hsmpi.data import Data
-from hsmpi.member import Member
+from hsmpi.engine import vectorize
+from hsmpi.engine.data import Data
+from hsmpi.engine.member import Member
 
 from conftest import run_hsmpi, task_spec
 from tasks_for_tests import TinyAdam

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..space import validate_space
+from hsmpi.algorithm.space import validate_space
 
 BUILTIN = {
     "regression1d": "hsmpi.tasks.regression1d:Regression1D",

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from ..space import LogUniform, Uniform
-from ._common import mlp, split
+from hsmpi.algorithm.space import LogUniform, Uniform
+from hsmpi.tasks._common import mlp, split
 
 
 class Diabetes:

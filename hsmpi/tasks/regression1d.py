@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ..space import LogUniform, Uniform
-from ._common import mlp
+from hsmpi.algorithm.space import LogUniform, Uniform
+from hsmpi.tasks._common import mlp
 
 
 def target(x: np.ndarray) -> np.ndarray:

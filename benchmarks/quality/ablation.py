@@ -1,0 +1,28 @@
+"""hsmpi's own variants: the ablation table (one option changed from the defaults) and the m sweep."""
+
+from __future__ import annotations
+
+from benchmarks.quality import methods
+from benchmarks.quality.runner import Method, hsmpi_defaults
+
+# Each variant changes one documented option of hsmpi from its defaults.
+VARIANTS: dict[str, dict[str, object]] = {
+    "paper-minimal": {"select": "winner", "radius": 0.15},  # one winner, radius 0.15, the last winner returned
+    "winner": {"select": "winner"},  # the paper's selection rule, otherwise the defaults
+    "elitism": {"elitism": True},  # return the best member of any session
+    "elitism-holdout-0.3": {"elitism": True, "holdout": 0.3},  # ... judged on 30% of validation held back
+    "radius-0.15": {"radius": 0.15},  # the paper's box
+    "shrink-radius": {"radius_final": 0.05},  # the box shrinks from 0.3 to 0.05 over the sessions
+    "fraction-0.5": {"truncation_fraction": 0.5},  # the bottom half copies the top half
+}
+
+
+def variants() -> list[Method]:
+    return [Method(f"hsmpi/{name}", methods.hsmpi_method, hsmpi_defaults(**opts), parallel=True)
+            for name, opts in VARIANTS.items()]
+
+
+def sweep(epochs: int) -> list[Method]:
+    """hsmpi with m sessions for each m that divides M (m = 1 is random search with the shared init)."""
+    counts = [m for m in (1, 2, 3, 5, 6, 10, 15, 30) if m <= epochs]
+    return [Method(f"hsmpi/m{m}", methods.hsmpi_method, hsmpi_defaults(sessions=m), parallel=True) for m in counts]

@@ -1,0 +1,176 @@
+"""The benchmark's tables and figures, from the stored cells (plain JSON)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from hsmpi.cli.report import pyplot
+
+
+def load_cells(out: str) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """(task, method) -> seed -> stored cell."""
+    cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    # Labels may hold a slash (hsmpi/m5), so cells sit one or two folders deep: search them all.
+    for path in sorted(glob.glob(os.path.join(out, "cells", "**", "seed*.json"), recursive=True)):
+        with open(path) as f:
+            c = json.load(f)
+        s = c["settings"]
+        cells.setdefault((s["task"], s["method"]), {})[int(s["seed"])] = c
+    return cells
+
+
+def _finite(values: list[float]) -> np.ndarray:
+    a = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(a), a, np.inf)
+
+
+def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired samples (NaN without scipy or with no differences)."""
+    try:
+        from scipy.stats import wilcoxon
+    except ImportError:
+        return math.nan
+    import warnings
+
+    d = a - b
+    d = d[np.isfinite(d)]
+    if len(d) == 0 or np.all(d == 0):
+        return math.nan
+    with warnings.catch_warnings():  # small samples: scipy warns that it falls back to an approximation
+        warnings.simplefilter("ignore")
+        return float(wilcoxon(d).pvalue)
+
+
+def _q(values: np.ndarray) -> tuple[float, float, float]:
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return float(q25), float(q50), float(q75)
+
+
+def task_table(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: str, methods: list[str],
+               reference: str = "hsmpi", key: str = "test") -> list[str]:
+    """Markdown rows: one per method, compared with `reference` on the seeds both have."""
+    ref = cells.get((task, reference), {})
+    rows = ["| method | seeds | median test loss | IQR (25%-75%) | IQR width | hsmpi better on | Wilcoxon p "
+            "| epochs | wall-clock s (ranks) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in methods:
+        m, _, which = name.partition("#")  # "hsmpi#ensemble_test": hsmpi's population average
+        which = which or key
+        runs = cells.get((task, m), {})
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        v = _finite([_value(runs[s], which) for s in seeds])
+        q25, q50, q75 = _q(v)
+        shared = [s for s in seeds if s in ref]
+        if name != reference and shared:
+            a = _finite([_value(ref[s], key) for s in shared])
+            b = _finite([_value(runs[s], which) for s in shared])
+            better = f"{int((a < b).sum())}/{len(shared)}"
+            p = wilcoxon_p(a, b)
+            pval = f"{p:.3f}" if math.isfinite(p) else "n/a"
+        else:
+            better, pval = "-", "-"
+        epochs = int(np.median([runs[s]["epochs"] for s in seeds]))
+        secs = float(np.median([runs[s]["seconds"] for s in seeds]))
+        ranks = int(np.median([runs[s]["ranks"] for s in seeds]))
+        label = f"{m} (population average)" if which == "ensemble_test" else m
+        rows.append(f"| {label} | {len(seeds)} | {q50:.4g} | {q25:.4g}-{q75:.4g} | {q75 - q25:.3g} | {better} | {pval} "
+                    f"| {epochs} | {secs:.1f} ({ranks}) |")
+    return rows
+
+
+def _value(cell: dict[str, Any], key: str) -> float:
+    if key == "test":
+        return float(cell["test"])
+    return float(cell["extra"].get(key, math.nan))
+
+
+def summary_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str], methods: list[str]
+                 ) -> list[str]:
+    """One line per method: its median test loss on each task, relative to hsmpi's (hsmpi / method)."""
+    head = "| method | " + " | ".join(tasks) + " |"
+    rows = [head, "|---|" + "---|" * len(tasks)]
+    for m in methods:
+        parts = []
+        for t in tasks:
+            runs, ref = cells.get((t, m), {}), cells.get((t, "hsmpi"), {})
+            if not runs:
+                parts.append("-")
+                continue
+            med = float(np.median(_finite([runs[s]["test"] for s in runs])))
+            rel = ""
+            if ref and m != "hsmpi":
+                rmed = float(np.median(_finite([ref[s]["test"] for s in ref])))
+                rel = f" ({(rmed / med - 1) * 100:+.0f}%)" if med > 0 and math.isfinite(med) else ""
+            parts.append(f"{med:.4g}{rel}")
+        rows.append(f"| {m} | " + " | ".join(parts) + " |")
+    return rows
+
+
+def curves(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str], methods: list[str],
+           path: str) -> str | None:
+    """Median best-so-far validation loss against cumulative epochs, one panel per task."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for m in methods:
+            runs = cells.get((task, m), {})
+            if not runs:
+                continue
+            budget = max(max(c[0] for c in r["curve"]) for r in runs.values() if r["curve"])
+            grid = np.linspace(1, budget, 200)
+            ys = []
+            for r in runs.values():
+                pts = np.asarray(r["curve"], dtype=float)
+                if len(pts) == 0:
+                    continue
+                idx = np.searchsorted(pts[:, 0], grid, side="right") - 1
+                ys.append(np.where(idx >= 0, pts[np.clip(idx, 0, None), 1], np.nan))
+            stack = np.asarray(ys, dtype=float)
+            stack[~np.isfinite(stack)] = np.nan
+            y = np.array([np.median(c[np.isfinite(c)]) if np.isfinite(c).any() else np.nan for c in stack.T])
+            style = "-" if m.startswith("hsmpi") else "--"
+            ax.plot(grid, y, style, lw=2 if m == "hsmpi" else 1.2, label=m)
+        ax.set(title=task, xlabel="epochs spent (all trials/members)", ylabel="best validation loss so far",
+               yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def figure_1b(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], seed: int, path: str,
+              against: str = "hyperopt-tpe") -> str | None:
+    """regression1d: the test function with the best networks of hsmpi and of a baseline (the paper's Fig. 1b)."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    from hsmpi.tasks.regression1d import Regression1D
+
+    hs, base = cells.get(("regression1d", "hsmpi"), {}).get(seed), cells.get(("regression1d", against), {}).get(seed)
+    if hs is None or base is None or not hs.get("prediction") or not base.get("prediction"):
+        return None
+    _, val, test = Regression1D().data(seed)
+    x, y = test.tensors[0].numpy().ravel(), test.tensors[1].numpy().ravel()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(val.tensors[0].numpy().ravel(), val.tensors[1].numpy().ravel(), ".", color="lightgrey",
+            label="validation data (noisy)")
+    ax.plot(x, y, "k-", lw=2, label="test function")
+    ax.plot(x, hs["prediction"], "-", color="tab:red", label=f"hsmpi best (test loss {hs['test']:.2g})")
+    ax.plot(x, base["prediction"], "--", color="tab:blue", label=f"{against} best (test loss {base['test']:.2g})")
+    ax.set(xlabel="x", ylabel="y", title=f"regression1d, seed {seed}: best network of each method")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,98 @@
+"""`python -m hsmpi replay RESULTS`: retrain one network with the winners' hyperparameter schedule.
+
+Session k of the replay trains for the epochs session k had, with the
+hyperparameters that session's winner trained with (the schedule the winning
+lineage followed), starting from the run's initial weights and carrying the
+optimizer state across sessions as hsmpi does.  It reports the replayed
+network's validation and test loss beside the search's: a user's way to reuse
+what the search learned without searching again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import h5py
+import torch
+
+from hsmpi.algorithm.space import Choice, HParams, IntUniform
+from hsmpi.engine.data import Data
+from hsmpi.engine.member import Member
+from hsmpi.io.text import say
+from hsmpi.parallel import flatstate
+from hsmpi.tasks import load_task
+
+
+def _typed(space: Any, name: str, value: Any) -> Any:
+    """A value read from HDF5 as the Python type the space uses."""
+    param = space[name]
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(param, Choice):
+        return next((v for v in param.values if str(v) == str(value) or v == value), value)
+    if isinstance(param, IntUniform):
+        return int(value)
+    return float(value)
+
+
+def schedule(path: str) -> tuple[dict[str, Any], list[tuple[int, HParams]], float, int]:
+    """(settings, [(epochs, winner's hyperparameters) per session], the search's best test loss, first winner)."""
+    with h5py.File(path, "r") as f:
+        config = json.loads(f.attrs["config"])
+        task = load_task(config["task"])
+        h = f["history"]
+        winners, epochs = h["winner"][()], h["epochs"][()]
+        names = list(h["hparams"])
+        steps = [(int(epochs[k]), {n: _typed(task.space, n, h[f"hparams/{n}"][k, w]) for n in names})
+                 for k, w in enumerate(winners)]
+        best = float(f["test/best_loss"][()])
+    return config, steps, best, int(winners[0])
+
+
+def replay(path: str, device: str = "cpu", log: Any = say) -> float:
+    """Retrain and return the replayed network's test loss."""
+    config, steps, best, first = schedule(path)
+    task = load_task(config["task"])
+    dev = torch.device(device)
+    train, val, test = (Data(d, dev) for d in task.data(config["seed"]))
+    # The first winner's index: its initial weights and data order, so session 1 is the search's own.
+    member = Member.create(task, first, steps[0][1], config["seed"], dev, config["independent_init"],
+                           config["batch_size"])
+    buffer = flatstate.Buffer(dev)
+    log(f"replaying {len(steps)} sessions of {config['task']} from {path}")
+    for k, (epochs, hp) in enumerate(steps):
+        if k:  # new hyperparameters, same weights and optimizer state
+            header = member.header()
+            buffer.ensure(header.nbytes)
+            member.pack(header, buffer.device_view())
+            buffer.to_host(header.nbytes)
+            member.adopt(header, buffer.device_view(), hp, buffer.host)
+        member.train(train, epochs)
+        shown = ", ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in hp.items())
+        log(f"session {k + 1}/{len(steps)} | {epochs} epochs | {shown} | val {member.evaluate(val):.5g}")
+    loss = member.evaluate(test)
+    log(f"replayed network: test loss {loss:.5g} | the search's best member: {best:.5g}")
+    return loss
+
+
+def main(args: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hsmpi replay", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", help="a results.h5 written by hsmpi")
+    p.add_argument("--device", default="cpu")
+    try:
+        ns = p.parse_args(args)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        replay(ns.results, ns.device)
+    except (OSError, KeyError, ValueError) as err:
+        say(f"hsmpi: error: cannot replay {ns.results}: {err}", sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["replay", "schedule"]

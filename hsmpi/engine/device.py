@@ -1,0 +1,35 @@
+"""Which device a rank trains on, and how many CPU threads it uses."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hsmpi.config import ConfigError
+
+
+def pick_device(choice: str, local_rank: int) -> torch.device:
+    """`cuda:(local_rank % GPUs)` when CUDA is there (or asked for), else the CPU.
+
+    The node-local rank comes from an MPI shared-memory split, so one rank per
+    GPU works whatever the launcher; with `--gpus-per-task` each rank sees one
+    GPU and the modulo picks it.
+    """
+    if choice == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    if choice == "cuda" and not available:
+        raise ConfigError("device cuda was asked for, but torch sees no CUDA device on this node")
+    if available:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def set_threads(threads: int, local_size: int) -> int:
+    """Intra-op threads per rank: as asked, or the node's cores shared among its ranks."""
+    if threads <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // max(1, local_size))
+    torch.set_num_threads(threads)
+    return threads

@@ -1,7 +1,0 @@
-"""The quality benchmark: hsmpi against Hyperopt, Optuna, Propulate and random search.
-
-`python -m hsmpi.quality` (or `scripts/benchmark_quality.py`) runs it; see
-docs/benchmarks.md.  Every method gets the same task, model, initial weights,
-optimizer and data split per seed, and the same total epoch budget S x M.
-The baselines need the `bench` extra (hyperopt, optuna, propulate, scipy).
-"""
