@@ -32,9 +32,10 @@ from mpi4py import MPI
 
 import hsmpi
 from hsmpi.algorithm.space import sample_space
+from hsmpi.algorithm.streams import DATA_ORDER, HPARAMS, derive_seed, init_seed
 from hsmpi.cli import interval_arg
 from hsmpi.engine.data import Data
-from hsmpi.engine.member import DATA_ORDER, HPARAMS, Member, derive_seed, init_seed
+from hsmpi.engine.member import Member
 from hsmpi.parallel import flatstate
 from hsmpi.parallel.comm import Comm
 from hsmpi.tasks import load_task, task_loss

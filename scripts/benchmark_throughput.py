@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from hsmpi.algorithm.space import sample_space
+from hsmpi.algorithm.streams import HPARAMS, derive_seed
 from hsmpi.engine import vectorize
 from hsmpi.engine.data import Data
-from hsmpi.engine.member import HPARAMS, Member, derive_seed
+from hsmpi.engine.member import Member
 from hsmpi.tasks import load_task
 
 

@@ -31,23 +31,28 @@ import numpy as np
 import torch
 
 import hsmpi
-from hsmpi.engine import job as api
-from hsmpi.engine import session
+from hsmpi.engine import finish, search
+from hsmpi.engine import population as populations
+from hsmpi.io import checkpoint, lineage
 from hsmpi.parallel.comm import world
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchmark_overhead import plain_loops  # noqa: E402
 
 PARTS = [  # (owner, function name, label), outermost first
-    (session.Search, "setup", "setup (data, members, checks)"),
-    (session.Search, "train_local", "training and validation (every session)"),
-    (session.Search, "select_and_share", "selection and sharing"),
-    (api, "collect", "checkpoint: gathering the state"),
-    (api.checkpoint, "save", "checkpoint: writing the file"),
-    (api.lineage, "append", "lineage log"),
-    (api, "finish", "finish (best model, test and population-average losses)"),
-    (api, "write_results", "results file"),
-    (api, "export_top", "best.pt and top-K state dicts"),
+    (populations, "prepare", "setup (data, checks)"),
+    (search.Search, "start", "setup (members, first hyperparameters)"),
+    (populations.Population, "train", "training (every session)"),
+    (search.Search, "evaluate", "validation (every session)"),
+    (search.Search, "select", "selection: winner and plan"),
+    (search.Search, "share", "sharing the donors' states"),
+    (search.Search, "resample", "new hyperparameters to the copies"),
+    (search.Search, "state_dict", "checkpoint: gathering the state"),
+    (checkpoint, "save", "checkpoint: writing the file"),
+    (lineage, "append", "lineage log"),
+    (finish, "returned_model", "finish (best model, test and population-average losses)"),
+    (finish, "write_results", "results file"),
+    (finish, "export_top", "best.pt and top-K state dicts"),
 ]
 
 

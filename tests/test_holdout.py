@@ -11,7 +11,7 @@ import torch
 
 from hsmpi.config import Config, ConfigError
 from hsmpi.engine.job import run
-from hsmpi.engine.session import SetupError
+from hsmpi.errors import SetupError
 from hsmpi.parallel.comm import SerialComm
 from hsmpi.tasks import task_loss
 

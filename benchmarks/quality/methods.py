@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.quality.trial import Problem, TrialResult, train_trial
 from hsmpi.algorithm.space import Choice, HParams, IntUniform, LogUniform, Param, Uniform, sample_space
-from hsmpi.engine.member import derive_seed
+from hsmpi.algorithm.streams import derive_seed
 from hsmpi.parallel.comm import SerialComm, mpi_handle
 
 BASELINE_STREAM = 11  # derive_seed key for the baselines' own random streams

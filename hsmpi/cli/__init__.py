@@ -5,38 +5,36 @@ data, checkpoint or output folder), reported once by rank 0 before any
 training; 1 an exception during the run, which aborts every rank
 (`MPI_Abort`) so none waits forever in a collective; 75 (EX_TEMPFAIL) stopped
 by SIGTERM, SIGINT or SIGUSR1 at a session boundary with a checkpoint
-written: run again with `--resume auto` to continue.
+written: run again with `--resume auto` to continue; 3 no member ever had a
+finite validation loss (the results file is written, marked finite_model = false).
+Usage errors are raised instead of argparse's print-and-exit (UsageError), so
+only rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tomllib
-import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from hsmpi import __version__
 from hsmpi.algorithm.sampling import SAMPLERS
 from hsmpi.algorithm.selection import SELECTIONS
-from hsmpi.config import Config, ConfigError
-from hsmpi.engine.job import Stopped, resume_options
-from hsmpi.engine.session import SetupError
+from hsmpi.config import Config
+from hsmpi.engine.job import Stopped
+from hsmpi.engine.resume import resume_options
 from hsmpi.engine.signals import install as install_signal_handlers
-from hsmpi.io.checkpoint import CheckpointError
+from hsmpi.errors import NoFiniteModel, UsageError, agreed, ends_every_rank_on_failure, user_errors
 from hsmpi.io.text import say
 from hsmpi.parallel.comm import SerialComm, world
-from hsmpi.tasks import BUILTIN, TaskError, load_task
+from hsmpi.tasks import BUILTIN, load_task
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_STOPPED = 75
-
-
-class UsageError(ValueError):
-    """Raised instead of argparse's print-and-exit, so only rank 0 prints."""
+EXIT_NO_MODEL = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,22 +124,6 @@ def _read_toml(path: str) -> dict[str, Any]:
     return options
 
 
-def _agreed(comm: SerialComm, work: Any) -> Any:
-    """Run `work()` on every rank; if it fails on any (a file one node cannot see, a module missing on
-    one node), every rank raises the first failure, so no rank waits alone in a later collective."""
-    result, error = None, None
-    try:
-        result = work()
-    except (UsageError, ConfigError, TaskError, CheckpointError) as err:
-        error = f"{err}"
-    except Exception as err:  # noqa: BLE001 - reported as a usage error, once
-        error = f"{type(err).__name__}: {err}"
-    errors = [e for e in comm.allgather(error) if e]
-    if errors:
-        raise UsageError(errors[0] if comm.size == 1 or error else f"on another rank: {errors[0]}")
-    return result
-
-
 def parse(argv: Sequence[str], comm: SerialComm | None = None) -> Config | str:
     """Flags (over TOML, over a resumed checkpoint's settings) -> Config; or 'help' / 'version'."""
     comm = comm or SerialComm()
@@ -153,7 +135,7 @@ def parse(argv: Sequence[str], comm: SerialComm | None = None) -> Config | str:
         options.update(args)
         return options
 
-    options = _agreed(comm, local)
+    options = agreed(comm, local)
     if options.pop("help"):
         return "help"
     if options.pop("version"):
@@ -204,35 +186,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](comm, list(argv[1:]))
     try:
-        parsed = parse(argv, comm)
-        if parsed == "help":
-            _say(comm, build_parser().format_help())
-            return 0
-        if parsed == "version":
-            _say(comm, f"hsmpi {__version__}")
-            return 0
-        assert isinstance(parsed, Config)
-        task = _agreed(comm, lambda: load_task(parsed.task))
-        install_signal_handlers()
-        execute(parsed, task, comm, log=say)
-    except (UsageError, ConfigError, TaskError, SetupError, CheckpointError) as err:
+        with ends_every_rank_on_failure(comm, (*user_errors(), Stopped, NoFiniteModel)):
+            parsed = parse(argv, comm)
+            if parsed == "help":
+                _say(comm, build_parser().format_help())
+                return 0
+            if parsed == "version":
+                _say(comm, f"hsmpi {__version__}")
+                return 0
+            assert isinstance(parsed, Config)
+            task = agreed(comm, lambda: load_task(parsed.task))
+            install_signal_handlers()
+            execute(parsed, task, comm, log=say)
+    except user_errors() as err:
         _say(comm, f"hsmpi: error: {err}", sys.stderr)
         return EXIT_USAGE
     except Stopped as stop:
         _say(comm, f"hsmpi: {stop}", sys.stderr)
         return EXIT_STOPPED
-    except KeyboardInterrupt:  # a second Ctrl-C: the other ranks may sit in a collective, so end them too
-        if comm.size > 1:
-            comm.abort(130)
-        raise
-    except BaseException as err:  # noqa: BLE001 - any failure on one rank must end every rank
-        if isinstance(err, SystemExit) and not err.code:
-            return 0
-        say(f"hsmpi: rank {comm.rank} of {comm.size} failed ({os.uname().nodename}): "
-            f"{type(err).__name__}: {err}", sys.stderr)
-        traceback.print_exc(file=sys.stderr)
-        sys.stderr.flush()
-        if comm.size > 1:
-            comm.abort(EXIT_FAILURE)
+    except NoFiniteModel as err:
+        _say(comm, f"hsmpi: error: {err}", sys.stderr)
+        return EXIT_NO_MODEL
+    except SystemExit as exit_:  # sys.exit(0) from a task is a finished run; any other code a failure
+        return 0 if not exit_.code else EXIT_FAILURE
+    except Exception:  # reported by ends_every_rank_on_failure (with one rank; with more it aborted)
         return EXIT_FAILURE
     return 0

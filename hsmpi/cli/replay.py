@@ -17,24 +17,12 @@ from typing import Any
 import h5py
 import torch
 
-from hsmpi.algorithm.space import Choice, HParams, IntUniform
+from hsmpi.algorithm.space import HParams
 from hsmpi.engine.data import Data
+from hsmpi.engine.history import typed_value
 from hsmpi.engine.member import Member
 from hsmpi.io.text import say
-from hsmpi.parallel import flatstate
 from hsmpi.tasks import load_task
-
-
-def _typed(space: Any, name: str, value: Any) -> Any:
-    """A value read from HDF5 as the Python type the space uses."""
-    param = space[name]
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(param, Choice):
-        return next((v for v in param.values if str(v) == str(value) or v == value), value)
-    if isinstance(param, IntUniform):
-        return int(value)
-    return float(value)
 
 
 def schedule(path: str) -> tuple[dict[str, Any], list[tuple[int, HParams]], float, int]:
@@ -45,7 +33,7 @@ def schedule(path: str) -> tuple[dict[str, Any], list[tuple[int, HParams]], floa
         h = f["history"]
         winners, epochs = h["winner"][()], h["epochs"][()]
         names = list(h["hparams"])
-        steps = [(int(epochs[k]), {n: _typed(task.space, n, h[f"hparams/{n}"][k, w]) for n in names})
+        steps = [(int(epochs[k]), {n: typed_value(task.space, n, h[f"hparams/{n}"][k, w]) for n in names})
                  for k, w in enumerate(winners)]
         best = float(f["test/best_loss"][()])
     return config, steps, best, int(winners[0])
@@ -60,15 +48,10 @@ def replay(path: str, device: str = "cpu", log: Any = say) -> float:
     # The first winner's index: its initial weights and data order, so session 1 is the search's own.
     member = Member.create(task, first, steps[0][1], config["seed"], dev, config["independent_init"],
                            config["batch_size"])
-    buffer = flatstate.Buffer(dev)
     log(f"replaying {len(steps)} sessions of {config['task']} from {path}")
     for k, (epochs, hp) in enumerate(steps):
         if k:  # new hyperparameters, same weights and optimizer state
-            header = member.header()
-            buffer.ensure(header.nbytes)
-            member.pack(header, buffer.device_view())
-            buffer.to_host(header.nbytes)
-            member.adopt(header, buffer.device_view(), hp, buffer.host)
+            member.set_hparams(hp)
         member.train(train, epochs)
         shown = ", ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in hp.items())
         log(f"session {k + 1}/{len(steps)} | {epochs} epochs | {shown} | val {member.evaluate(val):.5g}")

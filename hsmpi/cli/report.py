@@ -13,7 +13,6 @@ highlighted).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -21,10 +20,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hsmpi.io import checkpoint
+from hsmpi.engine.history import PHASES, History
+from hsmpi.io import checkpoint, hdf5
 from hsmpi.io.text import say
-
-PHASES = ("train", "val", "select", "scatter", "bcast", "checkpoint")
 
 
 def load_history(path: str) -> dict[str, Any]:
@@ -40,30 +38,30 @@ def load_history(path: str) -> dict[str, Any]:
         else:
             return _from_checkpoint(path)
     with h5py.File(path, "r") as f:
-        kind = f.attrs.get("format")
-        if kind == "hsmpi-results":
-            h = f["history"]
-            hist = {k: h[k][()] for k in ("train_loss", "val_loss", "winner", "winner_loss", "epochs")}
-            text = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
-            hist["hparams"] = {n: [[text(v) for v in row] for row in h[f"hparams/{n}"][()]] for n in h["hparams"]}
-            hist["time"] = {p: h[f"time/{p}"][()][:, 0] for p in PHASES if f"time/{p}" in h}
-            hist["test"] = {k: float(f[f"test/{k}"][()]) for k in ("best_loss", "ensemble_loss")}
-            hist["task"], hist["source"] = str(f.attrs["task"]), "results"
-            return hist
+        if f.attrs.get("format") == "hsmpi-results":
+            out = _arrays(hdf5.read_group(f["history"]))
+            out["test"] = {k: float(f[f"test/{k}"][()]) for k in ("best_loss", "ensemble_loss")}
+            out["task"], out["source"] = str(f.attrs["task"]), "results"
+            return out
     return _from_checkpoint(path)
 
 
 def _from_checkpoint(path: str) -> dict[str, Any]:
     """The history a checkpoint holds (a file, or a folder: its latest checkpoint, else the backup)."""
     state, _ = checkpoint.load(path, warn=lambda s: say(s, sys.stderr))
-    j = json.loads(state["history"]["json"])
-    names = list(j["hparams"][0][0]) if j["hparams"] else []
-    return {"train_loss": np.array(j["train_loss"], dtype=float), "val_loss": np.array(j["val_loss"], dtype=float),
-            "winner": np.array(j["winner"]), "winner_loss": np.array(j["winner_loss"], dtype=float),
-            "epochs": np.array(j["epochs"]), "hparams": {n: [[hp[n] for hp in row] for row in j["hparams"]]
-                                                          for n in names},
-            "time": {p: np.array([t[0][i] for t in j["time"]]) for i, p in enumerate(PHASES)},
-            "test": {}, "task": str(state["task"]), "source": "checkpoint (run in progress)"}
+    out = _arrays(state["history"])
+    out["test"], out["task"], out["source"] = {}, str(state["task"]), "checkpoint (run in progress)"
+    return out
+
+
+def _arrays(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored history (either file's) as the arrays the summary and the plots read; times are rank 0's."""
+    h = History.from_state_dict(stored)
+    names = list(h.hparams[0][0]) if h.hparams else []
+    return {"train_loss": np.array(h.train_loss, dtype=float), "val_loss": np.array(h.val_loss, dtype=float),
+            "winner": np.array(h.winner), "winner_loss": np.array(h.winner_loss, dtype=float),
+            "epochs": np.array(h.epochs), "hparams": {n: [[hp[n] for hp in row] for row in h.hparams] for n in names},
+            "time": {p: np.array([t[0][j] for t in h.time]) for j, p in enumerate(PHASES)}}
 
 
 def _fmt(v: Any) -> str:

@@ -1,17 +1,35 @@
-"""After the last session: the best model everywhere, test losses, the final population, the record."""
+"""After the last session: the returned model on every rank, test losses, the results file, exports.
+
+The paper's step 6, "return the best neural network(s)": the model the run
+returns (the last session's best, or with elitism the best ever) goes to
+every rank with `share_state`; rank 0 evaluates it on the test split, every
+rank adds its members' predictions to the population's average, and rank 0
+writes the results file while another rank on its node writes the last
+checkpoint (hsmpi.engine.observers.Checkpoints).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from hsmpi.algorithm.space import HParams
+from hsmpi import __version__
+from hsmpi.algorithm.space import HParams, describe_space
+from hsmpi.engine.history import PHASES
 from hsmpi.engine.member import Member
-from hsmpi.engine.session import PHASES, Search
+from hsmpi.engine.observers import Checkpoints
+from hsmpi.engine.search import Search
+from hsmpi.io.export import export_top
+from hsmpi.io.results import hparam_array, write_results
+from hsmpi.parallel.share import share_state
 from hsmpi.tasks import task_loss
 
 
@@ -22,60 +40,79 @@ class Result:
     best_model: torch.nn.Module
     best_hparams: HParams
     best_val_loss: float
-    best_session: int  # 0-based session in which the best member was evaluated
+    best_session: int  # 0-based session in which the best member was evaluated (-1: the initial weights)
     best_member: int
     test_loss: float  # the best member's
     ensemble_test_loss: float  # the final population's averaged prediction
     history: dict[str, Any]  # the results file's `history/` group, on rank 0 (empty elsewhere)
     path: str | None  # the results file, on rank 0
+    finite_model: bool = True  # False: no member ever had a finite validation loss
 
 
-def finish(search: Search) -> tuple[Result, dict[str, Any]]:
-    """After the last session: the best model to every rank, test losses, the final population.
-
-    Returns the Result and, on rank 0, the dicts the results file is made of.
-    """
-    comm, task, best = search.comm, search.task, search.best
-    header, hp, meta = comm.bcast((best.header, best.hp, (best.val_loss, best.session, best.member))
-                                  if comm.is_root else None)
-    search.buffer.ensure(header.nbytes)
-    array = search.buffer.array(header.nbytes)
+def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None], start: float,
+           startup: float = 0.0) -> Result:
+    """Evaluate, write results.h5 and the exports, say what the run found (collective)."""
+    comm, config = search.comm, search.population.config
+    result, record = returned_model(search)
+    top = min(config.export_top, search.population.size)
+    exported = checkpoints.write_handed(comm, (record, top) if comm.is_root else None)
+    path = os.path.join(config.out, "results.h5")
+    finite = bool(comm.bcast(record["finite_model"] if comm.is_root else None))
+    result.finite_model = finite
     if comm.is_root:
-        assert best.state is not None
-        array[:] = best.state
-    comm.bcast_buffer(array)
-    search.buffer.to_device(header.nbytes)
-    c = search.config
-    champion = Member.create(task, meta[2], hp, c.seed, search.device, c.independent_init, c.batch_size)
-    champion.adopt(header, search.buffer.device_view(), hp, search.buffer.host)
-    test_loss = champion.evaluate(search.data["test"]) if comm.is_root else math.nan
-    test_loss = comm.bcast(test_loss)
-    ensemble_loss, count = _ensemble_loss(search)
+        meta = {"hsmpi_version": __version__, "population": search.population.size, "ranks": comm.size,
+                "threads": search.population.threads, "device_type": search.population.device.type,
+                "mpi": comm.library(), "wall_seconds": time.perf_counter() - start, "finite_model": finite}
+        settings = dataclasses.replace(config, population=search.population.size).to_dict()
+        write_results(path, meta, settings, describe_space(search.space),
+                      **{k: v for k, v in record.items() if k != "finite_model"})
+        result.path = path
+        if not exported:
+            export_top(config.out, record, top)
+    checkpoints.confirm(comm, path)
+    if comm.is_root:
+        log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "
+            f"session {result.best_session + 1}) | population average {result.ensemble_test_loss:.5g} "
+            f"({record['test']['ensemble_members']} members)")
+        log(time_summary(record["history"]["time"], search.next_session, time.perf_counter() - start, startup))
+        log(f"results: {path} ({time.perf_counter() - start:.1f}s in all)")
+    return result
 
+
+def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
+    """The best model to every rank, its test loss and the population's; on rank 0 the results record."""
+    comm, pop, best = search.comm, search.population, search.best
+    hp, session, member = comm.bcast((best.hparams, best.session, best.member) if comm.is_root else None)
+    c = pop.config
+    champion = Member.create(pop.task, member, hp, c.seed, pop.device, c.independent_init, c.batch_size)
+    share_state(comm, pop.buffer, 0, best.state, [champion])
+    test_loss = comm.bcast(champion.evaluate(pop.data["test"]) if comm.is_root else math.nan)
+    ensemble_loss, count = _ensemble_loss(search)
     record: dict[str, Any] = {}
-    gathered = comm.gather([(m.index, m.weights(), m.hp) for m in search.members])
+    gathered = comm.gather([(m.index, m.weights(), m.hp) for m in pop.members])
     if comm.is_root:
         assert gathered is not None
         members = sorted((x for part in gathered for x in part), key=lambda x: x[0])
         record = _record(search, members, champion, test_loss, ensemble_loss, count)
-    result = Result(champion.model, dict(hp), float(meta[0]), int(meta[1]), int(meta[2]), float(test_loss),
+    result = Result(champion.model, dict(hp), float(best.val_loss), int(session), int(member), float(test_loss),
                     float(ensemble_loss), record.get("history", {}), None)
     return result, record
 
 
 def _ensemble_loss(search: Search) -> tuple[float, int]:
     """Test loss of the population's averaged prediction (non-finite members left out)."""
-    task, test = search.task, search.data["test"]
+    pop = search.population
+    task, test = pop.task, pop.data["test"]
     into = getattr(task, "ensemble_in", lambda out: out)
     back = getattr(task, "ensemble_out", lambda mean: mean)
     total: torch.Tensor | None = None
     count = 0
-    for m in search.members:
+    for m in pop.members:
         out = into(m.predict(test)).double()
         if torch.isfinite(out).all():
             total = out if total is None else total + out
             count += 1
-    shape = tuple(search.members[0].predict(test).shape) if total is None else tuple(total.shape)
+    shape = tuple(pop.members[0].predict(test).shape) if total is None else tuple(total.shape)
     local = np.zeros(int(np.prod(shape)) + 1)
     if total is not None:
         local[:-1] = total.cpu().numpy().ravel()
@@ -84,7 +121,7 @@ def _ensemble_loss(search: Search) -> tuple[float, int]:
     count = int(summed[-1])
     if count == 0:
         return math.nan, 0
-    mean = torch.from_numpy(summed[:-1].reshape(shape) / count).float().to(search.device)
+    mean = torch.from_numpy(summed[:-1].reshape(shape) / count).float().to(pop.device)
     with torch.no_grad():
         target = torch.cat([y for _, y in test.in_order()])
         return float(task_loss(task, back(mean), target)), count
@@ -93,33 +130,32 @@ def _ensemble_loss(search: Search) -> tuple[float, int]:
 def _record(search: Search, members: list[Any], champion: Member, test_loss: float,
             ensemble_loss: float, count: int) -> dict[str, Any]:
     """Rank 0: the results file's content as plain dicts of arrays."""
-    from hsmpi.io.results import hparam_array
-
-    h, names = search.history, list(search.space)
-    history = {
-        "train_loss": np.array(h.train_loss), "val_loss": np.array(h.val_loss),
-        "winner": np.array(h.winner, dtype=np.int64), "winner_loss": np.array(h.winner_loss),
-        "sources": np.array(h.sources, dtype=np.int64), "epochs": np.array(h.epochs, dtype=np.int64),
-        "note": list(h.note),
-        "hparams": {n: np.stack([hparam_array([hp[n] for hp in row]) for row in h.hparams]) for n in names},
-        "time": {p: _pad([t[:, j] for t in h.time]) for j, p in enumerate(PHASES)},
-    }
-    best = {"val_loss": search.best.val_loss, "session": search.best.session, "member": search.best.member,
-            "weights": champion.weights(), "hparams": dict(search.best.hp)}
+    h, names, best = search.history, list(search.space), search.best
     keys = list(members[0][1])
-    population = {
-        "weights": {k: np.stack([w[k] for _, w, _ in members]) for k in keys},
-        "hparams": {n: hparam_array([hp[n] for _, _, hp in members]) for n in names},
-        "val_loss": h.val_loss[-1],
+    return {
+        "history": h.state_dict(),
+        "best": {"val_loss": best.val_loss, "session": best.session, "member": best.member,
+                 "weights": champion.weights(), "hparams": dict(best.hparams)},
+        "population": {
+            "weights": {k: np.stack([w[k] for _, w, _ in members]) for k in keys},
+            "hparams": {n: hparam_array([hp[n] for _, _, hp in members]) for n in names},
+            "val_loss": h.val_loss[-1],
+        },
+        "test": {"best_loss": test_loss, "ensemble_loss": ensemble_loss, "ensemble_members": count},
+        "finite_model": any(math.isfinite(v) for v in h.winner_loss),
     }
-    test = {"best_loss": test_loss, "ensemble_loss": ensemble_loss, "ensemble_members": count}
-    return {"history": history, "best": best, "population": population, "test": test}
 
 
-def _pad(rows: list[np.ndarray]) -> np.ndarray:
-    """Rows of per-rank times as one (sessions, ranks) array; NaN where a resumed run had fewer ranks."""
-    width = max(len(r) for r in rows)
-    out = np.full((len(rows), width), np.nan)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
+def time_summary(times: dict[str, np.ndarray], first: int, wall: float, startup: float) -> str:
+    """Rank 0's share of this process's wall time per phase, and what was neither training nor validation.
+
+    Only the sessions this process ran count (`first` on: a resumed run's
+    earlier sessions were another process's time); `startup` is PyTorch's own
+    one-time start-up, which any PyTorch program pays, named apart from hsmpi's.
+    """
+    spent = {p: float(np.nansum(values[first:, 0])) for p, values in times.items() if p in PHASES}
+    work = spent["train"] + spent["val"]
+    other = max(0.0, wall - sum(spent.values()) - startup)
+    parts = ", ".join(f"{p} {spent[p] / wall:.1%}" for p in ("select", "scatter", "bcast", "checkpoint"))
+    return (f"time (rank 0): training and validation {work / wall:.1%} | not {1 - work / wall:.1%}: {parts}, "
+            f"torch start-up {startup / wall:.1%}, setup and finish {other / wall:.1%}")

@@ -3,6 +3,11 @@
 Every random stream a member uses (initial weights, data order, dropout) is
 seeded from (run seed, member index, stream), never from the rank, so results
 do not depend on how members are laid out over ranks.
+
+Copying another member is two steps, so that the loop reads as the paper's:
+`load_state` takes the donor's weights and optimizer state (step 4, share),
+`set_hparams` then gives the optimizer this member's new hyperparameters and
+keeps the state it holds (step 5, resample).
 """
 
 from __future__ import annotations
@@ -15,23 +20,10 @@ import numpy as np
 import torch
 
 from hsmpi.algorithm.space import HParams
+from hsmpi.algorithm.streams import DATA_ORDER, TORCH_RNG, derive_seed, init_seed
 from hsmpi.engine.data import Data, epoch_sum
 from hsmpi.parallel import flatstate
 from hsmpi.tasks import task_loss
-
-# Stream keys: what each seed belongs to.
-INIT, DATA_ORDER, TORCH_RNG, HPARAMS, SELECTION = 1, 2, 3, 4, 5
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for one stream, from the run seed and the stream's keys."""
-    words = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1]))
-
-
-def init_seed(seed: int, index: int, independent: bool) -> int:
-    """Seed for a member's initial weights: shared by all members unless `independent`."""
-    return derive_seed(seed, INIT, index) if independent else derive_seed(seed, INIT)
 
 
 class Member:
@@ -50,6 +42,9 @@ class Member:
         self.rng_state = rng_state
         self.cuda_rng_state = cuda_rng_state
         self.default_batch_size = default_batch_size
+        # Optimizer state loaded from a donor whose optimizer is of another class than this member's
+        # current one (a space that chooses the optimizer): kept until set_hparams builds one of that class.
+        self._carried: tuple[str, flatstate.OptimizerState] | None = None
 
     @classmethod
     def create(cls, task: Any, index: int, hp: HParams, seed: int, device: torch.device,
@@ -136,17 +131,60 @@ class Member:
     def pack(self, header: flatstate.Header, flat: torch.Tensor) -> None:
         flatstate.pack(self.model, self.optimizer, header, flat)
 
+    def load_state(self, header: flatstate.Header, flat: torch.Tensor, host: torch.Tensor | None = None) -> None:
+        """Take another member's weights, buffers and optimizer state from `flat` (step 4, share).
+
+        The optimizer keeps this member's hyperparameters until `set_hparams`;
+        its state tensors are this member's own copies.
+        """
+        flatstate.unpack_weights(header, flat, self.model)
+        state = flatstate.optimizer_state(header, flat, host)
+        self._carried = None
+        if header.optimizer == type(self.optimizer).__name__:
+            flatstate.install_optimizer_state(self.optimizer, state)
+        else:
+            self.optimizer.state.clear()
+            self._carried = (header.optimizer, state)
+
+    def set_hparams(self, hp: HParams) -> None:
+        """Train with `hp` from now on, keeping the weights and the optimizer state (step 5, resample).
+
+        The optimizer is built anew from `hp` (the task maps hyperparameters to
+        optimizer arguments) and takes over the state the old one held if it is
+        of the same class; another class's state means nothing to it.
+        """
+        optimizer = self.task.optimizer(self.model.parameters(), dict(hp))
+        if self._carried is not None:
+            kind, state = self._carried
+            if type(optimizer).__name__ == kind:
+                flatstate.install_optimizer_state(optimizer, state)
+        elif type(optimizer) is type(self.optimizer):
+            old = [p for group in self.optimizer.param_groups for p in group["params"]]
+            held = {i: self.optimizer.state[p] for i, p in enumerate(old) if p in self.optimizer.state}
+            flatstate.install_optimizer_state(optimizer, held)
+        self.hp = dict(hp)
+        self.optimizer = optimizer
+        self._carried = None
+
     def adopt(self, header: flatstate.Header, flat: torch.Tensor, hp: HParams,
               host: torch.Tensor | None = None) -> None:
-        """Become a copy of another member's state, with hyperparameters `hp`.
+        """Become a copy of the state in `flat`, training with `hp`: `load_state`, then `set_hparams`."""
+        self.load_state(header, flat, host)
+        self.set_hparams(hp)
 
-        The optimizer is rebuilt from `hp` first and keeps those values when
-        the donor's state is loaded (a plain load_state_dict would restore the
-        donor's learning rate).
-        """
-        self.hp = dict(hp)
-        self.optimizer = self.task.optimizer(self.model.parameters(), dict(hp))
-        flatstate.unpack(header, flat, self.model, self.optimizer, host)
+    def rng_state_dict(self) -> dict[str, np.ndarray]:
+        """This member's random streams (data order, torch's CPU and CUDA generators) as byte arrays."""
+        state = {"data": self.data_gen.get_state().numpy(), "torch": self.rng_state.numpy()}
+        if self.cuda_rng_state is not None:
+            state["cuda"] = self.cuda_rng_state.cpu().numpy()
+        return state
+
+    def load_rng_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the streams saved by `rng_state_dict` (a CUDA state is ignored on the CPU)."""
+        self.data_gen.set_state(torch.from_numpy(np.array(state["data"], dtype=np.uint8)))
+        self.rng_state = torch.from_numpy(np.array(state["torch"], dtype=np.uint8))
+        if state.get("cuda") is not None and self.cuda_rng_state is not None:
+            self.cuda_rng_state = torch.from_numpy(np.array(state["cuda"], dtype=np.uint8))
 
     def weights(self) -> dict[str, np.ndarray]:
         """The model's state as numpy arrays (for results files)."""

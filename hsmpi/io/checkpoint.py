@@ -69,15 +69,6 @@ def _fill(group: h5py.Group, state: dict[str, Any]) -> None:
             raise TypeError(f"checkpoint field {key!r}: cannot store {type(value).__name__}")
 
 
-def _read(group: h5py.Group) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in group.attrs.items():
-        out[key] = value.item() if isinstance(value, np.generic) else value
-    for key, item in group.items():
-        out[key] = _read(item) if isinstance(item, h5py.Group) else item[()]
-    return out
-
-
 def save(folder: str, state: dict[str, Any], session: int, keep: int = 1) -> str:
     """Write `state` as the latest checkpoint in `folder`, keeping the previous one as backup.
 
@@ -143,7 +134,7 @@ def read(path: str, attrs_only: bool = False) -> dict[str, Any]:
                 raise CheckpointError(f"{path!r} is an HDF5 file but not an hsmpi checkpoint")
             if attrs_only:
                 return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            return _read(f)
+            return hdf5.read_group(f)
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError) as err:

@@ -83,3 +83,13 @@ def dataset(group: Any, path: str, value: Any) -> None:
 def group(parent: Any, path: str) -> h5py.Group:
     """A new group at `path` under `parent` (parents made as needed)."""
     return h5py.Group(h5g.create(parent.id, _name(path), lcpl=_LCPL))
+
+
+def read_group(group: h5py.Group) -> dict[str, Any]:
+    """A group as a nested dict: attributes as Python scalars or arrays, datasets as arrays, groups as dicts."""
+    out: dict[str, Any] = {}
+    for key, value in group.attrs.items():
+        out[key] = value.item() if isinstance(value, np.generic) else value
+    for key, item in group.items():
+        out[key] = read_group(item) if isinstance(item, h5py.Group) else item[()]
+    return out

@@ -8,36 +8,12 @@ so the whole schedule reads with `jq` or `pandas.read_json(path, lines=True)`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
-from hsmpi.engine.session import BEST_EVER, Search
 from hsmpi.io import text
 
 NAME = "lineage.jsonl"
-
-
-def _number(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None  # JSON has no inf/NaN: null means diverged
-
-
-def record(search: Search, k: int) -> dict[str, Any]:
-    """Session k as a plain dict (rank 0, after the session's plan)."""
-    h = search.history
-    sources = h.sources[k]
-    members = []
-    for i in range(search.population):
-        s = int(sources[i])
-        entry: dict[str, Any] = {"member": i, "hparams": h.hparams[k][i], "train_loss": _number(h.train_loss[k][i]),
-                                 "val_loss": _number(h.val_loss[k][i])}
-        if s != i:
-            entry["copied_from"] = "best so far" if s == BEST_EVER else s
-            entry["new_hparams"] = search.hps[i]
-        members.append(entry)
-    return {"session": k + 1, "epochs": int(h.epochs[k]), "epochs_done": int(sum(h.epochs[:k + 1])),
-            "winner": int(h.winner[k]), "winner_val_loss": _number(h.winner_loss[k]), "note": h.note[k],
-            "members": members}
 
 
 def append(out: str, line: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ copies.  Bytes, not floats, so every dtype round-trips exactly.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,23 @@ class Header:
     scalars: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # non-tensor optimizer state
     optimizer: str = ""
     nbytes: int = 0
+
+
+def header_to_json(header: Header) -> str:
+    """The header as JSON text (checkpoints store it beside the bytes)."""
+    return json.dumps({
+        "entries": [{"key": list(e.key), "dtype": e.dtype, "shape": list(e.shape), "offset": e.offset,
+                     "nbytes": e.nbytes, "on_cpu": e.on_cpu} for e in header.entries],
+        "scalars": [[list(k), v] for k, v in header.scalars.items()],
+        "optimizer": header.optimizer, "nbytes": header.nbytes,
+    })
+
+
+def header_from_json(text: str) -> Header:
+    d = json.loads(text)
+    entries = [Entry(tuple(e["key"]), e["dtype"], tuple(e["shape"]), e["offset"], e["nbytes"], e["on_cpu"])
+               for e in d["entries"]]
+    return Header(entries, {tuple(k): v for k, v in d["scalars"]}, d["optimizer"], d["nbytes"])
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -125,22 +143,35 @@ def unpack(
     """Load weights and optimizer state from `flat` into `model` and `optimizer`.
 
     The optimizer keeps its own param_groups (its hyperparameters), so the
-    new values win over the sender's.  Its state tensors are fresh copies:
-    members on one rank never share momentum buffers.  `host` is the same bytes on the CPU (the pinned host
-    buffer), where tensors that live on the CPU (Adam's step) are read from
-    without a device sync.
+    new values win over the sender's.  Another optimizer class's state means
+    nothing to it and is dropped.
     """
+    unpack_weights(header, flat, model)
+    optimizer.state.clear()
+    if header.optimizer == type(optimizer).__name__:
+        install_optimizer_state(optimizer, optimizer_state(header, flat, host))
+
+
+def unpack_weights(header: Header, flat: torch.Tensor, model: torch.nn.Module) -> None:
+    """Copy the model's entries (parameters and buffers) from `flat` into `model`, in place."""
     sources = views(flat, header)
     weights = [(e, v) for e, v in zip(header.entries, sources) if e.key[0] == "model"]
     targets = model.state_dict()
     with torch.no_grad():
         torch._foreach_copy_([targets[e.key[1]] for e, _ in weights], [v for _, v in weights])
-    optimizer.state.clear()
-    if header.optimizer != type(optimizer).__name__:
-        return  # another optimizer's state means nothing to this one
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+
+OptimizerState = dict[int, dict[str, Any]]  # parameter index (across groups) -> its state, as state_dict() numbers
+
+
+def optimizer_state(header: Header, flat: torch.Tensor, host: torch.Tensor | None = None) -> OptimizerState:
+    """The optimizer's state in `flat` as fresh tensors (a receiver's own copy: members on one rank never
+    share momentum buffers), keyed by parameter index.  `host` is the same bytes on the CPU (the pinned
+    host buffer), where tensors that live on the CPU (Adam's step) are read from without a device sync.
+    """
+    sources = views(flat, header)
     on_host = views(host, header) if host is not None and flat.device.type != "cpu" else None
-    state: dict[int, dict[str, Any]] = {}
+    state: OptimizerState = {}
     for i, (e, v) in enumerate(zip(header.entries, sources)):
         if e.key[0] != "opt":
             continue
@@ -148,10 +179,17 @@ def unpack(
         if e.on_cpu and flat.device.type != "cpu" and e.key[-1] == "step" and not e.shape:
             value = (on_host[i] if on_host is not None else v.cpu()).clone()
         else:
-            value = v.clone()  # this member's own copy
+            value = v.clone()
         state.setdefault(e.key[1], {})[e.key[2]] = value
     for (_, index, name), value in header.scalars.items():
         state.setdefault(index, {})[name] = value
+    return state
+
+
+def install_optimizer_state(optimizer: torch.optim.Optimizer, state: OptimizerState) -> None:
+    """Give `optimizer` this state (keyed by parameter index across its groups), replacing what it had."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.state.clear()
     for index, values in state.items():
         optimizer.state[params[index]] = values
 

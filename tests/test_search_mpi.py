@@ -1,4 +1,4 @@
-"""The session step on real MPI ranks: run with `mpirun -n N python -m pytest --with-mpi`."""
+"""The search loop on real MPI ranks, in process: `mpirun -n N python -m pytest --with-mpi -m mpi tests`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from hsmpi.algorithm.plan import BEST_EVER
 from hsmpi.config import Config
+from hsmpi.engine import population
 from hsmpi.engine.member import Member
-from hsmpi.engine.session import BEST_EVER, Search
+from hsmpi.engine.search import Search, SessionEnd, run_sessions
 from hsmpi.io import hdf5
 from hsmpi.parallel import flatstate
 
@@ -32,9 +34,7 @@ def _search(task: object, **options: object) -> Search:
     out = comm.bcast(str(options.pop("out", "/tmp/hsmpi-test-unused")))
     options = {"select": "winner", **options}  # these tests check the paper's rule unless told otherwise
     config = Config(task="test", out=out, threads=1, **options)  # type: ignore[arg-type]
-    search = Search(config, task, comm, log=lambda _: None)
-    search.setup()
-    return search
+    return Search.start(population.prepare(config, task, comm, log=lambda _: None))
 
 
 def _flat(member: Member) -> tuple[bytes, dict]:
@@ -49,21 +49,27 @@ def _flat(member: Member) -> tuple[bytes, dict]:
 def test_after_a_session_everyone_holds_the_winner_state_and_own_new_hparams(task: object) -> None:
     comm = _comm()
     search = _search(task, population=2 * comm.size, epochs=4, sessions=2, seed=3)
-    hp_before = {m.index: dict(m.hp) for m in search.members}
-    train, val, times = search.train_local(0)
-    value, winner = comm.allreduce_minloc(val, [m.index for m in search.members])
-    owner = search.owner(winner)
-    local = {m.index: m for m in search.members}
-    winner_state = comm.bcast(_flat(local[winner]) if comm.rank == owner else None, root=owner)
-    winner_hp = comm.bcast(local[winner].hp if comm.rank == owner else None, root=owner)
+    pop = search.population
+    hp_before = {m.index: dict(m.hp) for m in pop.members}
+    train = pop.train(search.schedule[0])
+    val = search.evaluate(train)
+    value, winner = comm.allreduce_minloc(val, pop.indices)
+    owner = pop.owner(winner)
+    winner_state = comm.bcast(_flat(pop.local[winner]) if comm.rank == owner else None, root=owner)
+    winner_hp = comm.bcast(pop.local[winner].hp if comm.rank == owner else None, root=owner)
 
-    search.select_and_share(0, train, val, times)
+    plan = search.select(0, train, val)
+    search.share(0, plan)
+    for m in pop.members:  # step 4 alone: the donor's state, still the member's own values
+        assert _flat(m) == winner_state, f"member {m.index} does not hold the winner's exact state"
+        assert m.hp == hp_before[m.index]
+    search.resample(plan)
 
     all_val = np.concatenate(comm.allgather(val))
     assert winner == int(np.argmin(all_val)) and value == all_val.min()
-    new_hps = comm.bcast(search.hps if comm.is_root else None)
-    for m in search.members:
-        assert _flat(m) == winner_state, f"member {m.index} does not hold the winner's exact state"
+    new_hps = comm.bcast(search.hparams if comm.is_root else None)
+    for m in pop.members:
+        assert _flat(m) == winner_state, "new hyperparameters must keep the weights and optimizer state"
         assert m.hp == new_hps[m.index]
         group = m.optimizer.param_groups[0]
         assert group["lr"] == m.hp["lr"], "the new learning rate must win over the donor's"
@@ -72,7 +78,7 @@ def test_after_a_session_everyone_holds_the_winner_state_and_own_new_hparams(tas
         else:
             assert m.hp != hp_before[m.index]
     # the members' optimizers are distinct objects with distinct tensors
-    ptrs = [t.data_ptr() for m in search.members for s in m.optimizer.state.values()
+    ptrs = [t.data_ptr() for m in pop.members for s in m.optimizer.state.values()
             for t in s.values() if isinstance(t, torch.Tensor) and t.numel() > 1]
     assert len(ptrs) == len(set(ptrs))
 
@@ -100,8 +106,7 @@ def test_bcast_buffer_moves_bytes_from_any_root() -> None:
 def test_diverged_members_never_win_and_are_replaced() -> None:
     comm = _comm()
     search = _search(Diverging(), population=4 * comm.size, epochs=3, sessions=3, seed=1)
-    for k in range(3):
-        search.run_session(k)
+    assert run_sessions(search, []) is None
     if comm.is_root:
         h = search.history
         for k in range(3):
@@ -112,13 +117,18 @@ def test_diverged_members_never_win_and_are_replaced() -> None:
 def test_all_diverged_restarts_from_best_state() -> None:
     comm = _comm()
     search = _search(AllDiverge(), population=comm.size, epochs=2, sessions=2, seed=0)
-    search.run_session(0)
+    run_sessions(search, [_StopAfterFirst()])
     if comm.is_root:
         assert "diverged" in search.history.note[0]
         assert (search.history.sources[0] == BEST_EVER).all()
     # everyone restarted from the initial (shared) weights, which are finite
-    for m in search.members:
+    for m in search.population.members:
         assert all(torch.isfinite(p).all() for p in m.model.parameters())
+
+
+class _StopAfterFirst:
+    def session_ended(self, search: Search, end: SessionEnd) -> None:
+        end.stop = -1
 
 
 def test_the_mpi_library_string_goes_into_hdf5_and_back_as_the_library_says_it(mpi_tmp_path) -> None:  # noqa: ANN001

@@ -1,0 +1,330 @@
+"""The Hypersearch loop: train, evaluate, select, share, resample, session after session.
+
+`run_sessions` is the whole loop; each step is a method of `Search`, which
+holds the search's state on this rank.  Everything else (the lineage log,
+stop requests, checkpoints, the session line) hangs off the loop as observers
+called after each session (hsmpi.engine.observers).
+
+Who holds what: every rank trains its own members (`population`).  Rank 0
+holds every member's current hyperparameters, the random streams they are
+drawn from, the history and the best state so far; it decides the plan.  The
+donors' owners broadcast their state (hsmpi.parallel.share).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from hsmpi import __version__
+from hsmpi.algorithm.plan import BEST_EVER, Plan, is_new_best, plan_session, sampler_for
+from hsmpi.algorithm.sampling import make_sampler
+from hsmpi.algorithm.selection import make_selection
+from hsmpi.algorithm.space import HParams, describe_space, sample_space
+from hsmpi.algorithm.streams import SearchStreams
+from hsmpi.config import session_epochs
+from hsmpi.engine.history import PHASES, Best, History
+from hsmpi.engine.population import Population, progress_bar
+from hsmpi.parallel.flatstate import header_from_json, header_to_json
+from hsmpi.parallel.share import Saved, share_state
+
+
+def run_sessions(search: Search, observers: Sequence[Observer]) -> SessionEnd | None:
+    """Every session still to run; the session that a stop request ended the run after, or None."""
+    for k in range(search.next_session, len(search.schedule)):
+        clock = Clock()
+        with clock("train"):
+            train = search.population.train(search.schedule[k], search.progress(k))   # 1. train M/m epochs
+        with clock("val"):
+            val = search.evaluate(train)                                                # 2. validation losses
+        with clock("select"):
+            plan = search.select(k, train, val)                                         # 3. who copies whom
+        with clock("bcast"):
+            search.share(k, plan)                                                       # 4. donors' states
+        with clock("scatter"):
+            search.resample(plan)                                                       # 5. new hyperparameters
+        search.record_times(clock.times)
+        end = SessionEnd(k, plan, clock.times, last=k == len(search.schedule) - 1)
+        for observer in observers:
+            observer.session_ended(search, end)
+        if end.stop:
+            return end
+    return None
+
+
+class Clock:
+    """This rank's seconds per phase of one session (PHASES order)."""
+
+    def __init__(self) -> None:
+        self.times = np.zeros(len(PHASES))
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[PHASES.index(phase)] += time.perf_counter() - start
+
+
+@dataclass
+class SessionEnd:
+    """What observers see after session k (0-based), and what they say back (`stop`, `saved`)."""
+
+    k: int
+    plan: Plan
+    times: np.ndarray
+    last: bool
+    stop: int = 0  # the signal number that asked to stop (-1: --stop-after), 0: go on
+    saved: bool = False  # a checkpoint holds this session
+    path: str = ""  # the checkpoint's path, once one has been written
+
+
+class Observer(Protocol):
+    def session_ended(self, search: Search, end: SessionEnd) -> None: ...
+
+
+@dataclass
+class Search:
+    """The search's state on one rank (rank 0's parts are empty or None elsewhere)."""
+
+    population: Population
+    schedule: list[int]
+    next_session: int = 0
+    pending_selection: bool = False  # resumed after a last session, which had no selection step
+    hparams: list[HParams] = field(default_factory=list)  # rank 0: every member's current values
+    streams: SearchStreams | None = None  # rank 0
+    history: History = field(default_factory=History)  # rank 0
+    best: Best = field(default_factory=Best)  # its loss everywhere; the rest on rank 0
+    last_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    donor_states: dict[int, Saved] = field(default_factory=dict)  # rank 0: the states sent last session
+    holdout_losses: dict[int, float] = field(default_factory=dict)  # this session's, of local members
+    winner: tuple[float, int] = (math.inf, 0)  # the last session's best loss and member
+
+    def __post_init__(self) -> None:
+        c = self.population.config
+        self.comm = self.population.comm
+        self.space = self.population.task.space
+        self.sampler = make_sampler(c.sampler, c.radius, c.resample_probability)
+        self.selection = make_selection(c.select, c.truncation_fraction)
+
+    @classmethod
+    def start(cls, population: Population, schedule: list[int] | None = None) -> Search:
+        """Step 1: sample S hyperparameter sets, one from each member's own stream, and build the members.
+
+        Before any training, the best state is the shared initial one.
+        """
+        comm, c = population.comm, population.config
+        search = cls(population, schedule or session_epochs(c.epochs, c.sessions))
+        if comm.is_root:
+            search.streams = SearchStreams(c.seed, population.size)
+            search.hparams = [sample_space(search.space, rng) for rng in search.streams.hparams]
+        population.create_members(comm.scatter(population.per_rank(search.hparams) if comm.is_root else None))
+        if comm.is_root:  # member 0 lives on rank 0
+            first = population.members[0]
+            search.best = Best(hparams=dict(first.hp), member=first.index, state=Saved.of(first, population.buffer))
+        return search
+
+    def progress(self, k: int) -> Any:
+        """Rank 0's live bar for session k on a terminal (--progress), else None."""
+        pop = self.population
+        if not (pop.config.progress and self.comm.is_root and sys.stderr.isatty()):
+            return None
+        return progress_bar(k, len(self.schedule), len(pop.members) * self.schedule[k])
+
+    # ---- the steps -----------------------------------------------------------------------------
+    def evaluate(self, train: Sequence[float]) -> list[float]:
+        """Step 2: validation losses (and with --holdout, the held-back part's, kept for `select`)."""
+        pop = self.population
+        val = pop.evaluate("val", train)
+        if "holdout" in pop.data:
+            held = pop.evaluate("holdout", val)
+            self.holdout_losses = dict(zip(pop.indices, held))
+        return val
+
+    def select(self, k: int, train: Sequence[float], val: Sequence[float], replan: bool = False) -> Plan:
+        """Step 3: the winner (one MINLOC), and rank 0's plan of who copies whom, to every rank.
+
+        Rank 0 records the session first (`replan`: a finished run extended on
+        resume plans its last session again; it is recorded already).
+        """
+        comm, pop = self.comm, self.population
+        value, winner = comm.allreduce_minloc(val, pop.indices)
+        losses = comm.gather((train, val))
+        plan = None
+        if comm.is_root:
+            assert losses is not None and self.streams is not None
+            val_all = np.concatenate([np.asarray(v, dtype=float) for _, v in losses])
+            if not replan:
+                self.history.add(train_loss=np.concatenate([np.asarray(t, dtype=float) for t, _ in losses]),
+                                 val_loss=val_all, winner=winner, winner_loss=value, hparams=self.hparams,
+                                 epochs=self.schedule[k])
+            plan = plan_session(
+                val_loss=val_all, winner=winner, winner_loss=value, hparams=self.hparams,
+                best_hparams=self.best.hparams, last=k == len(self.schedule) - 1, selection=self.selection,
+                sampler=sampler_for(self.sampler, k, len(self.schedule), pop.config.radius, pop.config.radius_final),
+                space=self.space, selection_rng=self.streams.selection, hparam_rngs=self.streams.hparams)
+            self.history.set_plan(plan.sources, plan.note)
+        sources, note = comm.bcast((plan.sources, plan.note) if plan else None)
+        self.last_sources = np.asarray(sources)
+        self.winner = (value, winner)
+        # every rank: the plan without the new values, which only rank 0 needs until `resample`
+        return plan if plan is not None else Plan(np.asarray(sources), {}, note)
+
+    def share(self, k: int, plan: Plan) -> None:
+        """Step 4: each donor's state, from its owner, to the members that copy it; the best so far.
+
+        Every rank decides alike whether this session's winner becomes the best
+        (with --holdout judged on the held-back part, which no session saw); if
+        so its state goes to rank 0 too.
+        """
+        value, winner = self.winner
+        c = self.population.config
+        judged = self._holdout_of(winner) if c.holdout > 0 and math.isfinite(value) else value
+        new_best = is_new_best(judged, self.best.val_loss, c.elitism)
+        donors = sorted(set(plan.donors) | ({winner} if new_best else set()))
+        self.donor_states = {}
+        for donor in donors:
+            self.donor_states[donor] = self._send(donor, plan.sources)  # type: ignore[assignment]
+        if new_best:  # its values and state on rank 0, its loss everywhere
+            hp = dict(self.history.hparams[k][winner]) if self.comm.is_root else {}
+            self.best = Best(judged, k, winner, hp, self.donor_states.get(winner))
+
+    def resample(self, plan: Plan) -> None:
+        """Step 5: every member that copied another trains on with the new values rank 0 drew for it."""
+        comm, pop = self.comm, self.population
+        if comm.is_root:
+            for i, hp in plan.new_hparams.items():
+                self.hparams[i] = hp
+        mine = comm.scatter(pop.split(plan.new_hparams) if comm.is_root else None)
+        for i, hp in sorted(mine.items()):
+            pop.local[i].set_hparams(hp)
+
+    def _send(self, donor: int, sources: np.ndarray) -> Saved | None:
+        """One donor's state to every rank (collective); rank 0 keeps a copy of the bytes."""
+        pop = self.population
+        root = 0 if donor == BEST_EVER else pop.owner(donor)
+        source = self.best.state if donor == BEST_EVER else pop.local.get(donor)
+        receivers = [pop.local[i] for i, s in enumerate(sources) if s == donor and i in pop.local and i != donor]
+        return share_state(self.comm, pop.buffer, root, source, receivers, keep=True)
+
+    def _holdout_of(self, member: int) -> float:
+        """The member's loss on the held-back part, from its owner to every rank (inf when not known: a
+        session re-planned on resume was judged before the checkpoint)."""
+        owner = self.population.owner(member)
+        mine = self.holdout_losses.get(member, math.inf) if self.comm.rank == owner else None
+        self.holdout_losses = {}
+        return float(self.comm.bcast(mine, root=owner))
+
+    def record_times(self, times: np.ndarray) -> None:
+        """Every rank's phase times for the session, to rank 0's history."""
+        gathered = self.comm.gather(times)
+        if self.comm.is_root:
+            self.history.add_times(np.array(gathered))
+
+    def replan(self) -> None:
+        """A finished run extended on resume: its last session gets the selection step it skipped."""
+        comm, pop, k = self.comm, self.population, self.next_session - 1
+        h = self.history
+        rows = comm.bcast((h.train_loss[-1], h.val_loss[-1]) if comm.is_root else None)
+        train = [float(rows[0][i]) for i in pop.indices]
+        val = [float(rows[1][i]) for i in pop.indices]
+        clock = Clock()
+        with clock("select"):
+            plan = self.select(k, train, val, replan=True)
+        with clock("bcast"):
+            self.share(k, plan)
+        with clock("scatter"):
+            self.resample(plan)
+        self.record_times(clock.times)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self, k: int) -> dict[str, Any] | None:
+        """Everything needed to continue after session k (collective): the dict on rank 0, None elsewhere.
+
+        After the share step, members that copied a donor hold exactly its
+        state, so one copy per distinct state is stored: one in all under the
+        winner rule, whatever S is.  Rank 0 kept every donor's state when it
+        was sent; only other kept states travel, with one gather.
+        """
+        comm, pop = self.comm, self.population
+        ids = state_ids(self.last_sources)
+        wanted = [i for i in range(pop.size) if ids[i] == i and i not in self.donor_states]
+        states = [(i, Saved.of(pop.local[i], pop.buffer)) for i in wanted if i in pop.local]
+        streams = [(m.index, m.rng_state_dict()) for m in pop.members]
+        gathered = comm.gather(([(i, header_to_json(s.header), s.data) for i, s in states], streams))
+        if not comm.is_root:
+            return None
+        assert gathered is not None and self.streams is not None and self.best.state is not None
+        kept = {str(i): {"bytes": s.data, "header": header_to_json(s.header)}
+                for i, s in self.donor_states.items() if s is not None and i in set(ids.tolist())}
+        for part, _ in gathered:
+            kept.update({str(i): {"bytes": data, "header": header} for i, header, data in part})
+        rngs = [r for _, r in sorted((x for _, part in gathered for x in part), key=lambda x: x[0])]
+        members: dict[str, Any] = {"state_id": ids, "hparams": json.dumps(self.hparams),
+                                   "data_rng": np.stack([r["data"] for r in rngs]),
+                                   "torch_rng": np.stack([r["torch"] for r in rngs])}
+        if "cuda" in rngs[0]:
+            members["cuda_rng"] = np.stack([r["cuda"] for r in rngs])
+        c = pop.config
+        return {
+            "hsmpi_version": __version__, "next_session": k + 1, "task": c.task, "population": pop.size,
+            "config": json.dumps(c.to_dict()), "space": json.dumps(describe_space(self.space)),
+            "best_val_loss": float(self.best.val_loss), "pending_selection": bool(k == len(self.schedule) - 1),
+            "states": kept, "members": members, "root_rng": self.streams.state_dict(),
+            "best": self.best.state_dict(header_to_json), "history": self.history.state_dict(),
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any] | None) -> None:
+        """Continue from a checkpoint (collective; `ckpt` is needed on rank 0 only), on any layout.
+
+        Each stored state goes to the members that hold it with `share_state`;
+        each member's hyperparameters and random streams come from rank 0.
+        """
+        comm, pop = self.comm, self.population
+        ck: dict[str, Any] = ckpt if ckpt is not None else {}  # read on rank 0 only
+        root = comm.is_root
+        if root:
+            self.best = Best.from_state_dict(ck["best"], header_from_json)
+        info = comm.bcast((ck["next_session"], ck["pending_selection"], sorted(ck["states"], key=int),
+                           ck["members"]["state_id"], float(ck["best_val_loss"])) if root else None)
+        self.next_session, self.pending_selection, keys, ids, best_val_loss = info
+        if not root:  # the rest of the best is rank 0's
+            self.best = Best(val_loss=best_val_loss)
+        hparams = json.loads(ck["members"]["hparams"]) if root else []
+        mine = comm.scatter(pop.per_rank(hparams) if root else None)
+        for key in keys + (["best"] if (ids == BEST_EVER).any() else []):
+            sid = BEST_EVER if key == "best" else int(key)
+            saved = None
+            if root:
+                saved = self.best.state if key == "best" else Saved(header_from_json(ck["states"][key]["header"]),
+                                                                    np.asarray(ck["states"][key]["bytes"]))
+            share_state(comm, pop.buffer, 0, saved, [m for m in pop.members if ids[m.index] == sid])
+        for m in pop.members:
+            m.set_hparams(mine[m.index])
+        streams = None
+        if root:
+            mem, cuda = ck["members"], ck["members"].get("cuda_rng")
+            streams = pop.per_rank([{"data": mem["data_rng"][i], "torch": mem["torch_rng"][i],
+                                     "cuda": None if cuda is None else cuda[i]} for i in range(pop.size)])
+        mine_streams = comm.scatter(streams)
+        for m in pop.members:
+            m.load_rng_state_dict(mine_streams[m.index])
+        if root:
+            assert self.streams is not None
+            self.hparams = hparams
+            self.streams.load_state_dict(ck["root_rng"])
+            self.history = History.from_state_dict(ck["history"], self.space)
+
+
+def state_ids(sources: np.ndarray) -> np.ndarray:
+    """Which stored state each member holds: its own index, its donor's, or BEST_EVER."""
+    return np.array([int(s) for s in sources], dtype=np.int64)

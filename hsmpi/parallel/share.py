@@ -1,0 +1,79 @@
+"""The one way a member's state moves between ranks: `share_state`.
+
+Selection (a donor to the members that copy it), resume (a stored state to
+the members that hold it) and finish (the returned model to every rank) all
+use it: the rank holding the state sends its header (a small pickled
+message) and then its bytes as one contiguous buffer with one `Bcast`; every
+receiver on every rank loads it.  A state either lives in a member (`Holder`)
+or is kept as bytes (`Saved`: the best so far, or one read from a checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from hsmpi.parallel import flatstate
+from hsmpi.parallel.comm import SerialComm
+
+
+class Holder(Protocol):
+    """What can send or receive a state: a population member."""
+
+    def header(self) -> flatstate.Header: ...
+
+    def pack(self, header: flatstate.Header, flat: torch.Tensor) -> None: ...
+
+    def load_state(self, header: flatstate.Header, flat: torch.Tensor, host: torch.Tensor | None) -> None: ...
+
+
+@dataclass
+class Saved:
+    """A state as bytes on the host, with the header that says how to read them."""
+
+    header: flatstate.Header
+    data: np.ndarray  # uint8, header.nbytes long
+
+    @classmethod
+    def of(cls, holder: Holder, buffer: flatstate.Buffer) -> Saved:
+        """A copy of `holder`'s state, packed through `buffer`."""
+        header = holder.header()
+        return cls(header, _pack(holder, header, buffer).copy())
+
+
+def _pack(holder: Holder, header: flatstate.Header, buffer: flatstate.Buffer) -> np.ndarray:
+    buffer.ensure(header.nbytes)
+    holder.pack(header, buffer.device_view())
+    buffer.to_host(header.nbytes)
+    return buffer.array(header.nbytes)
+
+
+def share_state(comm: SerialComm, buffer: flatstate.Buffer, root: int, source: Holder | Saved | None,
+                receivers: Sequence[Holder], keep: bool = False) -> Saved | None:
+    """Send the state that rank `root` holds (`source`, ignored elsewhere) to every rank (collective).
+
+    Each rank's `receivers` load it.  With `keep`, rank 0 returns a copy of
+    the bytes (for a checkpoint, or as the best so far); otherwise None.
+    """
+    header = None
+    if comm.rank == root:
+        assert source is not None
+        header = source.header if isinstance(source, Saved) else source.header()
+    header = comm.bcast(header, root=root)
+    buffer.ensure(header.nbytes)
+    array = buffer.array(header.nbytes)
+    if comm.rank == root:
+        if isinstance(source, Saved):
+            array[:] = source.data
+        else:
+            assert source is not None
+            _pack(source, header, buffer)
+    comm.bcast_buffer(array, root=root)
+    buffer.to_device(header.nbytes)
+    for receiver in receivers:
+        receiver.load_state(header, buffer.device_view(), buffer.host)
+    return Saved(header, array.copy()) if keep and comm.is_root else None
