@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from hsmpi.io.text import say
+from hsmpi.text import say
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: GPU tests, the throughput benchmark and an end-to-end hsmpi run, in under 5 minutes.
-# On a GPU machine that has PyTorch but no MPI (see ../shared/device/README.md), from the project root:
+# On a GPU machine that has PyTorch but no MPI (as lent to the project's sessions), from the project root:
 #   source .device-kit/setup-mpi.sh && bash scripts/gpu_check.sh "$OUT"
 # Everything it prints also goes to files in the output folder (default gpu-check/).
 set -u

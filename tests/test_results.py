@@ -107,7 +107,7 @@ def test_python_api_returns_the_best_model(tmp_path: Path) -> None:
 @pytest.mark.both_mpis
 def test_the_default_job_writes_a_results_file_that_plain_h5py_reads(tmp_path: Path) -> None:
     """The README's job as it stands (every default), on 2 ranks: the file any MPI's strings end up in."""
-    from hsmpi.io.text import clean
+    from hsmpi.text import clean
 
     result = run_hsmpi(["--out", str(tmp_path)], ranks=2, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -136,7 +136,7 @@ def test_the_mpi_library_string_goes_into_hdf5_and_back_as_the_library_says_it(m
     import h5py
     from mpi4py import MPI
 
-    from hsmpi.io.text import clean
+    from hsmpi.text import clean
 
     comm = _comm()
     raw = MPI.Get_library_version()

@@ -12,7 +12,7 @@ import pytest
 
 from hsmpi.algorithm.space import Choice, SpaceError
 from hsmpi.io import hdf5
-from hsmpi.io.text import clean, clean_tree, dumps
+from hsmpi.text import clean, clean_tree, dumps
 
 # What real MPIs return from MPI_Get_library_version, byte for byte (measured with mpi4py 4.1):
 # Open MPI 5.0.11 counts its terminating NUL in the length; MPICH 5.0 spans several lines.

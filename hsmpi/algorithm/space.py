@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from hsmpi.io.text import clean
+from hsmpi.text import clean
 
 Value = Union[float, int, str, bool]
 

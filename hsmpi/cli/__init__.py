@@ -27,9 +27,9 @@ from hsmpi.engine.job import Stopped
 from hsmpi.engine.resume import resume_options
 from hsmpi.engine.signals import install as install_signal_handlers
 from hsmpi.errors import NoFiniteModel, UsageError, agreed, ends_every_rank_on_failure, user_errors
-from hsmpi.io.text import say
 from hsmpi.parallel.comm import SerialComm, world
 from hsmpi.tasks import BUILTIN, load_task
+from hsmpi.text import say
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1

@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from hsmpi import __version__
-from hsmpi.io.text import say
 from hsmpi.parallel.comm import SerialComm
+from hsmpi.text import say
 
 
 def _rank_facts(comm: SerialComm) -> dict[str, Any]:

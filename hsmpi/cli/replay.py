@@ -21,8 +21,8 @@ from hsmpi.algorithm.space import HParams
 from hsmpi.engine.data import Data
 from hsmpi.engine.history import typed_value
 from hsmpi.engine.member import Member
-from hsmpi.io.text import say
 from hsmpi.tasks import load_task
+from hsmpi.text import say
 
 
 def schedule(path: str) -> tuple[dict[str, Any], list[tuple[int, HParams]], float, int]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from hsmpi.engine.history import PHASES, History
 from hsmpi.io import checkpoint, hdf5
-from hsmpi.io.text import say
+from hsmpi.text import say
 
 
 def load_history(path: str) -> dict[str, Any]:

@@ -98,7 +98,9 @@ class History:
         if "json" in state:
             return _from_json(state["json"])
         rows = len(state["winner"])
-        columns = {n: np.asarray(v).tolist() for n, v in state.get("hparams", {}).items()}  # name -> (m, S)
+        stored = state.get("hparams", {})
+        names = [n for n in space if n in stored] if space is not None else list(stored)  # HDF5 sorts names
+        columns = {n: np.asarray(stored[n]).tolist() for n in names}  # name -> (m, S)
         population = len(np.asarray(state["train_loss"])[0]) if rows else 0
         return cls(
             train_loss=[np.asarray(r, dtype=float) for r in np.asarray(state["train_loss"])],

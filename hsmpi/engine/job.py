@@ -24,9 +24,9 @@ from hsmpi.engine.resume import load_checkpoint, resume_options
 from hsmpi.engine.search import Observer, Search, run_sessions
 from hsmpi.errors import NoFiniteModel, SetupError, agree, ends_every_rank_on_failure, user_errors
 from hsmpi.io import checkpoint, lineage
-from hsmpi.io.text import clean
 from hsmpi.parallel.comm import SerialComm, as_comm
 from hsmpi.tasks import TaskError, load_task
+from hsmpi.text import clean
 
 
 class Stopped(Exception):

@@ -14,8 +14,8 @@ from typing import Any
 from hsmpi.algorithm.space import describe_space
 from hsmpi.config import Config, resolve_population, session_epochs
 from hsmpi.io import checkpoint
-from hsmpi.io.text import say
 from hsmpi.parallel.comm import SerialComm
+from hsmpi.text import say
 
 # Settings a resumed run must share with its checkpoint (the rest may change, e.g. -m and -M to extend it).
 MUST_MATCH = ("task", "population", "seed")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsmpi.io import text
+from hsmpi import text
 
 
 def _save(path: str, weights: dict[str, np.ndarray]) -> None:

@@ -2,13 +2,13 @@
 
 hsmpi's results file and checkpoints are written once, into a new file, and
 are mostly small objects (about 80 in a results file).  h5py's high-level
-`group[name] = array` and `obj.attrs[name] = value` cost 100-180 and 80-100 us
-per object here, mostly in Python (dtype guessing, filter and shape checks,
-an existence check and delete for attributes); these calls create the same
-objects directly in 40-70 us, most of which is the HDF5 library itself.  What
+`group[name] = array` and `obj.attrs[name] = value` spend most of their time
+per object in Python (dtype guessing, filter and shape checks, an existence
+check and delete for attributes); these calls create the same objects
+directly, at about half the cost (docs/performance.md has the figures).  What
 they write reads back exactly as the high-level calls' output does (same
-types, shapes, vlen UTF-8 strings, bool as HDF5 enum): tests/test_h5new.py
-compares the two.
+types, shapes, vlen UTF-8 strings, bool as HDF5 enum): tests/test_hdf5.py
+compares the two.  Every string goes through hsmpi.io.text.clean first.
 
 Only for new objects: an attribute or dataset that already exists is an
 error (HDF5's "already exists"), never silently replaced.
@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 from h5py import h5a, h5d, h5g, h5p, h5s, h5t
 
-from hsmpi.io.text import clean
+from hsmpi.text import clean
 
 STRING = h5py.string_dtype()  # variable-length UTF-8, what h5py uses for Python str
 

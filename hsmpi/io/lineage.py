@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from hsmpi.io import text
+from hsmpi import text
 
 NAME = "lineage.jsonl"
 

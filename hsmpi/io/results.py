@@ -27,7 +27,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hsmpi.io import hdf5, text
+from hsmpi import text
+from hsmpi.io import hdf5
 
 FORMAT = "hsmpi-results"
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from hsmpi.io.text import clean
+from hsmpi.text import clean
 
 
 def _finite_or_inf(value: float) -> float:
-    """NaN or inf never wins a MINLOC (MPICH propagates NaN; see shared/NOTES.md)."""
+    """NaN or inf never wins a MINLOC (MPI implementations propagate NaN through MINLOC differently)."""
     return float(value) if math.isfinite(value) else math.inf
 
 

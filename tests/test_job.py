@@ -1,0 +1,74 @@
+"""hsmpi.engine.job in one process (SerialComm): the run's ends, its summary, resume and stops."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import hsmpi
+from hsmpi.engine.job import Stopped
+from hsmpi.errors import NoFiniteModel
+from hsmpi.parallel.comm import SerialComm
+
+from tasks_for_tests import AllDiverge, Diverging, TinyAdam
+
+SMALL = dict(population=4, epochs=4, sessions=4, seed=7, threads=1, export_top=0)
+
+
+def _run(tmp: Path, task: object = None, **options: object) -> tuple[hsmpi.Result, list[str]]:
+    lines: list[str] = []
+    result = hsmpi.run(task or TinyAdam(), comm=SerialComm(), log=lines.append, out=str(tmp), **{**SMALL, **options})
+    return result, lines
+
+
+def test_a_run_where_no_member_ever_had_a_finite_loss_says_so_and_still_writes_marked_results(tmp_path: Path) -> None:
+    with pytest.raises(NoFiniteModel, match="no member ever had a finite validation loss in 2 sessions") as err:
+        _run(tmp_path, AllDiverge(), population=2, epochs=2, sessions=2)
+    assert err.value.result is not None and not err.value.result.finite_model
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        assert not f.attrs["finite_model"]
+        assert np.isinf(f["history/winner_loss"][()]).all()
+
+
+def test_a_run_where_only_some_sessions_diverged_ends_as_usual(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, Diverging(), population=4, epochs=3, sessions=3, seed=1)
+    assert result.finite_model
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        assert f.attrs["finite_model"]
+
+
+def _shares(summary: str) -> dict[str, float]:
+    return {name.strip(): float(value) for name, value in re.findall(r"([a-z -]+) (-?[\d.]+)%", summary)}
+
+
+def test_the_summary_counts_this_process_only_and_names_torch_start_up(tmp_path: Path) -> None:
+    with pytest.raises(Stopped):
+        _run(tmp_path, stop_after=3)
+    _, lines = _run(tmp_path, resume="auto")
+    summary = next(line for line in lines if line.startswith("time (rank 0):"))
+    shares = _shares(summary)
+    assert "torch start-up" in shares and "setup and finish" in shares, summary
+    assert all(v >= 0 for v in shares.values()), summary
+    assert shares["training and validation"] <= 100.0
+
+
+def test_stop_after_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path: Path) -> None:
+    whole, _ = _run(tmp_path / "whole", select="truncation")
+    for k in (1, 2, 3):
+        folder = tmp_path / f"stop{k}"
+        with pytest.raises(Stopped, match=f"after session {k}/4"):
+            _run(folder, select="truncation", stop_after=k)
+        resumed, lines = _run(folder, select="truncation", resume="auto")
+        assert any(f"{k} of 4 sessions done" in line for line in lines)
+        assert resumed.test_loss == whole.test_loss and resumed.ensemble_test_loss == whole.ensemble_test_loss
+        with h5py.File(tmp_path / "whole" / "results.h5") as a, h5py.File(folder / "results.h5") as b:
+            for key in ("history/val_loss", "history/train_loss", "history/sources", "history/winner"):
+                assert np.array_equal(a[key][()], b[key][()], equal_nan=True), (k, key)
+            for name in a["population/weights"]:
+                assert np.array_equal(a[f"population/weights/{name}"][()], b[f"population/weights/{name}"][()])
+        lineage = (folder / "lineage.jsonl").read_text().splitlines()
+        assert [line.split(",")[0] for line in lineage] == [f'{{"session": {s}' for s in range(1, 5)]
