@@ -1,0 +1,97 @@
+"""Whole runs on real MPI ranks, in process: `mpirun -n N python -m pytest --with-mpi -m mpi tests`.
+
+The layout never changes a result: a run on every rank equals the same run in
+one process, and a run stopped on one layout resumes on another to the same
+bytes.  Sub-communicators give several layouts inside one mpirun.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+import hsmpi
+from hsmpi.engine.job import Stopped
+from hsmpi.parallel.comm import SerialComm
+
+from tasks_for_tests import Tiny, TinyAdam
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+BASE = dict(epochs=6, sessions=3, seed=4, threads=1, export_top=0, log=None)
+
+
+def _world() -> Any:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def _same_files(a: Path, b: Path) -> None:
+    with h5py.File(a, "r") as f, h5py.File(b, "r") as g:
+        for key in ("history/train_loss", "history/val_loss", "history/winner", "history/sources",
+                    "test/best_loss", "test/ensemble_loss"):
+            assert np.array_equal(f[key][()], g[key][()], equal_nan=True), key
+        for name in f["population/weights"]:
+            assert np.array_equal(f[f"population/weights/{name}"][()], g[f"population/weights/{name}"][()]), name
+        assert dict(f["best"].attrs) == dict(g["best"].attrs)
+
+
+@pytest.mark.parametrize("select", ["winner", "truncation"])
+def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Path, select: str) -> None:
+    world = _world()
+    population = 2 * world.size
+    mine = hsmpi.run(TinyAdam(), comm=world, out=str(mpi_tmp_path / f"world-{select}"), population=population,
+                     select=select, **BASE)
+    if world.rank == 0:  # one process, the same seed: rank 0 alone, while the others wait
+        alone = hsmpi.run(TinyAdam(), comm=SerialComm(), out=str(mpi_tmp_path / f"alone-{select}"),
+                          population=population, select=select, **BASE)
+        assert (alone.test_loss, alone.best_member, alone.best_session) == \
+            (mine.test_loss, mine.best_member, mine.best_session)
+        _same_files(mpi_tmp_path / f"world-{select}" / "results.h5", mpi_tmp_path / f"alone-{select}" / "results.h5")
+    world.Barrier()
+    # every rank returns the same model
+    flat = np.concatenate([p.detach().numpy().ravel() for p in mine.best_model.parameters()])
+    assert all(np.array_equal(flat, other) for other in world.allgather(flat))
+
+
+@pytest.mark.parametrize("task", [TinyAdam(), Tiny()], ids=["adam", "sgd-momentum"])
+def test_stopped_on_every_rank_resumed_on_half_of_them_and_on_one(mpi_tmp_path: Path, task: object) -> None:
+    """Stop after session 1 on all ranks; resume on the first half (a sub-communicator) to session 2, then
+    on rank 0 alone to the end: the same bytes as an uninterrupted run."""
+    world = _world()
+    name = type(task).__name__
+    out, reference = mpi_tmp_path / f"resumed-{name}", mpi_tmp_path / f"whole-{name}"
+    options = dict(population=2 * world.size, select="truncation", **BASE)
+    with pytest.raises(Stopped, match="after session 1/3"):
+        hsmpi.run(task, comm=world, out=str(out), stop_after=1, **options)
+    half = world.Split(0 if world.rank < world.size // 2 else 1, world.rank)
+    if world.rank < world.size // 2:
+        with pytest.raises(Stopped, match="after session 2/3"):
+            hsmpi.run(task, comm=half, out=str(out), resume="auto", stop_after=2, **options)
+    half.Free()
+    world.Barrier()
+    if world.rank == 0:
+        hsmpi.run(task, comm=SerialComm(), out=str(out), resume="auto", **options)
+        hsmpi.run(task, comm=SerialComm(), out=str(reference), **options)
+        _same_files(out / "results.h5", reference / "results.h5")
+    world.Barrier()
+
+
+def test_resumed_in_one_process_then_finished_on_every_rank(mpi_tmp_path: Path) -> None:
+    world = _world()
+    out, reference = mpi_tmp_path / "grow", mpi_tmp_path / "grow-whole"
+    options = dict(population=2 * world.size, select="winner", elitism=True, holdout=0.25, **BASE)
+    if world.rank == 0:
+        with pytest.raises(Stopped):
+            hsmpi.run(TinyAdam(), comm=SerialComm(), out=str(out), stop_after=2, **options)
+    world.Barrier()
+    hsmpi.run(TinyAdam(), comm=world, out=str(out), resume="auto", **options)
+    hsmpi.run(TinyAdam(), comm=world, out=str(reference), **options)
+    if world.rank == 0:
+        _same_files(out / "results.h5", reference / "results.h5")
+    world.Barrier()
