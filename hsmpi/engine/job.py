@@ -79,7 +79,7 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
             ckpt, schedule, path = load_checkpoint(config, task, comm.size, log)
         except (checkpoint.CheckpointError, ConfigError) as err:
             error = str(err)
-    agree(comm, error)
+    agree(comm, error, checkpoint.CheckpointError)
     schedule = comm.bcast(schedule)
     startup = _torch_startup()
     search = Search.start(populations.prepare(config, task, comm, log), schedule)
