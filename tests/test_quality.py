@@ -28,7 +28,7 @@ def problem() -> Problem:
     return Problem("diabetes", seed=3, population=4, epochs=3, sessions=1)
 
 
-def test_trial_matches_an_hsmpi_member_trained_alone(problem: Problem) -> None:
+def test_trial_matches_an_hsmpi_member_trained_alone(problem: Problem, tmp_path: Path) -> None:
     """Same seed, same index, same hyperparameters: a trial is an hsmpi member with m = 1."""
     from hsmpi.engine.job import run
 
@@ -37,7 +37,7 @@ def test_trial_matches_an_hsmpi_member_trained_alone(problem: Problem) -> None:
     b = train_trial(problem, 0, hp, 3)
     assert a.val == b.val and len(a.val) == 3
     result = run("diabetes", comm=SerialComm(), log=None, population=1, epochs=3, sessions=1, seed=3,
-                 out=str(Path(os.environ.get("TMPDIR", "/tmp")) / "hsmpi-quality-t1"), export_top=0, threads=1)
+                 out=str(tmp_path), export_top=0, threads=1)
     # hsmpi's member 0 draws its own hyperparameters; train the trial with those and compare.
     c = train_trial(problem, 0, result.best_hparams, 3)
     assert c.val[-1] == pytest.approx(result.best_val_loss, rel=1e-6)
@@ -74,17 +74,21 @@ def test_hyperopt_default_startup_is_named_random_below_twenty(problem: Problem)
     assert scaled.extra["random_only"] is False
 
 
-def test_hyperband_prunes_and_still_stops_at_the_budget() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_hyperband_prunes_stops_at_the_budget_and_repeats_itself(threads: int) -> None:
+    """The same problem twice gives the same trials (brackets come from a fixed study name)."""
     pytest.importorskip("optuna")
     p = Problem("diabetes", seed=0, population=4, epochs=9, sessions=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the pruning decisions follow the losses' last bits, which follow the thread count
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the pruning decisions follow the losses' last bits, which follow the threads
     try:
-        out = methods.optuna_hyperband(p, SerialComm(), {})
+        first = methods.optuna_hyperband(p, SerialComm(), {})
+        again = methods.optuna_hyperband(p, SerialComm(), {})
     finally:
-        torch.set_num_threads(threads)
-    assert out.epochs == p.budget
-    assert out.extra["trials"] > p.population  # pruned trials leave room for more
+        torch.set_num_threads(before)
+    assert first.epochs == again.epochs == p.budget
+    assert first.extra["trials"] == again.extra["trials"] and first.test == again.test
+    assert first.extra["trials"] > p.population  # pruned trials leave room for more
 
 
 def test_random_search_is_reproducible(problem: Problem) -> None:

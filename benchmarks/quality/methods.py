@@ -188,7 +188,10 @@ def optuna_hyperband(problem: Problem, comm: SerialComm, options: dict[str, Any]
     ledger = Ledger(problem)
     sampler = optuna.samplers.TPESampler(seed=derive_seed(problem.seed, BASELINE_STREAM, 4) % 2**31)
     pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=problem.epochs)
-    study = optuna.create_study(sampler=sampler, pruner=pruner)
+    # Hyperband puts trial n in a bracket by a hash of f"{study name}_{n}"; optuna's default name holds a
+    # random UUID, which made the trial count (and the benchmark's result) change from one run to the next.
+    study = optuna.create_study(sampler=sampler, pruner=pruner,
+                                study_name=f"hsmpi-bench-{problem.task_name}-seed{problem.seed}")
 
     def objective(trial: Any) -> float:
         hp = _suggest(trial, problem.task.space)
