@@ -114,10 +114,11 @@ class Search(_Group):
     sampler: SamplerName = _field(
         "urs", "`urs` (the paper's box around the winner) or `perturb` (PBT's x0.8 / x1.2 or resample)")
     radius: float = _field(
-        0.3, "`urs`: half-width of the box in normalised coordinates (the paper used 0.15; 0.3 won the benchmark)")
+        0.3, "`urs`: half-width of the box in normalised coordinates (the paper used 0.15; 0.3 won the benchmark)",
+        metavar="R")
     radius_final: float | None = _field(
-        None, "`urs`: shrink the box geometrically from `--radius` (first draw) to this (last draw)",
-        means="none (a fixed box)")
+        None, "`urs`: shrink the box geometrically from `--radius` (first draw) to this (last draw)", metavar="R",
+        means="a fixed box")
     resample_probability: float = _field(
         0.25, "`perturb`: chance of a fresh draw per parameter (else x0.8 or x1.2)", metavar="P")
     select: SelectName = _field(
@@ -189,7 +190,7 @@ class Output(_Group):
         None,
         "`PATH` (a checkpoint file or a folder holding one) or `auto` (the `--out` folder's checkpoint if there "
         "is one, else a new run)",
-        metavar="PATH|auto", means="none (a new run)", expected="a checkpoint path or 'auto'", valid=_nonempty_str)
+        metavar="PATH|auto", means="a new run", expected="a checkpoint path or 'auto'", valid=_nonempty_str)
     keep_checkpoints: int = _field(
         1, "checkpoints kept besides the backup: the latest plus N-1 older ones (`checkpoint-sNNNN.h5`)",
         metavar="N", minimum=1)
@@ -201,7 +202,7 @@ class Output(_Group):
         metavar="SECONDS|auto", expected="'auto' or seconds >= 0", valid=_interval)
     stop_after: int | None = _field(
         None, "stop after session K with a checkpoint and exit status 75 (continue later with `--resume`)",
-        metavar="K", means="none (run to the end)", minimum=1)
+        metavar="K", means="run to the end", minimum=1)
     progress: bool = _field(
         False, "a live bar within each session (rank 0's member-epochs) when stderr is a terminal; quiet in "
         "batch logs")
