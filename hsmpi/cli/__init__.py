@@ -1,11 +1,13 @@
 """Command line: flags + TOML -> a validated Config, and the abort-on-exception wrapper.
 
-Exit status: 0 done; 2 a usage error (bad flag, config value, task, space,
-data, checkpoint or output folder), reported once by rank 0 before any
-training; 1 an exception during the run, which aborts every rank
+The parser and the TOML keys are generated from Config's fields in
+hsmpi.cli.options.  Exit status: 0 done; 2 a usage error (bad flag, config
+value, task, space, data, checkpoint or output folder), reported once by rank
+0 before any training; 1 an exception during the run, which aborts every rank
 (`MPI_Abort`) so none waits forever in a collective; 75 (EX_TEMPFAIL) stopped
 by SIGTERM, SIGINT or SIGUSR1 at a session boundary with a checkpoint
-written: run again with `--resume auto` to continue.
+written: run again with `--resume auto` to continue; 141 (128 + SIGPIPE) the
+reader of the output went away (`--help | head`).
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ def _agreed(comm: SerialComm, work: Any) -> Any:
 
 def parse(argv: Sequence[str], comm: SerialComm | None = None) -> Config | str:
     """Flags (over TOML, over a resumed checkpoint's settings) -> Config; or 'help' / 'version'."""
-    comm = comm or SerialComm()
+    from hsmpi.cli.options import read_toml  # not at the top: see build_parser
 
-    from hsmpi.cli.options import read_toml
+    comm = comm or SerialComm()
 
     def local() -> dict[str, Any]:
         args = vars(build_parser().parse_args(list(argv)))
