@@ -1,22 +1,73 @@
-"""The run's settings: one keyword-only dataclass, checked when built."""
+"""The run's settings: keyword-only dataclasses in groups, each field described once, checked when built.
+
+`Config` is all the groups at once (it inherits from each), so it stays one
+flat, frozen, keyword-only dataclass: `Config(epochs=12)`, `config.epochs`,
+and `to_dict()` flat as results files and checkpoints store it.  Every field
+carries its one-line doc, its flag spelling, and where the default is None or
+computed, what that default means (`dataclasses.field(metadata=...)`, read
+through `options()`).  The command line, the TOML reader, `--help` and the
+README's option table are all generated from that (hsmpi.cli.options), so no
+default or list of choices is written twice.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from hsmpi.algorithm.sampling import SAMPLERS, make_sampler
-from hsmpi.algorithm.selection import SELECTIONS, make_selection
+from hsmpi.algorithm.sampling import make_sampler
+from hsmpi.algorithm.selection import make_selection
 
 
 class ConfigError(ValueError):
     """A setting a user gave that cannot work; the message says what was expected."""
 
 
-DEVICES = ("auto", "cpu", "cuda")
-VECTORIZE = ("auto", "on", "off")
+# The choices, as types.  The sampler and selection names must equal their registries,
+# hsmpi.algorithm.sampling.SAMPLERS (sorted, as its error messages list them) and
+# hsmpi.algorithm.selection.SELECTIONS (in its order); tests/test_config.py checks both.
+SamplerName = Literal["perturb", "urs"]
+SelectName = Literal["winner", "truncation"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+VectorizeMode = Literal["auto", "on", "off"]
+
+DEVICES: tuple[str, ...] = get_args(DeviceName)
+VECTORIZE: tuple[str, ...] = get_args(VectorizeMode)
+
+
+def _field(default: Any, doc: str, *, short: str | None = None, metavar: str | None = None,
+           means: str | None = None, minimum: int | None = None, expected: str | None = None,
+           valid: Callable[[Any], bool] | None = None) -> Any:
+    """A dataclass field with what the command line and the docs say about it.
+
+    `doc`: one line (`code` in backticks: the README keeps them, --help drops
+    them); `short`: a one-letter flag besides `--name-with-dashes`; `means`:
+    what a None or computed default stands for; `minimum`: for integers;
+    `valid`/`expected`: a check for a value no generic rule covers and the
+    words "must be ..." uses when it fails.
+    """
+    return dataclasses.field(default=default, metadata={
+        "doc": doc, "short": short, "metavar": metavar, "means": means, "minimum": minimum,
+        "expected": expected, "valid": valid})
+
+
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _fraction(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value < 1.0
+
+
+def _interval(value: Any) -> bool:
+    if value == "auto":
+        return True
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < math.inf
 
 
 def _int(name: str, value: Any, low: int) -> None:
@@ -26,100 +77,262 @@ def _int(name: str, value: Any, low: int) -> None:
         raise ConfigError(f"{name} must be at least {low}, but got {value}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class Config:
-    """Everything that defines a run; stored whole in every results file."""
-
-    task: str = "regression1d"
-    population: int | None = None  # S; None: max(8, number of ranks x members per rank)
-    epochs: int = 30  # M, in all
-    sessions: int = 6  # m, each of about M/m epochs
-    seed: int = 0
-    sampler: str = "urs"
-    radius: float = 0.3  # urs: half-width of the box in normalised coordinates (the paper: 0.15)
-    radius_final: float | None = None  # urs: shrink the box geometrically to this half-width by the last draw
-    resample_probability: float = 0.25  # perturb: chance of a fresh draw instead of x0.8/x1.2
-    select: str = "truncation"  # chosen from the quality benchmark (docs/benchmarks.md); "winner" is the paper's
-    truncation_fraction: float = 0.25
-    holdout: float = 0.0  # fraction of the validation split held back to judge the returned model only
-    elitism: bool = False  # True: return the best member ever seen on validation; False: the last session's best
-    out: str = "hsmpi-out"
-    device: str = "auto"
-    members_per_rank: int | None = None  # K; None: spread S over the ranks
-    independent_init: bool = False
-    batch_size: int = 64  # used when the space has no batch_size
-    threads: int = 0  # torch threads per rank; 0: the node's cores / ranks on the node
-    resume: str | None = None  # a checkpoint file or folder, or "auto" (the out folder's, if any)
-    keep_checkpoints: int = 1  # checkpoints kept besides the backup: the latest, plus N-1 older ones
-    checkpoint_interval: float | str = "auto"  # seconds between checkpoints; 0: every session; auto: see checkpoint.due
-    stop_after: int | None = None  # stop (checkpoint, exit 75) once this session number is done
-    progress: bool = False  # a live bar within each session, on a terminal only
-    export_top: int = 3  # best.pt plus the final population's best K as PyTorch state dicts
-    vectorize: str = "auto"  # train a rank's members as one batched model: on, off, auto (on for CUDA)
+class _Group:
+    """A group of settings (a frozen keyword-only dataclass); Config inherits from every group."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.task, str) or not self.task:
-            raise ConfigError(f"task must be a name or module:Class, but got {self.task!r}")
-        if self.population is not None:
-            _int("population (-S)", self.population, 1)
-        _int("epochs (-M)", self.epochs, 1)
-        _int("sessions (-m)", self.sessions, 1)
+        """Check the fields this group itself declares (each group says which it is; Config calls them all)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSettings(_Group):
+    """What to train."""
+
+    task: str = _field(
+        "regression1d",
+        "a built-in task (`regression1d`, `friedman1`, `diabetes`, `digits`), `package.module:Class` or "
+        "`path/to/file.py:Class`",
+        metavar="TASK", expected="a name or module:Class", valid=_nonempty_str)
+
+    def __post_init__(self) -> None:
+        _check_fields(self, TaskSettings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Search(_Group):
+    """The search itself: population, schedule, sampling, selection and what is returned."""
+
+    population: int | None = _field(
+        None, "members S", short="-S", metavar="S",
+        means="ranks x members-per-rank if that is given, else max(8, ranks)", minimum=1)
+    epochs: int = _field(30, "epochs in all, M", short="-M", metavar="M", minimum=1)
+    sessions: int = _field(
+        6, "sessions m <= M; session k gets M/m epochs, rounded so they add up to M",
+        short="-m", metavar="m", minimum=1)
+    seed: int = _field(0, "run seed: data split, initial weights, every random stream", minimum=0)
+    sampler: SamplerName = _field(
+        "urs", "`urs` (the paper's box around the winner) or `perturb` (PBT's x0.8 / x1.2 or resample)")
+    radius: float = _field(
+        0.3, "`urs`: half-width of the box in normalised coordinates (the paper used 0.15; 0.3 won the benchmark)",
+        metavar="R")
+    radius_final: float | None = _field(
+        None, "`urs`: shrink the box geometrically from `--radius` (first draw) to this (last draw)", metavar="R",
+        means="a fixed box")
+    resample_probability: float = _field(
+        0.25, "`perturb`: chance of a fresh draw per parameter (else x0.8 or x1.2)", metavar="P")
+    select: SelectName = _field(
+        "truncation",
+        "`truncation` (the bottom fraction copies random members of the top fraction and takes hyperparameters "
+        "near the donor's; chosen from the benchmark, docs/benchmarks.md) or `winner` (the paper: one winner, "
+        "S-1 copies)")
+    truncation_fraction: float = _field(0.25, "`truncation`: the fraction, at most 0.5", metavar="F")
+    elitism: bool = _field(
+        False,
+        "return the best member ever seen on validation (any session); `--no-elitism`: the last session's best "
+        "(the benchmark found elitism's pick overfits the validation set)")
+    holdout: float = _field(
+        0.0,
+        "with `--elitism`: hold back this fraction of the validation split to judge the returned model only "
+        "(the sessions select on the rest)",
+        metavar="F", expected="a fraction in [0, 1)", valid=_fraction)
+    independent_init: bool = _field(
+        False,
+        "each member its own initial weights; `--no-independent-init`: all start from the same weights, "
+        "as in the paper")
+
+    def __post_init__(self) -> None:
+        _check_fields(self, Search)
         if self.sessions > self.epochs:
             raise ConfigError(f"sessions (-m) must not exceed epochs (-M), but got m={self.sessions} > M={self.epochs}")
-        _int("seed", self.seed, 0)
-        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, but got {self.sampler!r}")
-        if not isinstance(self.select, str) or self.select not in SELECTIONS:
-            raise ConfigError(f"select must be one of {list(SELECTIONS)}, but got {self.select!r}")
+        # The sampler and the selection rule check their own parameters; their messages name them.
         try:
             make_sampler(self.sampler, radius=self.radius, resample_probability=self.resample_probability)
             make_selection(self.select, fraction=self.truncation_fraction)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if not isinstance(self.out, str) or not self.out:
-            raise ConfigError(f"out must be a folder path, but got {self.out!r}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"device must be one of {list(DEVICES)}, but got {self.device!r}")
-        if self.members_per_rank is not None:
-            _int("members-per-rank", self.members_per_rank, 1)
         if self.radius_final is not None:
             try:
                 make_sampler("urs", radius=self.radius_final)
             except ValueError as err:
                 raise ConfigError(f"radius-final: {str(err).split(': ', 1)[1]}") from None
-        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) \
-                or not 0.0 <= self.holdout < 1.0:
-            raise ConfigError(f"holdout must be a fraction in [0, 1), but got {self.holdout!r}")
-        if not isinstance(self.elitism, bool):
-            raise ConfigError(f"elitism must be true or false, but got {self.elitism!r}")
-        if not isinstance(self.independent_init, bool):
-            raise ConfigError(f"independent-init must be true or false, but got {self.independent_init!r}")
-        _int("batch-size", self.batch_size, 1)
-        _int("threads", self.threads, 0)
-        if self.resume is not None and (not isinstance(self.resume, str) or not self.resume):
-            raise ConfigError(f"resume must be a checkpoint path or 'auto', but got {self.resume!r}")
-        _int("keep-checkpoints", self.keep_checkpoints, 1)
-        ci = self.checkpoint_interval
-        if ci != "auto" and (isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 <= ci < math.inf):
-            raise ConfigError(f"checkpoint-interval must be 'auto' or seconds >= 0, but got {ci!r}")
-        _int("export-top", self.export_top, 0)
-        if not isinstance(self.progress, bool):
-            raise ConfigError(f"progress must be true or false, but got {self.progress!r}")
-        if self.vectorize not in VECTORIZE:
-            raise ConfigError(f"vectorize must be one of {list(VECTORIZE)}, but got {self.vectorize!r}")
-        if self.stop_after is not None:
-            _int("stop-after", self.stop_after, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Training(_Group):
+    """How each rank trains its members."""
+
+    device: DeviceName = _field("auto", "`auto` (a GPU when the rank sees one, else the CPU), `cpu` or `cuda`")
+    members_per_rank: int | None = _field(
+        None, "K members per rank, trained one after the other; S must then be ranks x K", metavar="K",
+        means="S spread over the ranks", minimum=1)
+    vectorize: VectorizeMode = _field(
+        "auto",
+        "`on`: train a rank's members as one batched model (see docs/performance.md); `auto`: on for CUDA, off "
+        "on CPU (where the one-at-a-time path is bit-for-bit layout-independent); `off`")
+    batch_size: int = _field(64, "training batch size when the space has no `batch_size`", metavar="N", minimum=1)
+    # 0 stays the stored value for "shared out" so that results files and TOML files written before keep working.
+    threads: int = _field(
+        0, "torch threads per rank; `0`: the node's cores divided by the ranks on that node", metavar="N",
+        minimum=0)
+
+    def __post_init__(self) -> None:
+        _check_fields(self, Training)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Output(_Group):
+    """Where the results go, checkpoints, and stopping and resuming."""
+
+    out: str = _field("hsmpi-out", "output folder (created; checked for writing before training)", metavar="DIR",
+                      expected="a folder path", valid=_nonempty_str)
+    resume: str | None = _field(
+        None,
+        "`PATH` (a checkpoint file or a folder holding one) or `auto` (the `--out` folder's checkpoint if there "
+        "is one, else a new run)",
+        metavar="PATH|auto", means="a new run", expected="a checkpoint path or 'auto'", valid=_nonempty_str)
+    keep_checkpoints: int = _field(
+        1, "checkpoints kept besides the backup: the latest plus N-1 older ones (`checkpoint-sNNNN.h5`)",
+        metavar="N", minimum=1)
+    checkpoint_interval: float | Literal["auto"] = _field(
+        "auto",
+        "seconds between checkpoints; `0`: after every session; `auto`: once 50x what the last checkpoint took "
+        "has passed, at least 1 s and at most 10 minutes apart (about 2% of the run's time), so sessions of "
+        "seconds or more are all checkpointed. The last session and every stop always write one",
+        metavar="SECONDS|auto", expected="'auto' or seconds >= 0", valid=_interval)
+    stop_after: int | None = _field(
+        None, "stop after session K with a checkpoint and exit status 75 (continue later with `--resume`)",
+        metavar="K", means="run to the end", minimum=1)
+    progress: bool = _field(
+        False, "a live bar within each session (rank 0's member-epochs) when stderr is a terminal; quiet in "
+        "batch logs")
+    export_top: int = _field(
+        3, "write `best.pt` and the final population's best K as PyTorch state dicts", metavar="K", minimum=0)
+
+    def __post_init__(self) -> None:
+        _check_fields(self, Output)
 
     def checkpoint_seconds(self) -> float | None:
         """--checkpoint-interval in seconds; None for auto."""
         return None if self.checkpoint_interval == "auto" else float(self.checkpoint_interval)
 
+
+# The groups in the order their fields come (in Config, --help and the README's table), with their titles.
+GROUPS: tuple[tuple[str, type[_Group]], ...] = (
+    ("task", TaskSettings), ("search", Search), ("training", Training), ("output and run control", Output))
+
+
+# A dataclass takes its bases' fields in reverse MRO order, so the groups are listed here last to first
+# for Config's fields (and to_dict(), and so the results file) to come in the order of GROUPS.
+@dataclass(frozen=True, kw_only=True)
+class Config(Output, Training, Search, TaskSettings):
+    """Everything that defines a run; stored whole (flat) in every results file."""
+
+    def __post_init__(self) -> None:
+        for _, group in GROUPS:
+            group.__post_init__(self)
+
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name, flat (as results files and checkpoints store it)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """The fields' names in order (also the TOML keys, with `_`)."""
         return [f.name for f in dataclasses.fields(cls)]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One Config field as the command line, TOML files and the docs see it."""
+
+    name: str  # the field; also the TOML key (with `_` or `-`)
+    group: str  # its group's title
+    doc: str  # one line; `code` in backticks
+    flags: tuple[str, ...]  # ("-S", "--population") or ("--seed",)
+    label: str  # the name error messages use: "population (-S)", "members-per-rank"
+    metavar: str | None
+    default: Any
+    means: str | None  # what a None or computed default stands for
+    kind: Any  # the annotation without None: int, float, str, bool, a Literal, or a union
+    optional: bool  # None is allowed
+    choices: tuple[str, ...] | None  # the Literal's values
+    minimum: int | None
+    expected: str | None
+    valid: Callable[[Any], bool] | None
+
+    @property
+    def default_text(self) -> str:
+        """The default as --help and the README state it: the value, or what it means."""
+        if self.means is not None:
+            return self.means
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if isinstance(self.default, float):
+            return f"{self.default:g}"
+        return str(self.default)
+
+
+def _without_none(hint: Any) -> tuple[Any, bool]:
+    """(`hint` with None taken out of a union, whether None was there)."""
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        args = get_args(hint)
+        rest = tuple(a for a in args if a is not type(None))
+        if len(rest) < len(args):
+            return (rest[0] if len(rest) == 1 else typing.Union[rest]), True
+    return hint, False
+
+
+_DESCRIBED: dict[type[_Group], tuple[Option, ...]] = {}  # worked out once per group: every Config() checks
+
+
+def _group_options(group: type[_Group]) -> tuple[Option, ...]:
+    """The fields `group` itself declares, described; get_type_hints resolves the string annotations."""
+    if group in _DESCRIBED:
+        return _DESCRIBED[group]
+    title = next(t for t, g in GROUPS if g is group)
+    hints = get_type_hints(group)
+    described = []
+    for f in dataclasses.fields(group):  # type: ignore[arg-type]  # every group is a dataclass
+        kind, optional = _without_none(hints[f.name])
+        meta = f.metadata
+        long = "--" + f.name.replace("_", "-")
+        flags = (meta["short"], long) if meta["short"] else (long,)
+        label = long[2:] + (f" ({meta['short']})" if meta["short"] else "")
+        choices = get_args(kind) if get_origin(kind) is Literal else None
+        described.append(Option(
+            name=f.name, group=title, doc=meta["doc"], flags=flags, label=label, metavar=meta["metavar"],
+            default=f.default, means=meta["means"], kind=kind, optional=optional, choices=choices,
+            minimum=meta["minimum"], expected=meta["expected"], valid=meta["valid"]))
+    _DESCRIBED[group] = tuple(described)
+    return _DESCRIBED[group]
+
+
+def options() -> tuple[Option, ...]:
+    """Every Config field described, in Config's field order."""
+    return tuple(o for _, group in GROUPS for o in _group_options(group))
+
+
+def _check_fields(settings: Any, group: type[_Group]) -> None:
+    """The checks every field of a kind gets, from its type and metadata, in field order.
+
+    Floats without a `valid` (radius, radius-final, resample-probability,
+    truncation-fraction) are the sampler's and selection's to check.
+    """
+    for o in _group_options(group):
+        value = getattr(settings, o.name)
+        if value is None and o.optional:
+            continue
+        if o.choices is not None:
+            if not isinstance(value, str) or value not in o.choices:
+                raise ConfigError(f"{o.label} must be one of {list(o.choices)}, but got {value!r}")
+        elif o.kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{o.label} must be true or false, but got {value!r}")
+        elif o.kind is int:
+            _int(o.label, value, 0 if o.minimum is None else o.minimum)
+        elif o.valid is not None and not o.valid(value):
+            raise ConfigError(f"{o.label} must be {o.expected}, but got {value!r}")
 
 
 def session_epochs(epochs: int, sessions: int) -> list[int]:

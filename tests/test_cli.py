@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_hsmpi, task_spec
+from conftest import ROOT, run_hsmpi, task_spec
 
 SMALL = ["-S", "4", "-M", "2", "-m", "2", "--threads", "1"]
 
@@ -126,3 +129,15 @@ def test_settings_and_session_lines_come_from_rank_0_only(tmp_path: Path) -> Non
     assert result.stdout.count("session 1/2") == 1 and result.stdout.count("session 2/2") == 1
     assert result.stdout.count("test loss: best member") == 1
     assert result.stdout.count("results: ") == 1
+
+
+def test_help_into_a_closed_pipe_ends_quietly() -> None:
+    """`python -m hsmpi --help | head -3`: the reader goes away; no traceback, the shell's 141 (128 + SIGPIPE)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "hsmpi", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before hsmpi has even imported torch: its first write meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

@@ -6,12 +6,34 @@ import dataclasses
 import json
 import math
 import re
+from typing import get_args, get_type_hints
 
 import pytest
 
 from hsmpi.algorithm.sampling import SAMPLERS
 from hsmpi.algorithm.selection import SELECTIONS
-from hsmpi.config import DEVICES, Config, ConfigError, layout, resolve_population, session_epochs
+from hsmpi.config import (
+    DEVICES,
+    GROUPS,
+    VECTORIZE,
+    Config,
+    ConfigError,
+    Output,
+    Search,
+    Training,
+    layout,
+    options,
+    resolve_population,
+    session_epochs,
+)
+from hsmpi.tasks import BUILTIN
+
+# The fields and defaults runs, results files, checkpoints and TOML files have always had.
+DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, seed=0, sampler="urs", radius=0.3,
+                radius_final=None, resample_probability=0.25, select="truncation", truncation_fraction=0.25,
+                holdout=0.0, elitism=False, out="hsmpi-out", device="auto", members_per_rank=None,
+                independent_init=False, batch_size=64, threads=0, resume=None, keep_checkpoints=1,
+                checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto")
 
 
 def test_defaults_are_valid() -> None:
@@ -19,6 +41,52 @@ def test_defaults_are_valid() -> None:
     assert c.population is None and c.members_per_rank is None
     assert c.sampler in SAMPLERS and c.select in SELECTIONS and c.device in DEVICES
     assert c.sessions <= c.epochs
+
+
+def test_fields_and_defaults_are_unchanged() -> None:
+    assert Config().to_dict() == DEFAULTS
+    assert sorted(Config.field_names()) == sorted(DEFAULTS)
+    assert Config(**DEFAULTS) == Config()  # a results file's settings, in the order they were stored before
+
+
+def test_config_is_every_group_and_only_that() -> None:
+    groups = [g for _, g in GROUPS]
+    assert all(issubclass(Config, g) for g in groups)
+    names = [f.name for g in groups for f in dataclasses.fields(g)]  # type: ignore[arg-type]
+    assert names == Config.field_names()  # each field in one group, in GROUPS order
+
+
+@pytest.mark.parametrize("group, options, message", [
+    (Search, {"sessions": 7, "epochs": 6}, r"sessions \(-m\) must not exceed epochs \(-M\)"),
+    (Search, {"radius": 2.0}, r"urs: radius must be in \(0, 1\]"),
+    (Training, {"threads": -1}, r"threads must be at least 0, but got -1"),
+    (Output, {"out": ""}, r"out must be a folder path, but got ''"),
+])
+def test_each_group_checks_its_own_fields(group: type, options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        group(**options)
+    group(**{k: v for k, v in DEFAULTS.items() if k in {f.name for f in dataclasses.fields(group)}})
+
+
+def test_choices_are_the_registries() -> None:
+    hints = get_type_hints(Config)
+    assert get_args(hints["sampler"]) == tuple(sorted(SAMPLERS))
+    assert get_args(hints["select"]) == tuple(SELECTIONS)
+    assert get_args(hints["device"]) == DEVICES == ("auto", "cpu", "cuda")
+    assert get_args(hints["vectorize"]) == VECTORIZE == ("auto", "on", "off")
+
+
+def test_task_doc_names_the_builtin_tasks() -> None:
+    doc = next(o.doc for o in options() if o.name == "task")
+    assert re.findall(r"`(\w+)`", doc) == list(BUILTIN)
+
+
+def test_every_field_is_described() -> None:
+    for o in options():
+        assert o.doc and "\n" not in o.doc, o.name
+        assert o.flags[-1] == "--" + o.name.replace("_", "-")
+        assert (o.default is None) <= (o.means is not None), f"{o.name}: say what None means"
+        assert o.optional == (o.default is None), o.name
 
 
 def test_keyword_only_and_frozen() -> None:
@@ -101,6 +169,22 @@ BAD = [
     ({"threads": 1.5}, r"threads must be an integer, but got 1\.5"),
     ({"task": ""}, r"task must be a name or module:Class, but got ''"),
     ({"task": None}, r"task must be a name or module:Class, but got None"),
+    ({"radius_final": 1.5}, r"radius-final: radius must be in \(0, 1\], but got 1\.5"),
+    ({"holdout": 1.0}, r"holdout must be a fraction in \[0, 1\), but got 1\.0"),
+    ({"holdout": -0.1}, r"holdout must be a fraction in \[0, 1\), but got -0\.1"),
+    ({"holdout": True}, r"holdout must be a fraction in \[0, 1\), but got True"),
+    ({"elitism": "yes"}, r"elitism must be true or false, but got 'yes'"),
+    ({"progress": 1}, r"progress must be true or false, but got 1"),
+    ({"vectorize": "maybe"}, r"vectorize must be one of \['auto', 'on', 'off'\], but got 'maybe'"),
+    ({"resume": ""}, r"resume must be a checkpoint path or 'auto', but got ''"),
+    ({"keep_checkpoints": 0}, r"keep-checkpoints must be at least 1, but got 0"),
+    ({"checkpoint_interval": -5.0}, r"checkpoint-interval must be 'auto' or seconds >= 0, but got -5\.0"),
+    ({"checkpoint_interval": math.inf}, r"checkpoint-interval must be 'auto' or seconds >= 0, but got inf"),
+    ({"checkpoint_interval": "soon"}, r"checkpoint-interval must be 'auto' or seconds >= 0, but got 'soon'"),
+    ({"checkpoint_interval": True}, r"checkpoint-interval must be 'auto' or seconds >= 0, but got True"),
+    ({"export_top": -1}, r"export-top must be at least 0, but got -1"),
+    ({"stop_after": 0}, r"stop-after must be at least 1, but got 0"),
+    ({"stop_after": 1.0}, r"stop-after must be an integer, but got 1\.0"),
 ]
 
 
