@@ -1,14 +1,25 @@
-"""The command line under a real mpirun: errors once with exit 2, failures end every rank."""
+"""The command line: a usage error is one clear line and exit 2; a failure on one rank ends every rank.
+
+The messages are checked in process (`hsmpi.cli.main` on this process's one
+rank, no training starts); what only a real job shows (two ranks agreeing on
+an error one of them found, printing once, a failure ending a 4-rank job) runs
+under mpirun.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from hsmpi.engine.signals import STOP_SIGNALS
 
 from conftest import ROOT, run_hsmpi, task_spec
 
@@ -61,15 +72,41 @@ CASES = [pytest.param(args, needle, id=needle[:40], marks=[pytest.mark.both_mpis
          for args, needle in BAD_INPUTS]
 
 
-@pytest.mark.parametrize("args,needle", CASES)
-def test_bad_input_is_one_clear_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
+NEED_TWO_RANKS = {"more ranks (2) than members (-S 1)", "on another rank: task"}
+
+
+@pytest.fixture
+def signals_restored() -> Iterator[None]:
+    """main() installs hsmpi's stop handlers once a run starts: give the test process its own back."""
+    saved = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def _in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> SimpleNamespace:
+    from hsmpi.cli import main
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
+@pytest.mark.parametrize("args,needle", [c for c in CASES if c.values[1] not in BOTH_MPIS | NEED_TWO_RANKS])
+def test_bad_input_is_one_clear_line_and_exit_2(args: list[str], needle: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str], signals_restored: None) -> None:
     if "--device" in args:
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
     out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
-    _one_error(run_hsmpi([*SMALL, *out, *args], ranks=2, timeout=60), needle)
+    _one_error(_in_process([*SMALL, *out, *args], capsys), needle)
+
+
+@pytest.mark.parametrize("args,needle", [c for c in CASES if c.values[1] in BOTH_MPIS | NEED_TWO_RANKS])
+def test_bad_input_on_2_ranks_is_one_line_printed_once(args: list[str], needle: str, tmp_path: Path) -> None:
+    _one_error(run_hsmpi([*SMALL, "--out", str(tmp_path / "out"), *args], ranks=2, timeout=60), needle)
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -77,23 +114,24 @@ def test_bad_input_is_one_clear_line_and_exit_2(args: list[str], needle: str, tm
     ("popuation = 4\n", "unknown option 'popuation'"),
     ("population = [4\n", "is not valid TOML"),
 ])
-def test_bad_config_file(text: str, needle: str, tmp_path: Path) -> None:
+def test_bad_config_file(text: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "run.toml"
     path.write_text(text)
-    _one_error(run_hsmpi(["--config", str(path), "--out", str(tmp_path)], ranks=2, timeout=60), needle)
+    _one_error(_in_process(["--config", str(path), "--out", str(tmp_path)], capsys), needle)
 
 
-def test_missing_config_file(tmp_path: Path) -> None:
-    _one_error(run_hsmpi(["--config", str(tmp_path / "none.toml")], ranks=2, timeout=60), "does not exist")
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _one_error(_in_process(["--config", str(tmp_path / "none.toml")], capsys), "does not exist")
 
 
-def test_config_file_is_read_and_flags_win(tmp_path: Path) -> None:
+def test_config_file_is_read_and_flags_win(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           signals_restored: None) -> None:
     path = tmp_path / "run.toml"
     path.write_text(f'task = "{task_spec("TinyAdam")}"\npopulation = 6\nepochs = 4\nsessions = 2\n'
                     f'out = "{tmp_path / "from-toml"}"\nthreads = 1\n')
-    result = run_hsmpi(["--config", str(path), "-m", "4"], ranks=2, timeout=90)
+    result = _in_process(["--config", str(path), "-m", "4"], capsys)
     assert result.returncode == 0, result.stderr
-    assert "S=6 members on 2 ranks" in result.stdout
+    assert "S=6 members on 1 ranks" in result.stdout
     assert "session 4/4" in result.stdout and "session 5/" not in result.stdout
     assert (tmp_path / "from-toml" / "results.h5").exists()
 
@@ -141,3 +179,14 @@ def test_help_into_a_closed_pipe_ends_quietly() -> None:
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_a_run_with_no_finite_model_is_one_line_and_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           signals_restored: None) -> None:
+    result = _in_process(["--task", task_spec("AllDiverge"), "-S", "2", "-M", "2", "-m", "2", "--threads", "1",
+                          "--out", str(tmp_path)], capsys)
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("hsmpi: error:")]
+    assert len(errors) == 1 and "no member ever had a finite validation loss in 2 sessions" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "results.h5").exists()

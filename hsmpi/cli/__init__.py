@@ -141,7 +141,7 @@ def _main(argv: Sequence[str], comm: SerialComm) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](comm, list(argv[1:]))
     try:
-        with ends_every_rank_on_failure(comm, (*user_errors(), Stopped, NoFiniteModel)):
+        with ends_every_rank_on_failure(comm, (*user_errors(), Stopped, NoFiniteModel, BrokenPipeError)):
             parsed = parse(argv, comm)
             if parsed == "help":
                 _say(comm, build_parser().format_help())
