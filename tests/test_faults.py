@@ -81,6 +81,11 @@ def test_a_signal_to_one_rank_checkpoints_and_exits_75(signum: signal.Signals, r
     assert proc.returncode == EXIT_STOPPED, (stdout, stderr)
     assert stderr.count(f"stopped by {signum.name} after session") == 1, stderr
     assert not (tmp_path / "results.h5").exists()
+    with h5py.File(tmp_path / "checkpoint.h5", "r") as f:  # the stop's checkpoint holds the session it names
+        stopped_after = int(stderr.split(f"stopped by {signum.name} after session ")[1].split("/")[0])
+        assert f.attrs["next_session"] == stopped_after
+    if signum != signal.SIGTERM:
+        return  # resuming after the stop is the same whichever signal asked for it: once is enough
     resumed = run_hsmpi(["--resume", "auto", "--out", str(tmp_path)], ranks=4, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
     _same_results(reference, tmp_path)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 import torch
 
@@ -15,7 +13,6 @@ from hsmpi.errors import SetupError
 from hsmpi.parallel.comm import SerialComm
 from hsmpi.tasks import task_loss
 
-from conftest import run_hsmpi, task_spec
 from tasks_for_tests import TinyAdam
 
 ARGS = dict(population=4, epochs=6, sessions=3, seed=5, export_top=0, threads=1)
@@ -54,18 +51,3 @@ def test_bad_holdout_is_a_config_error(bad: object) -> None:
 def test_a_holdout_that_leaves_nothing_is_a_setup_error(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="holdout 0.001 of a validation split of"):
         run(TinyAdam(), comm=SerialComm(), log=None, out=str(tmp_path), holdout=0.001, **ARGS)
-
-
-def test_holdout_results_do_not_depend_on_the_layout(tmp_path: Path) -> None:
-    base = ["--task", task_spec("TinyAdam"), "-S", "4", "-M", "6", "-m", "3", "--seed", "5", "--threads", "1",
-            "--holdout", "0.4"]
-    files = []
-    for ranks in (1, 2):
-        out = tmp_path / f"n{ranks}"
-        done = run_hsmpi([*base, "--out", str(out)], ranks=ranks, timeout=120)
-        assert done.returncode == 0, done.stderr
-        files.append(out / "results.h5")
-    with h5py.File(files[0], "r") as a, h5py.File(files[1], "r") as b:
-        for key in ("history/val_loss", "history/winner", "test/best_loss"):
-            assert np.array_equal(a[key][()], b[key][()]), key
-        assert a["best"].attrs["val_loss"] == b["best"].attrs["val_loss"]

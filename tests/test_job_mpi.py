@@ -36,23 +36,36 @@ def _same_files(a: Path, b: Path) -> None:
         for key in ("history/train_loss", "history/val_loss", "history/winner", "history/sources",
                     "test/best_loss", "test/ensemble_loss"):
             assert np.array_equal(f[key][()], g[key][()], equal_nan=True), key
-        for name in f["population/weights"]:
-            assert np.array_equal(f[f"population/weights/{name}"][()], g[f"population/weights/{name}"][()]), name
+        for group in ("population/weights", "history/hparams", "best/weights"):
+            for name in f[group]:
+                assert np.array_equal(f[f"{group}/{name}"][()], g[f"{group}/{name}"][()]), f"{group}/{name}"
         assert dict(f["best"].attrs) == dict(g["best"].attrs)
 
 
-@pytest.mark.parametrize("select", ["winner", "truncation"])
-def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Path, select: str) -> None:
+LAYOUT_CASES = {
+    "winner-urs": (Tiny(), dict(select="winner")),
+    "truncation-perturb": (Tiny(), dict(select="truncation", sampler="perturb")),
+    "independent-init": (Tiny(), dict(select="winner", independent_init=True)),
+    "holdout-elitism": (TinyAdam(), dict(select="truncation", holdout=0.4, elitism=True)),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Path, case: str) -> None:
     world = _world()
-    population = 2 * world.size
-    mine = hsmpi.run(TinyAdam(), comm=world, out=str(mpi_tmp_path / f"world-{select}"), population=population,
-                     select=select, **BASE)
+    task, options = LAYOUT_CASES[case]
+    options = dict(population=8, **options, **BASE)
+    mine = hsmpi.run(task, comm=world, out=str(mpi_tmp_path / f"world-{case}"), **options)
     if world.rank == 0:  # one process, the same seed: rank 0 alone, while the others wait
-        alone = hsmpi.run(TinyAdam(), comm=SerialComm(), out=str(mpi_tmp_path / f"alone-{select}"),
-                          population=population, select=select, **BASE)
-        assert (alone.test_loss, alone.best_member, alone.best_session) == \
-            (mine.test_loss, mine.best_member, mine.best_session)
-        _same_files(mpi_tmp_path / f"world-{select}" / "results.h5", mpi_tmp_path / f"alone-{select}" / "results.h5")
+        alone = hsmpi.run(task, comm=SerialComm(), out=str(mpi_tmp_path / f"alone-{case}"), **options)
+        assert (alone.test_loss, alone.best_member, alone.best_session, alone.best_val_loss) == \
+            (mine.test_loss, mine.best_member, mine.best_session, mine.best_val_loss)
+        _same_files(mpi_tmp_path / f"world-{case}" / "results.h5", mpi_tmp_path / f"alone-{case}" / "results.h5")
+        with h5py.File(mpi_tmp_path / f"alone-{case}" / "results.h5", "r") as f:
+            # the run really explored: more than one distinct learning rate (and batch size) was tried
+            assert len(np.unique(f["history/hparams/lr"][()])) > 4
+            if "batch_size" in f["history/hparams"]:
+                assert len(np.unique(f["history/hparams/batch_size"][()])) > 1
     world.Barrier()
     # every rank returns the same model
     flat = np.concatenate([p.detach().numpy().ravel() for p in mine.best_model.parameters()])

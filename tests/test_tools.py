@@ -9,30 +9,40 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import pytest
 import torch
 import yaml  # type: ignore[import-untyped]
 
+import hsmpi
+from hsmpi.cli import main
 from hsmpi.cli.replay import replay
+from hsmpi.engine.job import Stopped
+from hsmpi.parallel.comm import SerialComm
 from hsmpi.tasks import load_task
 
-from conftest import ROOT, run_hsmpi, task_spec
-
-EXIT_STOPPED = 75
+from conftest import ROOT, run_hsmpi
+from tasks_for_tests import TinyAdam
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run stopped after session 2, resumed and extended from 3 sessions to 4 (in one process)."""
     out = tmp_path_factory.mktemp("tools")
-    args = ["--task", "regression1d", "--select", "winner", "-S", "4", "-M", "6", "-m", "3", "--threads", "1",
-            "--out", str(out)]
-    first = run_hsmpi([*args, "--stop-after", "2"], ranks=2)
-    assert first.returncode == EXIT_STOPPED, first.stderr
-    second = run_hsmpi(["--resume", "auto", "--out", str(out), "-m", "4", "-M", "8"], ranks=2)
-    assert second.returncode == 0, second.stderr
+    options = dict(select="winner", population=4, epochs=6, sessions=3, threads=1, out=str(out), log=None)
+    with pytest.raises(Stopped):
+        hsmpi.run("regression1d", comm=SerialComm(), stop_after=2, **options)
+    hsmpi.run("regression1d", comm=SerialComm(), resume="auto", **{**options, "sessions": 4, "epochs": 8})
     return out
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> SimpleNamespace:
+    """`python -m hsmpi ARGS` in this process (one rank)."""
+    code = main(args)
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
 
 def test_lineage_log_has_one_line_per_session_through_stop_resume_and_extension(run: Path) -> None:
@@ -78,10 +88,8 @@ def test_doctor_reports_every_rank_once() -> None:
 
 
 def test_replay_of_a_one_session_run_is_the_search_itself(tmp_path: Path) -> None:
-    result = run_hsmpi(["--task", task_spec("TinyAdam"), "-S", "3", "-M", "3", "-m", "1", "--threads", "1",
-                        "--out", str(tmp_path)], ranks=1)
-    assert result.returncode == 0, result.stderr
-    torch.set_num_threads(1)
+    hsmpi.run(TinyAdam(), comm=SerialComm(), log=None, population=3, epochs=3, sessions=1, threads=1,
+              out=str(tmp_path))
     lines: list[str] = []
     loss = replay(str(tmp_path / "results.h5"), log=lines.append)
     with h5py.File(tmp_path / "results.h5", "r") as f:
@@ -89,11 +97,11 @@ def test_replay_of_a_one_session_run_is_the_search_itself(tmp_path: Path) -> Non
     assert lines[-1].startswith("replayed network: test loss")
 
 
-def test_replay_cli(run: Path) -> None:
-    result = run_hsmpi(["replay", str(run / "results.h5")], ranks=1, timeout=90)
+def test_replay_cli(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = _cli(["replay", str(run / "results.h5")], capsys)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("session ") == 4 and "replayed network: test loss" in result.stdout
-    bad = run_hsmpi(["replay", str(run / "nope.h5")], ranks=1, timeout=60)
+    bad = _cli(["replay", str(run / "nope.h5")], capsys)
     assert bad.returncode == 2 and "hsmpi: error: cannot replay" in bad.stderr
 
 
@@ -117,29 +125,31 @@ def test_environment_yml_matches_setup_cfg() -> None:
     assert pip and "-e ." in pip[0]["pip"], "environment.yml installs the package itself"
 
 
-def test_report_of_results_and_of_a_checkpoint_in_progress(run: Path, tmp_path: Path) -> None:
-    done = run_hsmpi(["report", str(run / "results.h5"), "--out", str(tmp_path / "a")], ranks=1, timeout=90)
+def test_report_of_results_and_of_a_checkpoint_in_progress(run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    done = _cli(["report", str(run / "results.h5"), "--out", str(tmp_path / "a")], capsys)
     assert done.returncode == 0, done.stderr
     assert "test loss: best member" in done.stdout and done.stdout.count("\n| ") >= 5
     assert (tmp_path / "a" / "summary.md").exists()
     assert (tmp_path / "a" / "losses.png").stat().st_size > 10_000
     assert (tmp_path / "a" / "hparams.png").stat().st_size > 10_000
-    running = run_hsmpi(["report", str(run / "checkpoint.h5"), "--out", str(tmp_path / "b")], ranks=1, timeout=90)
+    running = _cli(["report", str(run / "checkpoint.h5"), "--out", str(tmp_path / "b")], capsys)
     assert running.returncode == 0, running.stderr
     assert "checkpoint (run in progress)" in running.stdout
-    bad = run_hsmpi(["report", str(tmp_path / "none.h5")], ranks=1, timeout=60)
+    bad = _cli(["report", str(tmp_path / "none.h5")], capsys)
     assert bad.returncode == 2 and "hsmpi: error: cannot read" in bad.stderr
     (tmp_path / "early").mkdir()
-    early = run_hsmpi(["report", str(tmp_path / "early")], ranks=1, timeout=60)
+    early = _cli(["report", str(tmp_path / "early")], capsys)
     assert early.returncode == 2 and "no results.h5 and no checkpoint in" in early.stderr, early.stderr
     assert early.stderr.count("hsmpi: error:") == 1
-    plotted = run_hsmpi(["plot", str(run), "--out", str(tmp_path / "c")], ranks=1, timeout=90)
+    plotted = _cli(["plot", str(run), "--out", str(tmp_path / "c")], capsys)
     assert plotted.returncode == 0, plotted.stderr
     assert {p.name for p in (tmp_path / "c").iterdir()} == {"summary.md", "losses.png", "hparams.png"}
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
-    quiet = run_hsmpi(["-S", "2", "-M", "2", "-m", "1", "--progress", "--out", str(tmp_path / "q")], ranks=1)
+    quiet = run_hsmpi(["-S", "2", "-M", "2", "-m", "1", "--progress", "--threads", "1", "--out", str(tmp_path / "q")],
+                      ranks=1)
     assert quiet.returncode == 0 and "member-epochs" not in quiet.stderr + quiet.stdout
     import pty
 
