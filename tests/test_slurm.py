@@ -184,7 +184,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 # a requeued job may start again once its old credential has expired: 120 s by default
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
