@@ -35,6 +35,8 @@ class Plan:
     sources: np.ndarray
     new_hparams: dict[int, HParams] = field(default_factory=dict)
     note: str = ""
+    winner: int = 0  # the session's best member (lowest loss; the lowest index among equals)
+    winner_loss: float = math.inf
 
     @property
     def donors(self) -> list[int]:
@@ -67,7 +69,7 @@ def plan_session(*, val_loss: np.ndarray, winner: int, winner_loss: float, hpara
         if source != i:
             base = best_hparams if source == BEST_EVER else hparams[source]
             new_hparams[i] = sampler.neighbour(space, base, hparam_rngs[i])
-    return Plan(sources, new_hparams, note)
+    return Plan(sources, new_hparams, note, winner, winner_loss)
 
 
 def is_new_best(judged: float, best_so_far: float, elitism: bool) -> bool:

@@ -199,14 +199,24 @@ def _check_model(task: Any, member: Member, data: Data, split: str) -> None:
         raise SetupError(f"the task's loss must return a scalar tensor, but returned {loss!r:.80}")
 
 
-def progress_bar(session: int, sessions: int, member_epochs: int) -> Tick:
-    """A live bar on stderr for one session (rank 0's member-epochs)."""
-    done = [0]
+class ProgressBar:
+    """A live bar on stderr for one session: rank 0's member-epochs done (called once per member-epoch)."""
 
-    def tick() -> None:
-        done[0] += 1
-        filled = int(30 * done[0] / member_epochs)
-        sys.stderr.write(f"\rsession {session + 1}/{sessions} [{'#' * filled}{'.' * (30 - filled)}] "
-                         f"{done[0]}/{member_epochs} member-epochs on rank 0")
+    WIDTH = 30
+
+    def __init__(self, session: int, sessions: int, member_epochs: int) -> None:
+        self.label = f"session {session + 1}/{sessions}"
+        self.total = member_epochs
+        self.done = 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        filled = int(self.WIDTH * self.done / self.total)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+                         f"{self.done}/{self.total} member-epochs on rank 0")
         sys.stderr.flush()
-    return tick
+
+    def close(self) -> None:
+        """Clear the bar's line, so the session line that follows starts clean."""
+        sys.stderr.write("\r" + " " * (len(self.label) + self.WIDTH + 40) + "\r")
+        sys.stderr.flush()

@@ -32,7 +32,7 @@ from hsmpi.algorithm.space import HParams, describe_space, sample_space
 from hsmpi.algorithm.streams import SearchStreams
 from hsmpi.config import session_epochs
 from hsmpi.engine.history import PHASES, Best, History
-from hsmpi.engine.population import Population, progress_bar
+from hsmpi.engine.population import Population, ProgressBar
 from hsmpi.parallel.flatstate import header_from_json, header_to_json
 from hsmpi.parallel.share import Saved, share_state
 
@@ -42,7 +42,7 @@ def run_sessions(search: Search, observers: Sequence[Observer]) -> SessionEnd | 
     for k in range(search.next_session, len(search.schedule)):
         clock = Clock()
         with clock("train"):
-            train = search.population.train(search.schedule[k], search.progress(k))   # 1. train M/m epochs
+            train = search.train(k)                                                     # 1. train M/m epochs
         with clock("val"):
             val = search.evaluate(train)                                                # 2. validation losses
         with clock("select"):
@@ -105,9 +105,9 @@ class Search:
     history: History = field(default_factory=History)  # rank 0
     best: Best = field(default_factory=Best)  # its loss everywhere; the rest on rank 0
     last_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    donor_states: dict[int, Saved] = field(default_factory=dict)  # rank 0: the states sent last session
+    # the states sent after the last session: rank 0's copies of their bytes (None on the other ranks)
+    donor_states: dict[int, Saved | None] = field(default_factory=dict)
     holdout_losses: dict[int, float] = field(default_factory=dict)  # this session's, of local members
-    winner: tuple[float, int] = (math.inf, 0)  # the last session's best loss and member
 
     def __post_init__(self) -> None:
         c = self.population.config
@@ -133,14 +133,20 @@ class Search:
             search.best = Best(hparams=dict(first.hp), member=first.index, state=Saved.of(first, population.buffer))
         return search
 
-    def progress(self, k: int) -> Any:
-        """Rank 0's live bar for session k on a terminal (--progress), else None."""
-        pop = self.population
-        if not (pop.config.progress and self.comm.is_root and sys.stderr.isatty()):
-            return None
-        return progress_bar(k, len(self.schedule), len(pop.members) * self.schedule[k])
-
     # ---- the steps -----------------------------------------------------------------------------
+    def train(self, k: int) -> list[float]:
+        """Step 1: this rank's members train session k's epochs (rank 0 shows a bar on a terminal with
+        --progress); each one's mean training loss of its last epoch."""
+        pop = self.population
+        bar = None
+        if pop.config.progress and self.comm.is_root and sys.stderr.isatty():
+            bar = ProgressBar(k, len(self.schedule), len(pop.members) * self.schedule[k])
+        try:
+            return pop.train(self.schedule[k], bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
     def evaluate(self, train: Sequence[float]) -> list[float]:
         """Step 2: validation losses (and with --holdout, the held-back part's, kept for `select`)."""
         pop = self.population
@@ -175,9 +181,8 @@ class Search:
             self.history.set_plan(plan.sources, plan.note)
         sources, note = comm.bcast((plan.sources, plan.note) if plan else None)
         self.last_sources = np.asarray(sources)
-        self.winner = (value, winner)
         # every rank: the plan without the new values, which only rank 0 needs until `resample`
-        return plan if plan is not None else Plan(np.asarray(sources), {}, note)
+        return plan if plan is not None else Plan(np.asarray(sources), {}, note, winner, value)
 
     def share(self, k: int, plan: Plan) -> None:
         """Step 4: each donor's state, from its owner, to the members that copy it; the best so far.
@@ -186,14 +191,14 @@ class Search:
         (with --holdout judged on the held-back part, which no session saw); if
         so its state goes to rank 0 too.
         """
-        value, winner = self.winner
+        value, winner = plan.winner_loss, plan.winner
         c = self.population.config
         judged = self._holdout_of(winner) if c.holdout > 0 and math.isfinite(value) else value
         new_best = is_new_best(judged, self.best.val_loss, c.elitism)
         donors = sorted(set(plan.donors) | ({winner} if new_best else set()))
         self.donor_states = {}
         for donor in donors:
-            self.donor_states[donor] = self._send(donor, plan.sources)  # type: ignore[assignment]
+            self.donor_states[donor] = self._send(donor, plan.sources)
         if new_best:  # its values and state on rank 0, its loss everywhere
             hp = dict(self.history.hparams[k][winner]) if self.comm.is_root else {}
             self.best = Best(judged, k, winner, hp, self.donor_states.get(winner))
