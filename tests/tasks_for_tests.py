@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -152,3 +154,16 @@ class FailsOnRank1(TinyAdam):
     def __init__(self) -> None:
         if mpi_rank() == 1:
             raise FileNotFoundError("/data/only-on-node-0.npz")
+
+
+class SignalsItself(TinyAdam):
+    """Sends `signum` to its own process at its first training step, on MPI rank `rank` only."""
+
+    def __init__(self, signum: int = signal.SIGUSR1, rank: int = 0) -> None:
+        self.signum, self.rank, self.sent = signum, rank, False
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and not self.sent and mpi_rank() == self.rank:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+        return torch.nn.functional.mse_loss(output, target)

@@ -36,19 +36,6 @@ def test_benchmark_throughput_runs_both_paths() -> None:
     assert len(rows) == 1 and "x" in rows[0], result.stdout
 
 
-def test_breakdown_run_parts_do_not_overlap() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "scripts/breakdown_run.py", "-M", "2", "-m", "2", "--repeats", "1"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert result.returncode == 0, result.stderr
-    rows = {c[1].strip().strip("*"): c[2].strip().strip("*") for c in
-            (line.split("|") for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line)}
-    assert float(rows["training (every session)"]) > 0 and float(rows["validation (every session)"]) > 0
-    assert float(rows["whole hsmpi.run"]) > 0
-    # The named parts are disjoint, so what is left over can only be positive (a little rounding aside).
-    assert float(rows["everything else (logging, small collectives, bookkeeping)"]) > -0.5
-
-
 def test_breakdown_run_under_mpirun_has_a_column_per_rank() -> None:
     result = _script(["scripts/breakdown_run.py", "-M", "2", "-m", "2", "--repeats", "1"], ranks=2)
     assert result.returncode == 0, result.stderr
@@ -59,3 +46,6 @@ def test_breakdown_run_under_mpirun_has_a_column_per_rank() -> None:
     assert float(rows["results file"][0]) > 0 and float(rows["results file"][1]) == 0, "rank 0 writes the results"
     whole = [float(x) for x in rows["whole hsmpi.run"]]
     assert whole[0] == whole[1] > 0  # until the last rank is done: the same on both
+    assert float(rows["training (every session)"][0]) > 0 and float(rows["validation (every session)"][0]) > 0
+    # The named parts are disjoint, so what is left over can only be positive (a little rounding aside).
+    assert all(float(x) > -0.5 for x in rows["everything else (logging, small collectives, bookkeeping)"])

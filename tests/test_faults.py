@@ -68,9 +68,10 @@ def _same_results(a: Path, b: Path) -> None:
             assert np.array_equal(f[key][()], g[key][()]), key
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
-def test_a_signal_to_one_rank_checkpoints_and_exits_75(signum: signal.Signals, reference: Path,
-                                                       tmp_path: Path) -> None:
+def test_sigterm_to_one_rank_checkpoints_exits_75_and_resumes(reference: Path, tmp_path: Path) -> None:
+    """From outside, as SLURM or a user sends it (SIGUSR1 and SIGINT, which take the same path, are sent
+    from inside a run in tests/test_job_mpi.py)."""
+    signum = signal.SIGTERM
     proc = _start(tmp_path)
     try:
         _wait_for_checkpoint(tmp_path, proc)
@@ -84,8 +85,6 @@ def test_a_signal_to_one_rank_checkpoints_and_exits_75(signum: signal.Signals, r
     with h5py.File(tmp_path / "checkpoint.h5", "r") as f:  # the stop's checkpoint holds the session it names
         stopped_after = int(stderr.split(f"stopped by {signum.name} after session ")[1].split("/")[0])
         assert f.attrs["next_session"] == stopped_after
-    if signum != signal.SIGTERM:
-        return  # resuming after the stop is the same whichever signal asked for it: once is enough
     resumed = run_hsmpi(["--resume", "auto", "--out", str(tmp_path)], ranks=4, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
     _same_results(reference, tmp_path)

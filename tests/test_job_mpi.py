@@ -7,6 +7,7 @@ bytes.  Sub-communicators give several layouts inside one mpirun.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ import numpy as np
 import pytest
 
 import hsmpi
+from hsmpi.engine import signals
 from hsmpi.engine.job import Stopped
 from hsmpi.parallel.comm import SerialComm
 
-from tasks_for_tests import Tiny, TinyAdam
+from tasks_for_tests import SignalsItself, Tiny, TinyAdam
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -107,4 +109,24 @@ def test_resumed_in_one_process_then_finished_on_every_rank(mpi_tmp_path: Path) 
     hsmpi.run(TinyAdam(), comm=world, out=str(reference), **options)
     if world.rank == 0:
         _same_files(out / "results.h5", reference / "results.h5")
+    world.Barrier()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_session(mpi_tmp_path: Path,
+                                                                      signum: signal.Signals) -> None:
+    """The handler only notes the signal; at the session's end every rank agrees and stops, checkpointed."""
+    world = _world()
+    out = mpi_tmp_path / f"signal-{signum.name}"
+    signals.install()
+    try:
+        with pytest.raises(Stopped, match=f"stopped by {signum.name} after session 1/3") as stop:
+            hsmpi.run(SignalsItself(signum, rank=world.size - 1), comm=world, out=str(out),
+                      population=2 * world.size, **BASE)
+    finally:
+        signals.uninstall()
+    assert stop.value.signum == signum and signals.requested() == 0
+    if world.rank == 0:
+        with h5py.File(out / "checkpoint.h5", "r") as f:
+            assert f.attrs["next_session"] == 1
     world.Barrier()
