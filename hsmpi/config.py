@@ -35,6 +35,7 @@ SamplerName = Literal["perturb", "urs"]
 SelectName = Literal["winner", "truncation"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 VectorizeMode = Literal["auto", "on", "off"]
+DirectionName = Literal["minimize", "maximize"]
 
 DEVICES: tuple[str, ...] = get_args(DeviceName)
 VECTORIZE: tuple[str, ...] = get_args(VectorizeMode)
@@ -91,7 +92,7 @@ class TaskSettings(_Group):
 
     task: str = _field(
         "regression1d",
-        "a built-in task (`regression1d`, `friedman1`, `diabetes`, `digits`), `package.module:Class` or "
+        "a built-in task (`regression1d`, `friedman1`, `diabetes`, `digits`, `digits-cnn`), `package.module:Class` or "
         "`path/to/file.py:Class`",
         metavar="TASK", expected="a name or module:Class", valid=_nonempty_str)
 
@@ -140,6 +141,12 @@ class Search(_Group):
         False,
         "each member its own initial weights; `--no-independent-init`: all start from the same weights, "
         "as in the paper")
+    objective: str | None = _field(
+        None, "what selection, the winner and the returned model follow: `loss` or a name the task's "
+        "`metrics` returns", metavar="NAME", means="the task's objective attribute, else loss",
+        expected="a metric name or 'loss'", valid=_nonempty_str)
+    direction: DirectionName | None = _field(
+        None, "whether the objective is minimised or maximised", means="the task's direction attribute, else minimize")
 
     def __post_init__(self) -> None:
         _check_fields(self, Search)
@@ -171,6 +178,9 @@ class Training(_Group):
         "`on`: train a rank's members as one batched model (see docs/performance.md); `auto`: on for CUDA, off "
         "on CPU (where the one-at-a-time path is bit-for-bit layout-independent); `off`")
     batch_size: int = _field(64, "training batch size when the space has no `batch_size`", metavar="N", minimum=1)
+    workers: int = _field(
+        0, "DataLoader worker processes per rank for a task whose data is not a TensorDataset (kept alive for "
+        "the whole run); `0`: read in the rank's own process", metavar="N", minimum=0)
     # 0 stays the stored value for "shared out" so that results files and TOML files written before keep working.
     threads: int = _field(
         0, "torch threads per rank; `0`: the node's cores divided by the ranks on that node", metavar="N",

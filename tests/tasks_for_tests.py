@@ -167,3 +167,103 @@ class SignalsItself(TinyAdam):
             self.sent = True
             os.kill(os.getpid(), self.signum)
         return torch.nn.functional.mse_loss(output, target)
+
+
+class Scheduled(TinyAdam):
+    """TinyAdam with a step-decay schedule whose rate is a hyperparameter: lr x gamma every 3 batches."""
+
+    space = {"lr": LogUniform(1e-3, 1e-1), "beta1": Uniform(0.5, 0.95), "gamma": Uniform(0.5, 0.99)}
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, hp: dict[str, Any], steps_per_epoch: int,
+                  epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=hp["gamma"])
+
+
+class OwnStep(TinyAdam):
+    """TinyAdam whose train_step clips gradients and counts its calls."""
+
+    calls = 0
+
+    def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Any,
+                   hp: dict[str, Any]) -> torch.Tensor:
+        type(self).calls += 1
+        x, y = batch
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        optimizer.step()
+        return loss
+
+
+class NegLoss(TinyAdam):
+    """TinyAdam judged by a metric that is minus its loss, maximised: it must choose exactly as the loss does."""
+
+    objective = "negloss"
+    direction = "maximize"
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"negloss": -torch.nn.functional.mse_loss(output, target), "mae": (output - target).abs().mean()}
+
+
+class NaNMetric(NegLoss):
+    """A maximised objective that is NaN for any member whose outputs average above zero on a batch."""
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        value = -torch.nn.functional.mse_loss(output, target)
+        return {"negloss": torch.where(output.mean() > 0, torch.tensor(float("nan")), value)}
+
+
+class ItemData(TinyAdam):
+    """TinyAdam's data as a map-style Dataset (items made in __getitem__), so it goes through the DataLoader."""
+
+    def data(self, seed: int) -> Any:
+        return tuple(Items(split) for split in _data(seed))
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, tensors: TensorDataset) -> None:
+        self.x, self.y = tensors.tensors
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i].clone(), self.y[i].clone()
+
+
+class WithBatchNorm(TinyAdam):
+    """A model with BatchNorm: its running statistics travel with the weights."""
+
+    def model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(),
+                                   torch.nn.Linear(16, 1))
+
+
+class StepReturnsFloat(TinyAdam):
+    def train_step(self, model: Any, optimizer: Any, batch: Any, hp: Any) -> Any:
+        return 0.5
+
+
+class StepReturnsVector(TinyAdam):
+    def train_step(self, model: Any, optimizer: Any, batch: Any, hp: Any) -> Any:
+        x, y = batch
+        return (model(x) - y) ** 2
+
+
+class SchedulerNotOne(TinyAdam):
+    def scheduler(self, optimizer: Any, hp: Any, steps_per_epoch: int, epochs: int) -> Any:
+        return "cosine"
+
+
+class UnknownObjective(TinyAdam):
+    objective = "accuracy"
+
+
+class BadDirection(TinyAdam):
+    direction = "upwards"
+
+
+class MetricNotScalar(TinyAdam):
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"err": (output - target).abs()}

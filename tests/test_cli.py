@@ -63,6 +63,14 @@ BAD_INPUTS = [
     (["--out", "/proc/hsmpi-cannot-write-here"], "cannot write to the output folder"),
     (["--device", "cuda"], "device cuda was asked for"),
     (["--task", task_spec("FailsOnRank1")], "on another rank: task"),
+    (["--task", task_spec("StepReturnsFloat")], "train_step must return the batch's loss as a scalar tensor"),
+    (["--task", task_spec("SchedulerNotOne")], "scheduler must return a torch.optim.lr_scheduler.LRScheduler"),
+    (["--task", task_spec("UnknownObjective")], "the objective 'accuracy' is not a metric"),
+    (["--task", task_spec("BadDirection")], "direction must be one of ['minimize', 'maximize']"),
+    (["--task", task_spec("MetricNotScalar")], "the task's metric 'err' must be a scalar tensor"),
+    (["--objective", "accuracy"], "the objective 'accuracy' is not a metric the task's metrics() returns"),
+    (["--direction", "up"], "invalid choice: 'up'"),
+    (["--workers", "-1"], "workers must be at least 0, but got -1"),
 ]
 
 

@@ -33,7 +33,8 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, see
                 radius_final=None, resample_probability=0.25, select="truncation", truncation_fraction=0.25,
                 holdout=0.0, elitism=False, out="hsmpi-out", device="auto", members_per_rank=None,
                 independent_init=False, batch_size=64, threads=0, resume=None, keep_checkpoints=1,
-                checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto")
+                checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto",
+                objective=None, direction=None, workers=0)  # the last three came with the task hooks
 
 
 def test_defaults_are_valid() -> None:
@@ -78,7 +79,7 @@ def test_choices_are_the_registries() -> None:
 
 def test_task_doc_names_the_builtin_tasks() -> None:
     doc = next(o.doc for o in options() if o.name == "task")
-    assert re.findall(r"`(\w+)`", doc) == list(BUILTIN)
+    assert re.findall(r"`([\w-]+)`", doc) == list(BUILTIN)
 
 
 def test_every_field_is_described() -> None:

@@ -20,7 +20,7 @@ from hsmpi.engine import signals
 from hsmpi.engine.job import Stopped
 from hsmpi.parallel.comm import SerialComm
 
-from tasks_for_tests import SignalsItself, Tiny, TinyAdam
+from tasks_for_tests import ItemData, NegLoss, Scheduled, SignalsItself, Tiny, TinyAdam
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -45,6 +45,9 @@ def _same_files(a: Path, b: Path) -> None:
 
 
 LAYOUT_CASES = {
+    "map-style-data-with-a-worker": (ItemData(), dict(select="truncation", workers=1)),
+    "scheduled": (Scheduled(), dict(select="truncation")),
+    "metric-objective-maximised": (NegLoss(), dict(select="truncation", elitism=True)),
     "winner-urs": (Tiny(), dict(select="winner")),
     "truncation-perturb": (Tiny(), dict(select="truncation", sampler="perturb")),
     "independent-init": (Tiny(), dict(select="winner", independent_init=True)),

@@ -18,6 +18,7 @@ import pytest
 from hsmpi.cli import UsageError, interval_arg, parse
 from hsmpi.cli.options import MARKERS, build_parser, help_text, main, markdown_table, read_toml, toml_field
 from hsmpi.config import GROUPS, Config, layout, options, resolve_population
+from hsmpi.tasks import Objective, task_objective
 
 from conftest import ROOT
 
@@ -89,8 +90,22 @@ def _members_per_rank_default() -> None:
         assert sum(sizes) == population and max(sizes) - min(sizes) <= 1  # S spread over the ranks
 
 
+def _objective_default() -> None:
+    class Bare:
+        pass
+
+    class Judged:
+        objective, direction = "accuracy", "maximize"
+
+    assert task_objective(Bare()) == Objective("loss", "minimize")  # the task's attributes, else loss, minimised
+    assert task_objective(Judged()) == Objective("accuracy", "maximize")
+    assert task_objective(Judged(), "loss", "minimize") == Objective("loss", "minimize")  # the flags win
+
+
 # (radius-final, resume and stop-after: None is "not asked for"; the engine reads it as the text says.)
 COMPUTED: dict[str, tuple[str, Any]] = {
+    "objective": ("the task's objective attribute, else loss", _objective_default),
+    "direction": ("the task's direction attribute, else minimize", _objective_default),
     "population": ("ranks x members-per-rank if that is given, else max(8, ranks)", _population_default),
     "members_per_rank": ("S spread over the ranks", _members_per_rank_default),
     "radius_final": ("a fixed box", None),
@@ -187,11 +202,15 @@ OLD_VALUES = dict(task="friedman1", population=8, epochs=12, sessions=4, seed=3,
                   progress=True, export_top=1, vectorize="on", stop_after=3)
 
 
+NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2"]  # added with the task hooks
+NEW_VALUES = dict(objective="mae", direction="maximize", workers=2)
+
+
 def test_every_old_flag_still_parses_to_the_same_value() -> None:
-    args = vars(build_parser().parse_args(OLD_FLAGS))
-    assert {k: v for k, v in args.items() if k not in NON_FIELD} == OLD_VALUES
-    assert set(OLD_VALUES) == set(FIELDS)
-    Config(**OLD_VALUES)
+    args = vars(build_parser().parse_args(OLD_FLAGS + NEW_FLAGS))
+    assert {k: v for k, v in args.items() if k not in NON_FIELD} == {**OLD_VALUES, **NEW_VALUES}
+    assert set(OLD_VALUES) | set(NEW_VALUES) == set(FIELDS)
+    Config(**OLD_VALUES, **NEW_VALUES)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -26,7 +26,7 @@ def _plan(val: list[float], last: bool = False, selection: object = Winner(), se
     streams = SearchStreams(seed, n)
     finite = [v if math.isfinite(v) else math.inf for v in val]
     winner = int(np.argmin(finite))
-    return plan_session(val_loss=np.array(val), winner=winner, winner_loss=float(min(finite)), hparams=_hparams(n),
+    return plan_session(scores=np.array(val), winner=winner, winner_score=float(min(finite)), hparams=_hparams(n),
                         best_hparams=best or _hparams(1)[0], last=last, selection=selection, sampler=URS(0.3),
                         space=SPACE, selection_rng=streams.selection, hparam_rngs=streams.hparams)
 

@@ -343,8 +343,8 @@ def test_requeue_script_requeues_a_stopped_run_and_finishes_it(cluster: Cluster,
 def test_requeue_script_stops_on_usr1_requeues_and_finishes(cluster: Cluster, tmp_path: Path) -> None:
     """What --signal=B:USR1@120 does before the time limit, sent by hand: scancel --signal=USR1 --batch."""
     out = tmp_path / "out"
-    sessions = 100
-    args = f"--task regression1d -S 4 -M {2 * sessions} -m {sessions} --device cpu --threads 1"
+    sessions = 40  # a checkpoint after every session: the first appears, and the signal comes, early in the run
+    args = f"--task regression1d -S 4 -M {2 * sessions} -m {sessions} --device cpu --threads 1 --checkpoint-interval 0"
     job_id = cluster.submit(JOBS / "requeue.sbatch", [*CPU_ONLY, f"--output={tmp_path}/job-%j.out"],
                             _job_env(out, args), tmp_path)
     deadline = time.monotonic() + 90

@@ -82,7 +82,22 @@ def test_vectorised_matches_one_at_a_time(opt: str, trained_first: bool) -> None
 def test_vectorised_evaluation_matches() -> None:
     members, data = _members("sgd", trained_first=True)
     val = Data(Plain().data(0)[1], CPU)
-    assert vectorize.evaluate(members, val) == pytest.approx([m.evaluate(val) for m in members], rel=1e-5)
+    assert [v["loss"] for v in vectorize.evaluate(members, val)] == \
+        pytest.approx([m.evaluate(val) for m in members], rel=1e-5)
+
+
+def test_vectorised_evaluation_gives_each_members_metrics() -> None:
+    members, _ = _members("sgd", trained_first=True)
+    val = Data(Plain().data(0)[1], CPU)
+    task = members[0].task
+    task.metrics = lambda out, y: {"mae": (out - y).abs().mean()}  # type: ignore[attr-defined]
+    try:
+        batched = vectorize.evaluate(members, val)
+        alone = [m.evaluate_all(val) for m in members]
+    finally:
+        del task.metrics  # type: ignore[attr-defined]
+    for b, a in zip(batched, alone):
+        assert set(b) == {"loss", "mae"} and b == pytest.approx(a, rel=1e-5)
 
 
 def test_vectorised_results_keep_working_with_the_members_optimizers() -> None:

@@ -35,8 +35,8 @@ class Plan:
     sources: np.ndarray
     new_hparams: dict[int, HParams] = field(default_factory=dict)
     note: str = ""
-    winner: int = 0  # the session's best member (lowest loss; the lowest index among equals)
-    winner_loss: float = math.inf
+    winner: int = 0  # the session's best member (lowest score; the lowest index among equals)
+    winner_score: float = math.inf
 
     @property
     def donors(self) -> list[int]:
@@ -44,12 +44,14 @@ class Plan:
         return sorted({int(s) for i, s in enumerate(self.sources) if s != i})
 
 
-def plan_session(*, val_loss: np.ndarray, winner: int, winner_loss: float, hparams: Sequence[HParams],
+def plan_session(*, scores: np.ndarray, winner: int, winner_score: float, hparams: Sequence[HParams],
                  best_hparams: HParams, last: bool, selection: Selection, sampler: Sampler, space: Space,
                  selection_rng: np.random.Generator, hparam_rngs: Sequence[np.random.Generator]) -> Plan:
     """Who copies whom after this session, and the copies' new hyperparameters.
 
-    After the last session nobody copies.  If no member has a finite loss,
+    `scores` are every member's lower-is-better numbers (the validation loss,
+    or the objective signed so); `winner` has the lowest, `winner_score`.
+    After the last session nobody copies.  If no member has a finite score,
     all restart from the best state so far, with values drawn near its.
     Otherwise the selection rule decides; each copy's values are drawn near
     its source's with the copy's own stream, so the draws do not depend on
@@ -59,17 +61,17 @@ def plan_session(*, val_loss: np.ndarray, winner: int, winner_loss: float, hpara
     note = ""
     if last:
         sources = np.arange(population, dtype=np.int64)
-    elif not math.isfinite(winner_loss):
+    elif not math.isfinite(winner_score):
         note = ALL_DIVERGED
         sources = np.full(population, BEST_EVER, dtype=np.int64)
     else:
-        sources = selection.plan(val_loss, winner, selection_rng)
+        sources = selection.plan(scores, winner, selection_rng)
     new_hparams = {}
     for i, source in enumerate(sources):
         if source != i:
             base = best_hparams if source == BEST_EVER else hparams[source]
             new_hparams[i] = sampler.neighbour(space, base, hparam_rngs[i])
-    return Plan(sources, new_hparams, note, winner, winner_loss)
+    return Plan(sources, new_hparams, note, winner, winner_score)
 
 
 def is_new_best(judged: float, best_so_far: float, elitism: bool) -> bool:

@@ -44,10 +44,10 @@ def replay(path: str, device: str = "cpu", log: Any = say) -> float:
     config, steps, best, first = schedule(path)
     task = load_task(config["task"])
     dev = torch.device(device)
-    train, val, test = (Data(d, dev) for d in task.data(config["seed"]))
+    train, val, test = (Data(d, dev, config.get("workers", 0)) for d in task.data(config["seed"]))
     # The first winner's index: its initial weights and data order, so session 1 is the search's own.
     member = Member.create(task, first, steps[0][1], config["seed"], dev, config["independent_init"],
-                           config["batch_size"])
+                           config["batch_size"], train_size=len(train), epochs=sum(e for e, _ in steps))
     log(f"replaying {len(steps)} sessions of {config['task']} from {path}")
     for k, (epochs, hp) in enumerate(steps):
         if k:  # new hyperparameters, same weights and optimizer state

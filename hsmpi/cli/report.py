@@ -22,6 +22,7 @@ import numpy as np
 
 from hsmpi.engine.history import PHASES, History
 from hsmpi.io import checkpoint, hdf5
+from hsmpi.tasks import Objective
 from hsmpi.text import say
 
 
@@ -61,7 +62,9 @@ def _arrays(stored: dict[str, Any]) -> dict[str, Any]:
     return {"train_loss": np.array(h.train_loss, dtype=float), "val_loss": np.array(h.val_loss, dtype=float),
             "winner": np.array(h.winner), "winner_loss": np.array(h.winner_loss, dtype=float),
             "epochs": np.array(h.epochs), "hparams": {n: [[hp[n] for hp in row] for row in h.hparams] for n in names},
-            "time": {p: np.array([t[0][j] for t in h.time]) for j, p in enumerate(PHASES)}}
+            "time": {p: np.array([t[0][j] for t in h.time]) for j, p in enumerate(PHASES)},
+            "objective": h.objective, "winner_objective": np.array([h.objective.value(v) for v in h.winner_score]),
+            "metrics": {n: np.array(rows, dtype=float) for n, rows in h.metrics.items()}}
 
 
 def _fmt(v: Any) -> str:
@@ -74,16 +77,26 @@ def summary(h: dict[str, Any]) -> str:
     if h["test"]:
         lines += [f"test loss: best member {h['test']['best_loss']:.5g}, population average "
                   f"{h['test']['ensemble_loss']:.5g}", ""]
-    best = int(np.argmin(np.where(np.isfinite(h["winner_loss"]), h["winner_loss"], np.inf)))
-    lines += [f"best validation loss {h['winner_loss'][best]:.5g} in session {best + 1} (member {h['winner'][best]})",
-              "", "| session | epochs done | winner | best val | " + " | ".join(names) + " | "
-              + " | ".join(f"{p} s" for p in h["time"]) + " |",
-              "|" + "---|" * (4 + len(names) + len(h["time"]))]
+    objective: Objective = h.get("objective") or Objective()
+    by_metric = not objective.is_loss
+    chosen = np.array([objective.score(v) for v in h["winner_objective"]]) if by_metric else h["winner_loss"]
+    best = int(np.argmin(np.where(np.isfinite(chosen), chosen, np.inf)))
+    if by_metric:
+        lines += [f"winners chosen by {objective.describe()}: best {objective.name} "
+                  f"{h['winner_objective'][best]:.5g} in session {best + 1} (member {h['winner'][best]})"]
+    else:
+        lines += [f"best validation loss {h['winner_loss'][best]:.5g} in session {best + 1} "
+                  f"(member {h['winner'][best]})"]
+    metric_names = list(h.get("metrics", {}))
+    lines += ["", "| session | epochs done | winner | best val | " + "".join(f"val {n} | " for n in metric_names)
+              + " | ".join(names) + " | " + " | ".join(f"{p} s" for p in h["time"]) + " |",
+              "|" + "---|" * (4 + len(metric_names) + len(names) + len(h["time"]))]
     done = np.cumsum(h["epochs"])
     for k, w in enumerate(h["winner"]):
         hp = " | ".join(_fmt(h["hparams"][n][k][w]) for n in names)
+        metrics = "".join(f"{h['metrics'][n][k][w]:.5g} | " for n in metric_names)
         times = " | ".join(f"{h['time'][p][k]:.3f}" for p in h["time"])
-        lines.append(f"| {k + 1} | {done[k]} | {w} | {h['winner_loss'][k]:.5g} | {hp} | {times} |")
+        lines.append(f"| {k + 1} | {done[k]} | {w} | {h['winner_loss'][k]:.5g} | {metrics}{hp} | {times} |")
     return "\n".join(lines) + "\n"
 
 

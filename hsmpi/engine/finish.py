@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,9 @@ class Result:
     ensemble_test_loss: float  # the final population's averaged prediction
     history: dict[str, Any]  # the results file's `history/` group, on rank 0 (empty elsewhere)
     path: str | None  # the results file, on rank 0
-    finite_model: bool = True  # False: no member ever had a finite validation loss
+    finite_model: bool = True  # False: no member ever had a finite validation loss (or objective)
+    best_objective: float = math.nan  # the objective's value the returned member was judged on
+    test_metrics: dict[str, float] = field(default_factory=dict)  # the task's metrics of it on the test split
 
 
 def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None], start: float,
@@ -71,9 +73,10 @@ def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None],
             export_top(config.out, record, top)
     checkpoints.confirm(comm, path)
     if comm.is_root:
+        metrics = "".join(f" | test {n} {v:.5g}" for n, v in result.test_metrics.items())
         log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "
             f"session {result.best_session + 1}) | population average {result.ensemble_test_loss:.5g} "
-            f"({record['test']['ensemble_members']} members)")
+            f"({record['test']['ensemble_members']} members){metrics}")
         log(time_summary(record["history"]["time"], search.next_session, time.perf_counter() - start, startup))
         log(f"results: {path} ({time.perf_counter() - start:.1f}s in all)")
     return result
@@ -86,16 +89,19 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     c = pop.config
     champion = Member.create(pop.task, member, hp, c.seed, pop.device, c.independent_init, c.batch_size)
     share_state(comm, pop.buffer, 0, best.state, [champion])
-    test_loss = comm.bcast(champion.evaluate(pop.data["test"]) if comm.is_root else math.nan)
+    tested = comm.bcast(champion.evaluate_all(pop.data["test"]) if comm.is_root else None)
+    test_loss = tested.pop("loss")
     ensemble_loss, count = _ensemble_loss(search)
     record: dict[str, Any] = {}
     gathered = comm.gather([(m.index, m.weights(), m.hp) for m in pop.members])
     if comm.is_root:
         assert gathered is not None
         members = sorted((x for part in gathered for x in part), key=lambda x: x[0])
-        record = _record(search, members, champion, test_loss, ensemble_loss, count)
-    result = Result(champion.model, dict(hp), float(best.val_loss), int(session), int(member), float(test_loss),
-                    float(ensemble_loss), record.get("history", {}), None)
+        record = _record(search, members, champion, test_loss, tested, ensemble_loss, count)
+    val_loss = comm.bcast(record["best"]["val_loss"] if comm.is_root else None)
+    result = Result(champion.model, dict(hp), float(val_loss), int(session), int(member), float(test_loss),
+                    float(ensemble_loss), record.get("history", {}), None,
+                    best_objective=search.objective.value(best.score), test_metrics=tested)
     return result, record
 
 
@@ -127,23 +133,32 @@ def _ensemble_loss(search: Search) -> tuple[float, int]:
         return float(task_loss(task, back(mean), target)), count
 
 
-def _record(search: Search, members: list[Any], champion: Member, test_loss: float,
+def _record(search: Search, members: list[Any], champion: Member, test_loss: float, test_metrics: dict[str, float],
             ensemble_loss: float, count: int) -> dict[str, Any]:
     """Rank 0: the results file's content as plain dicts of arrays."""
-    h, names, best = search.history, list(search.space), search.best
+    h, names, best, objective = search.history, list(search.space), search.best, search.objective
     keys = list(members[0][1])
-    return {
+    record: dict[str, Any] = {
         "history": h.state_dict(),
-        "best": {"val_loss": best.val_loss, "session": best.session, "member": best.member,
+        "best": {"val_loss": best.score, "session": best.session, "member": best.member,
                  "weights": champion.weights(), "hparams": dict(best.hparams)},
         "population": {
             "weights": {k: np.stack([w[k] for _, w, _ in members]) for k in keys},
             "hparams": {n: hparam_array([hp[n] for _, _, hp in members]) for n in names},
             "val_loss": h.val_loss[-1],
+            "score": h.last_scores(),  # the order of the top-K exports; not a dataset of its own
         },
         "test": {"best_loss": test_loss, "ensemble_loss": ensemble_loss, "ensemble_members": count},
-        "finite_model": any(math.isfinite(v) for v in h.winner_loss),
+        "finite_model": any(math.isfinite(v) for v in h.winner_score),
     }
+    if test_metrics:
+        record["test"]["metrics"] = dict(test_metrics)
+    if not objective.is_loss:  # `best/` follows the objective: its value, and the loss beside it
+        session_loss = float(h.val_loss[best.session][best.member]) if best.session >= 0 else math.nan
+        record["best"].update({"val_loss": session_loss, "objective": objective.name,
+                               "direction": objective.direction, "objective_value": objective.value(best.score)})
+        record["population"]["objective"] = np.array([objective.value(v) for v in h.last_scores()])
+    return record
 
 
 def time_summary(times: dict[str, np.ndarray], first: int, wall: float, startup: float) -> str:

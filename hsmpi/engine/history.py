@@ -21,6 +21,7 @@ from hsmpi.algorithm.plan import BEST_EVER
 from hsmpi.algorithm.space import Choice, HParams, IntUniform, Space
 from hsmpi.io.results import hparam_array
 from hsmpi.parallel.share import Saved
+from hsmpi.tasks import Objective
 
 PHASES = ("train", "val", "select", "scatter", "bcast", "checkpoint")
 CHECKPOINT = PHASES.index("checkpoint")
@@ -39,19 +40,36 @@ class History:
     epochs: list[int] = field(default_factory=list)
     time: list[np.ndarray] = field(default_factory=list)
     note: list[str] = field(default_factory=list)
+    metrics: dict[str, list[np.ndarray]] = field(default_factory=dict)  # the task's, on validation (S per row)
+    winner_score: list[float] = field(default_factory=list)  # what selection compared (lower is better)
+    objective: Objective = field(default_factory=Objective)
 
     def __len__(self) -> int:
         return len(self.winner)
 
     def add(self, *, train_loss: np.ndarray, val_loss: np.ndarray, winner: int, winner_loss: float,
-            hparams: Sequence[HParams], epochs: int) -> None:
-        """One session's losses, winner and the hyperparameters every member trained with."""
+            hparams: Sequence[HParams], epochs: int, winner_score: float | None = None,
+            metrics: dict[str, np.ndarray] | None = None) -> None:
+        """One session's losses (and metrics), winner and the hyperparameters every member trained with."""
         self.train_loss.append(train_loss)
         self.val_loss.append(val_loss)
         self.winner.append(winner)
         self.winner_loss.append(winner_loss)
+        self.winner_score.append(winner_loss if winner_score is None else winner_score)
         self.hparams.append([dict(hp) for hp in hparams])
         self.epochs.append(epochs)
+        for name, values in (metrics or {}).items():
+            self.metrics.setdefault(name, []).append(np.asarray(values, dtype=float))
+
+    def last_scores(self) -> np.ndarray:
+        """Every member's score in the last session (what its selection compared)."""
+        if self.objective.is_loss:
+            return self.val_loss[-1]
+        name = self.objective.name
+        values = self.val_loss[-1] if name == "loss" else self.metrics[name][-1]
+        scores = np.array([self.objective.score(float(v)) for v in values])
+        scores[~np.isfinite(self.train_loss[-1])] = np.inf
+        return scores
 
     def set_plan(self, sources: np.ndarray, note: str) -> None:
         """The last session's plan: whose state each member took.  A session planned again (a finished run
@@ -79,7 +97,16 @@ class History:
     def state_dict(self) -> dict[str, Any]:
         """The results file's `history/` group: plain arrays (hparams/<name>, time/<phase> as groups)."""
         names = list(self.hparams[0][0]) if self.hparams else []
+        extra: dict[str, Any] = {}
+        if self.metrics:
+            extra["metrics"] = {n: np.array(rows, dtype=float).reshape(len(self), -1)
+                                for n, rows in self.metrics.items()}
+        if not self.objective.is_loss:  # what chose each winner, and its value
+            extra["objective"] = self.objective.name
+            extra["direction"] = self.objective.direction
+            extra["winner_objective"] = np.array([self.objective.value(v) for v in self.winner_score], dtype=float)
         return {
+            **extra,
             "train_loss": np.array(self.train_loss, dtype=float).reshape(len(self), -1),
             "val_loss": np.array(self.val_loss, dtype=float).reshape(len(self), -1),
             "winner": np.array(self.winner, dtype=np.int64),
@@ -92,11 +119,14 @@ class History:
         }
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], space: Space | None = None) -> History:
+    def from_state_dict(cls, state: Mapping[str, Any], space: Space | None = None,
+                        objective: Objective | None = None) -> History:
         """The inverse of `state_dict`; with `space`, hyperparameters come back as the space's own values
         (a checkpoint's, for an exact resume).  Also reads the JSON form of checkpoints before 0.2."""
         if "json" in state:
             return _from_json(state["json"])
+        if objective is None:
+            objective = Objective(_text(state.get("objective", "loss")), _text(state.get("direction", "minimize")))
         rows = len(state["winner"])
         stored = state.get("hparams", {})
         names = [n for n in space if n in stored] if space is not None else list(stored)  # HDF5 sorts names
@@ -113,6 +143,11 @@ class History:
             epochs=[int(e) for e in np.asarray(state["epochs"])],
             time=_rows(state.get("time", {}), rows),
             note=[_text(n) for n in np.asarray(state["note"], dtype=object).tolist()],
+            metrics={n: [np.asarray(r, dtype=float) for r in np.asarray(v)]
+                     for n, v in state.get("metrics", {}).items()},
+            winner_score=[objective.score(float(v)) for v in np.asarray(state["winner_objective"])]
+            if "winner_objective" in state else [float(v) for v in np.asarray(state["winner_loss"])],
+            objective=objective,
         )
 
     def lineage_record(self, k: int, current: Sequence[HParams]) -> dict[str, Any]:
@@ -125,25 +160,34 @@ class History:
             entry: dict[str, Any] = {"member": i, "hparams": self.hparams[k][i],
                                      "train_loss": _number(self.train_loss[k][i]),
                                      "val_loss": _number(self.val_loss[k][i])}
+            if self.metrics:
+                entry["metrics"] = {n: _number(rows[k][i]) for n, rows in self.metrics.items()}
             if s != i:
                 entry["copied_from"] = "best so far" if s == BEST_EVER else s
                 entry["new_hparams"] = current[i]
             members.append(entry)
-        return {"session": k + 1, "epochs": int(self.epochs[k]), "epochs_done": int(sum(self.epochs[:k + 1])),
-                "winner": int(self.winner[k]), "winner_val_loss": _number(self.winner_loss[k]),
-                "note": self.note[k], "members": members}
+        line: dict[str, Any] = {
+            "session": k + 1, "epochs": int(self.epochs[k]), "epochs_done": int(sum(self.epochs[:k + 1])),
+            "winner": int(self.winner[k]), "winner_val_loss": _number(self.winner_loss[k]),
+            "note": self.note[k], "members": members}
+        if not self.objective.is_loss:  # which objective chose the winner, and its value
+            line["objective"] = {"name": self.objective.name, "direction": self.objective.direction,
+                                 "winner_value": _number(self.objective.value(self.winner_score[k]))}
+        return line
 
 
 @dataclass
 class Best:
     """The member the run will return: the last session's best, or with elitism the best ever.
 
-    `val_loss` (the loss it was judged on), `session`, `member` and `hparams`
-    are known on every rank; `state` (its weights and optimizer state) on
-    rank 0 only.  Before the first session it is the shared initial state.
+    `score` is what it was judged on (its validation loss, or the objective
+    signed so that lower is better; with --holdout, on the held-back part) and
+    is known on every rank; `session`, `member`, `hparams` and `state` (its
+    weights and optimizer state) on rank 0.  Before the first session it is
+    the shared initial state.
     """
 
-    val_loss: float = math.inf
+    score: float = math.inf
     session: int = -1
     member: int = 0
     hparams: HParams = field(default_factory=dict)
@@ -151,7 +195,7 @@ class Best:
 
     def state_dict(self, header_json: Any) -> dict[str, Any]:
         assert self.state is not None
-        return {"val_loss": float(self.val_loss), "session": self.session, "member": self.member,
+        return {"val_loss": float(self.score), "session": self.session, "member": self.member,
                 "hparams": json.dumps(self.hparams), "header": header_json(self.state.header),
                 "bytes": self.state.data}
 

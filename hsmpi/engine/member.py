@@ -13,6 +13,7 @@ keeps the state it holds (step 5, resample).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,9 @@ from hsmpi.algorithm.space import HParams
 from hsmpi.algorithm.streams import DATA_ORDER, TORCH_RNG, derive_seed, init_seed
 from hsmpi.engine.data import Data, epoch_sum
 from hsmpi.parallel import flatstate
-from hsmpi.tasks import task_loss
+from hsmpi.tasks import task_loss, task_metrics
+
+STEPS = ("member", "steps")  # the header scalar that carries the schedule's position
 
 
 class Member:
@@ -32,7 +35,7 @@ class Member:
     def __init__(self, index: int, task: Any, hp: HParams, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, data_gen: torch.Generator,
                  rng_state: torch.Tensor, cuda_rng_state: torch.Tensor | None,
-                 default_batch_size: int) -> None:
+                 default_batch_size: int, train_size: int | None = None, epochs: int | None = None) -> None:
         self.index = index
         self.task = task
         self.hp = hp
@@ -42,13 +45,21 @@ class Member:
         self.rng_state = rng_state
         self.cuda_rng_state = cuda_rng_state
         self.default_batch_size = default_batch_size
+        # For a task's scheduler hook: the training split's size and the run's M, and the batches trained
+        # so far, the schedule's position (part of the member's state: a copy takes its donor's).
+        self.train_size = train_size
+        self.epochs = epochs
+        self.steps = 0
+        self.scheduler = self._build_scheduler()
         # Optimizer state loaded from a donor whose optimizer is of another class than this member's
         # current one (a space that chooses the optimizer): kept until set_hparams builds one of that class.
         self._carried: tuple[str, flatstate.OptimizerState] | None = None
 
     @classmethod
     def create(cls, task: Any, index: int, hp: HParams, seed: int, device: torch.device,
-               independent_init: bool = False, default_batch_size: int = 64) -> Member:
+               independent_init: bool = False, default_batch_size: int = 64, train_size: int | None = None,
+               epochs: int | None = None) -> Member:
+        """A new member with its initial weights; `train_size` and `epochs` (M) for a task's scheduler."""
         if device.type == "cpu":  # torch.manual_seed would also queue a CUDA seeding, with a costly stack trace
             torch.random.default_generator.manual_seed(init_seed(seed, index, independent_init))
         else:
@@ -62,7 +73,7 @@ class Member:
             cuda_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, TORCH_RNG, index))
             cuda_state = cuda_gen.get_state()
         return cls(index, task, dict(hp), model, optimizer, data_gen, own.get_state(), cuda_state,
-                   default_batch_size)
+                   default_batch_size, train_size, epochs)
 
     @property
     def device(self) -> torch.device:
@@ -71,6 +82,20 @@ class Member:
     @property
     def batch_size(self) -> int:
         return int(self.hp.get("batch_size", self.default_batch_size))
+
+    def _build_scheduler(self) -> Any:
+        """The task's scheduler for this member's optimizer and values, moved on to `steps` (None: no hook)."""
+        make = getattr(self.task, "scheduler", None)
+        if make is None or self.train_size is None or self.epochs is None:
+            return None
+        steps_per_epoch = -(-self.train_size // self.batch_size)
+        scheduler = make(self.optimizer, dict(self.hp), steps_per_epoch, self.epochs)
+        if scheduler is not None and self.steps:
+            with warnings.catch_warnings():  # stepping without optimizer steps is the point here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.steps):
+                    scheduler.step()
+        return scheduler
 
     def _enter_rng(self) -> None:
         """Make torch's global generators this member's (dropout and the like)."""
@@ -97,9 +122,15 @@ class Member:
                 losses = []
                 for x, y in data.shuffled(self.batch_size, self.data_gen):
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss = task_loss(self.task, self.model(x), y)
-                    loss.backward()
-                    self.optimizer.step()
+                    if self.train_step is None:
+                        loss = task_loss(self.task, self.model(x), y)
+                        loss.backward()
+                        self.optimizer.step()
+                    else:
+                        loss = self.train_step(self.model, self.optimizer, (x, y), dict(self.hp))
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    self.steps += 1
                     losses.append(loss.detach())  # summed once per epoch: no extra tensor operations per step
                 mean = float(epoch_sum(losses, len(data), self.batch_size)) / len(data)
                 if on_epoch is not None:
@@ -110,14 +141,26 @@ class Member:
             self._leave_rng()
         return mean
 
+    @property
+    def train_step(self) -> Any:
+        return getattr(self.task, "train_step", None)
+
     @torch.no_grad()
     def evaluate(self, data: Data) -> float:
         """Mean loss over the whole dataset (batch means weighted by batch size)."""
+        return self.evaluate_all(data)["loss"]
+
+    @torch.no_grad()
+    def evaluate_all(self, data: Data) -> dict[str, float]:
+        """The loss and the task's metrics over the whole dataset (batch means weighted by batch size)."""
         self.model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        totals: dict[str, torch.Tensor] = {}
         for x, y in data.in_order():
-            total += task_loss(self.task, self.model(x), y).double() * len(x)
-        return float(total) / len(data)
+            out = self.model(x)
+            for name, value in {"loss": task_loss(self.task, out, y), **task_metrics(self.task, out, y)}.items():
+                weighted = value.double() * len(x)
+                totals[name] = weighted if name not in totals else totals[name] + weighted
+        return {name: float(total) / len(data) for name, total in totals.items()}
 
     @torch.no_grad()
     def predict(self, data: Data) -> torch.Tensor:
@@ -126,7 +169,10 @@ class Member:
         return torch.cat([self.model(x) for x, _ in data.in_order()])
 
     def header(self) -> flatstate.Header:
-        return flatstate.make_header(self.model, self.optimizer)
+        header = flatstate.make_header(self.model, self.optimizer)
+        if self.scheduler is not None:  # the schedule's position travels with the weights
+            header.scalars[STEPS] = self.steps
+        return header
 
     def pack(self, header: flatstate.Header, flat: torch.Tensor) -> None:
         flatstate.pack(self.model, self.optimizer, header, flat)
@@ -138,6 +184,7 @@ class Member:
         its state tensors are this member's own copies.
         """
         flatstate.unpack_weights(header, flat, self.model)
+        self.steps = int(header.scalars.get(STEPS, 0))
         state = flatstate.optimizer_state(header, flat, host)
         self._carried = None
         if header.optimizer == type(self.optimizer).__name__:
@@ -165,6 +212,7 @@ class Member:
         self.hp = dict(hp)
         self.optimizer = optimizer
         self._carried = None
+        self.scheduler = self._build_scheduler()  # this member's schedule, at the position its state holds
 
     def adopt(self, header: flatstate.Header, flat: torch.Tensor, hp: HParams,
               host: torch.Tensor | None = None) -> None:

@@ -166,8 +166,11 @@ class SessionLine:
         elapsed = time.perf_counter() - self.start
         hp = ", ".join(f"{n}={_fmt(v)}" for n, v in h.hparams[k][h.winner[k]].items())
         eta = elapsed / max(1, done - sum(schedule[:self.first])) * (total - done)
-        line = (f"session {k + 1}/{len(schedule)} | epochs {done}/{total} | best val {h.winner_loss[k]:.5g} "
-                f"(member {h.winner[k]}) | {hp} | {t.sum():.2f}s "
+        objective = search.objective
+        best = f"best val {h.winner_loss[k]:.5g} (member {h.winner[k]})" if objective.is_loss else (
+            f"best val {objective.name} {objective.value(h.winner_score[k]):.5g} (member {h.winner[k]}, "
+            f"loss {h.winner_loss[k]:.5g})")
+        line = (f"session {k + 1}/{len(schedule)} | epochs {done}/{total} | {best} | {hp} | {t.sum():.2f}s "
                 f"(train {t[0]:.2f}, val {t[1]:.2f}, share {t[2:5].sum():.3f}, "
                 f"checkpoint {f'{t[CHECKPOINT]:.3f}' if end.saved else 'not due'}) | "
                 f"elapsed {elapsed:.0f}s, eta {eta:.0f}s")

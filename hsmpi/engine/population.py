@@ -9,6 +9,7 @@ steps on this rank: no communication.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +27,8 @@ from hsmpi.engine.member import Member
 from hsmpi.errors import SetupError, agree
 from hsmpi.parallel import flatstate
 from hsmpi.parallel.comm import SerialComm
-from hsmpi.tasks import task_loss
+from hsmpi.tasks import TaskError, task_loss, task_metrics, task_objective
+from hsmpi.text import clean
 
 Tick = Callable[[], None]
 
@@ -82,13 +84,15 @@ class Population:
             return vectorize.train(self.members, self.data["train"], epochs, tick)
         return [m.train(self.data["train"], epochs, tick) for m in self.members]
 
-    def evaluate(self, split: str, train_loss: Sequence[float]) -> list[float]:
-        """Every member's mean loss on `split`; +inf for a member whose training diverged."""
+    def evaluate(self, split: str, train_loss: Sequence[float]) -> list[dict[str, float]]:
+        """Every member's mean loss (and the task's metrics) on `split`; for a member whose training
+        diverged, an infinite loss and NaN metrics."""
         if self.vectorized():
-            losses = vectorize.evaluate(self.members, self.data[split])
+            values = vectorize.evaluate(self.members, self.data[split])
         else:
-            losses = [m.evaluate(self.data[split]) for m in self.members]
-        return [v if math.isfinite(t) else math.inf for v, t in zip(losses, train_loss)]
+            values = [m.evaluate_all(self.data[split]) for m in self.members]
+        return [v if math.isfinite(t) else {n: math.inf if n == "loss" else math.nan for n in v}
+                for v, t in zip(values, train_loss)]
 
     def vectorized(self) -> bool:
         """Train this session's members as one batched model?  Says once (rank 0) why not, when asked for."""
@@ -133,9 +137,9 @@ def _load_data(task: Any, config: Config, device: torch.device, data: dict[str, 
                 return f"the task's {name} split is not a torch Dataset: {type(ds).__name__}"
             if len(ds) == 0:
                 return f"the task's {name} split is empty"
-            data[name] = Data(ds, device)
+            data[name] = Data(ds, device, config.workers)
         if config.holdout > 0:
-            error = _hold_back(splits[1], config.holdout, device, data)
+            error = _hold_back(splits[1], config.holdout, device, data, config.workers)
             if error:
                 return error
         x0, y0 = data["train"].sample(1)
@@ -149,7 +153,7 @@ def _load_data(task: Any, config: Config, device: torch.device, data: dict[str, 
     return None
 
 
-def _hold_back(val: Any, fraction: float, device: torch.device, data: dict[str, Data]) -> str | None:
+def _hold_back(val: Any, fraction: float, device: torch.device, data: dict[str, Data], workers: int) -> str | None:
     """--holdout: the validation split's last part judges the returned model only, never a session."""
     n = len(val)
     held = int(round(fraction * n))
@@ -162,7 +166,7 @@ def _hold_back(val: Any, fraction: float, device: torch.device, data: dict[str, 
                  TensorDataset(*(t[n - held:] for t in val.tensors)))
     else:
         parts = Subset(val, range(n - held)), Subset(val, range(n - held, n))
-    data["val"], data["holdout"] = Data(parts[0], device), Data(parts[1], device)
+    data["val"], data["holdout"] = Data(parts[0], device, workers), Data(parts[1], device, workers)
     return None
 
 
@@ -172,14 +176,16 @@ def _build_members(task: Any, config: Config, device: torch.device, data: dict[s
         for i, hp in sorted(mine.items()):
             check_hparams(task.space, hp)
             try:
-                member = Member.create(task, i, hp, config.seed, device, config.independent_init, config.batch_size)
+                member = Member.create(task, i, hp, config.seed, device, config.independent_init, config.batch_size,
+                                       train_size=len(data["train"]), epochs=config.epochs)
             except Exception as err:
                 return f"the task rejected member {i}'s hyperparameters {hp}: {type(err).__name__}: {err}"
             members.append(member)
         if members:
             for split in ("train", "val", "test"):
                 _check_model(task, members[0], data[split], split)
-    except (SetupError, SpaceError) as err:
+            _check_hooks(task, members[0], data["train"], config)
+    except (SetupError, SpaceError, TaskError) as err:
         return str(err)
     except Exception as err:
         return f"a first forward pass of the task's model failed: {type(err).__name__}: {err}"
@@ -187,7 +193,7 @@ def _build_members(task: Any, config: Config, device: torch.device, data: dict[s
 
 
 def _check_model(task: Any, member: Member, data: Data, split: str) -> None:
-    """One forward pass on two items: the loss must be a finite scalar and shapes must match."""
+    """One forward pass on two items: the loss (and each metric) must be a scalar and shapes must match."""
     x, y = data.sample(2)
     with torch.no_grad():
         out = member.model(x)
@@ -195,8 +201,52 @@ def _check_model(task: Any, member: Member, data: Data, split: str) -> None:
             raise SetupError(f"the model's output shape {tuple(out.shape)} does not match the {split} targets' "
                              f"shape {tuple(y.shape)} (mean squared error needs equal shapes)")
         loss = task_loss(task, out, y)
+        metrics = task_metrics(task, out, y)
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise SetupError(f"the task's loss must return a scalar tensor, but returned {loss!r:.80}")
+        raise SetupError(f"the task's loss must return a scalar tensor, but returned {_described(loss)}")
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and k.isidentifier() for k in metrics):
+        raise SetupError(f"the task's metrics must return a dict of name -> scalar tensor, but returned "
+                         f"{_described(metrics)}")
+    for name, value in metrics.items():
+        if name == "loss" or not isinstance(value, torch.Tensor) or value.dim() != 0:
+            why = "'loss' is the loss's own name" if name == "loss" else f"returned {_described(value)}"
+            raise SetupError(f"the task's metric {name!r} must be a scalar tensor of a name other than 'loss': {why}")
+
+
+def _described(value: object) -> str:
+    """A returned value in a few words on one line: a tensor by its shape, anything else by its repr."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return clean(repr(value))[:80]
+
+
+def _check_hooks(task: Any, member: Member, train: Data, config: Config) -> None:
+    """The objective, and one train_step and one scheduler built on a copy of the first member (which stays
+    untouched): each returns what hsmpi needs, before any training."""
+    objective = task_objective(task, config.objective, config.direction)
+    x, y = train.sample(2)
+    with torch.no_grad():
+        names = set(task_metrics(task, member.model(x), y))
+    if objective.name != "loss" and objective.name not in names:
+        known = ", ".join(sorted({"loss"} | names))
+        raise SetupError(f"the objective {objective.name!r} is not a metric the task's metrics() returns "
+                         f"(known: {known})")
+    if getattr(task, "train_step", None) is None and getattr(task, "scheduler", None) is None:
+        return
+    model = copy.deepcopy(member.model)
+    optimizer = task.optimizer(model.parameters(), dict(member.hp))
+    if getattr(task, "scheduler", None) is not None:
+        scheduler = task.scheduler(optimizer, dict(member.hp), train.steps(member.batch_size), config.epochs)
+        if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise SetupError(f"the task's scheduler must return a torch.optim.lr_scheduler.LRScheduler or None, "
+                             f"but returned {_described(scheduler)}")
+    if getattr(task, "train_step", None) is not None:
+        rng = torch.get_rng_state()  # the global stream: a member trains with its own, but leave it as it was
+        loss = task.train_step(model, optimizer, (x, y), dict(member.hp))
+        torch.set_rng_state(rng)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise SetupError(f"the task's train_step must return the batch's loss as a scalar tensor, but "
+                             f"returned {_described(loss)}")
 
 
 class ProgressBar:

@@ -35,6 +35,7 @@ from hsmpi.engine.history import PHASES, Best, History
 from hsmpi.engine.population import Population, ProgressBar
 from hsmpi.parallel.flatstate import header_from_json, header_to_json
 from hsmpi.parallel.share import Saved, share_state
+from hsmpi.tasks import task_objective
 
 
 def run_sessions(search: Search, observers: Sequence[Observer]) -> SessionEnd | None:
@@ -44,7 +45,7 @@ def run_sessions(search: Search, observers: Sequence[Observer]) -> SessionEnd | 
         with clock("train"):
             train = search.train(k)                                                     # 1. train M/m epochs
         with clock("val"):
-            val = search.evaluate(train)                                                # 2. validation losses
+            val = search.evaluate(train)                                                # 2. validation
         with clock("select"):
             plan = search.select(k, train, val)                                         # 3. who copies whom
         with clock("bcast"):
@@ -88,6 +89,16 @@ class SessionEnd:
     path: str = ""  # the checkpoint's path, once one has been written
 
 
+@dataclass
+class Evaluation:
+    """Step 2's numbers for this rank's members: the validation loss, the task's metrics, and the score that
+    selection compares (the objective, signed so that lower is better; +inf for a member that diverged)."""
+
+    loss: list[float]
+    metrics: dict[str, list[float]]
+    score: list[float]
+
+
 class Observer(Protocol):
     def session_ended(self, search: Search, end: SessionEnd) -> None: ...
 
@@ -115,6 +126,8 @@ class Search:
         self.space = self.population.task.space
         self.sampler = make_sampler(c.sampler, c.radius, c.resample_probability)
         self.selection = make_selection(c.select, c.truncation_fraction)
+        self.objective = task_objective(self.population.task, c.objective, c.direction)
+        self.history.objective = self.objective
 
     @classmethod
     def start(cls, population: Population, schedule: list[int] | None = None) -> Search:
@@ -147,34 +160,48 @@ class Search:
             if bar is not None:
                 bar.close()
 
-    def evaluate(self, train: Sequence[float]) -> list[float]:
-        """Step 2: validation losses (and with --holdout, the held-back part's, kept for `select`)."""
+    def evaluate(self, train: Sequence[float]) -> Evaluation:
+        """Step 2: the validation loss and metrics, and the objective's score (with --holdout also the
+        held-back part's score, kept for `share` to judge the winner on)."""
         pop = self.population
-        val = pop.evaluate("val", train)
+        values = pop.evaluate("val", train)
+        ev = Evaluation([v["loss"] for v in values], {n: [v[n] for v in values] for n in (values or [{}])[0]
+                                                       if n != "loss"}, self._scores(values, train))
         if "holdout" in pop.data:
-            held = pop.evaluate("holdout", val)
-            self.holdout_losses = dict(zip(pop.indices, held))
-        return val
+            held = pop.evaluate("holdout", train)
+            self.holdout_losses = {i: h if math.isfinite(v) else math.inf
+                                   for i, h, v in zip(pop.indices, self._scores(held, train), ev.score)}
+        return ev
 
-    def select(self, k: int, train: Sequence[float], val: Sequence[float], replan: bool = False) -> Plan:
+    def _scores(self, values: Sequence[dict[str, float]], train: Sequence[float]) -> list[float]:
+        """Lower-is-better scores of the objective; +inf for a member whose training diverged."""
+        if self.objective.is_loss:
+            return [v["loss"] for v in values]
+        name = self.objective.name
+        return [self.objective.score(v[name]) if math.isfinite(t) else math.inf for v, t in zip(values, train)]
+
+    def select(self, k: int, train: Sequence[float], val: Evaluation, replan: bool = False) -> Plan:
         """Step 3: the winner (one MINLOC), and rank 0's plan of who copies whom, to every rank.
 
         Rank 0 records the session first (`replan`: a finished run extended on
         resume plans its last session again; it is recorded already).
         """
         comm, pop = self.comm, self.population
-        value, winner = comm.allreduce_minloc(val, pop.indices)
-        losses = comm.gather((train, val))
+        value, winner = comm.allreduce_minloc(val.score, pop.indices)
+        parts = comm.gather((train, val))
         plan = None
         if comm.is_root:
-            assert losses is not None and self.streams is not None
-            val_all = np.concatenate([np.asarray(v, dtype=float) for _, v in losses])
+            assert parts is not None and self.streams is not None
+            joined = lambda rows: np.concatenate([np.asarray(r, dtype=float) for r in rows])  # noqa: E731
+            scores = joined([v.score for _, v in parts])
             if not replan:
-                self.history.add(train_loss=np.concatenate([np.asarray(t, dtype=float) for t, _ in losses]),
-                                 val_loss=val_all, winner=winner, winner_loss=value, hparams=self.hparams,
-                                 epochs=self.schedule[k])
+                loss = joined([v.loss for _, v in parts])
+                self.history.add(train_loss=joined([t for t, _ in parts]), val_loss=loss, winner=winner,
+                                 winner_loss=value if self.objective.is_loss else float(loss[winner]),
+                                 winner_score=value, hparams=self.hparams, epochs=self.schedule[k],
+                                 metrics={n: joined([v.metrics[n] for _, v in parts]) for n in val.metrics})
             plan = plan_session(
-                val_loss=val_all, winner=winner, winner_loss=value, hparams=self.hparams,
+                scores=scores, winner=winner, winner_score=value, hparams=self.hparams,
                 best_hparams=self.best.hparams, last=k == len(self.schedule) - 1, selection=self.selection,
                 sampler=sampler_for(self.sampler, k, len(self.schedule), pop.config.radius, pop.config.radius_final),
                 space=self.space, selection_rng=self.streams.selection, hparam_rngs=self.streams.hparams)
@@ -191,10 +218,10 @@ class Search:
         (with --holdout judged on the held-back part, which no session saw); if
         so its state goes to rank 0 too.
         """
-        value, winner = plan.winner_loss, plan.winner
+        value, winner = plan.winner_score, plan.winner
         c = self.population.config
         judged = self._holdout_of(winner) if c.holdout > 0 and math.isfinite(value) else value
-        new_best = is_new_best(judged, self.best.val_loss, c.elitism)
+        new_best = is_new_best(judged, self.best.score, c.elitism)
         donors = sorted(set(plan.donors) | ({winner} if new_best else set()))
         self.donor_states = {}
         for donor in donors:
@@ -239,9 +266,9 @@ class Search:
         """A finished run extended on resume: its last session gets the selection step it skipped."""
         comm, pop, k = self.comm, self.population, self.next_session - 1
         h = self.history
-        rows = comm.bcast((h.train_loss[-1], h.val_loss[-1]) if comm.is_root else None)
+        rows = comm.bcast((h.train_loss[-1], h.val_loss[-1], h.last_scores()) if comm.is_root else None)
         train = [float(rows[0][i]) for i in pop.indices]
-        val = [float(rows[1][i]) for i in pop.indices]
+        val = Evaluation([float(rows[1][i]) for i in pop.indices], {}, [float(rows[2][i]) for i in pop.indices])
         clock = Clock()
         with clock("select"):
             plan = self.select(k, train, val, replan=True)
@@ -283,7 +310,7 @@ class Search:
         return {
             "hsmpi_version": __version__, "next_session": k + 1, "task": c.task, "population": pop.size,
             "config": json.dumps(c.to_dict()), "space": json.dumps(describe_space(self.space)),
-            "best_val_loss": float(self.best.val_loss), "pending_selection": bool(k == len(self.schedule) - 1),
+            "best_val_loss": float(self.best.score), "pending_selection": bool(k == len(self.schedule) - 1),
             "states": kept, "members": members, "root_rng": self.streams.state_dict(),
             "best": self.best.state_dict(header_to_json), "history": self.history.state_dict(),
         }
@@ -303,7 +330,7 @@ class Search:
                            ck["members"]["state_id"], float(ck["best_val_loss"])) if root else None)
         self.next_session, self.pending_selection, keys, ids, best_val_loss = info
         if not root:  # the rest of the best is rank 0's
-            self.best = Best(val_loss=best_val_loss)
+            self.best = Best(score=best_val_loss)
         hparams = json.loads(ck["members"]["hparams"]) if root else []
         mine = comm.scatter(pop.per_rank(hparams) if root else None)
         for key in keys + (["best"] if (ids == BEST_EVER).any() else []):
@@ -327,7 +354,7 @@ class Search:
             assert self.streams is not None
             self.hparams = hparams
             self.streams.load_state_dict(ck["root_rng"])
-            self.history = History.from_state_dict(ck["history"], self.space)
+            self.history = History.from_state_dict(ck["history"], self.space, self.objective)
 
 
 def state_ids(sources: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 
 from hsmpi.engine.data import Data, epoch_sum
 from hsmpi.engine.member import Member
-from hsmpi.tasks import task_loss
+from hsmpi.tasks import task_loss, task_metrics
 
 SUPPORTED = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
 
@@ -35,7 +35,11 @@ def reason_not_to(members: list[Member], data: Data) -> str | None:
     """Why these members cannot be trained as one batched model (None: they can)."""
     if len(members) < 2:
         return "one member on this rank"
-    model, opt = members[0].model, members[0].optimizer
+    model, opt, task = members[0].model, members[0].optimizer, members[0].task
+    if getattr(task, "train_step", None) is not None:
+        return "the task has its own train_step"
+    if getattr(task, "scheduler", None) is not None:
+        return "the task has a learning-rate scheduler"
     if data.tensors is None:
         return "the training data is not a TensorDataset"
     if any(True for _ in model.buffers()):
@@ -248,19 +252,27 @@ def train(members: list[Member], data: Data, epochs: int,
 
 
 @torch.no_grad()
-def evaluate(members: list[Member], data: Data) -> list[float]:
-    """Every member's mean loss over the whole dataset, in one batched forward per batch."""
+def evaluate(members: list[Member], data: Data) -> list[dict[str, float]]:
+    """Every member's loss (and the task's metrics) over the whole dataset, one batched forward per batch."""
     task, base = members[0].task, members[0].model
     names = [n for n, _ in base.named_parameters()]
     per = [dict(m.model.named_parameters()) for m in members]
     params = {n: torch.stack([p[n] for p in per]) for n in names}
-
-    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return task_loss(task, functional_call(base, p, (x,)), y)
-
-    losses_of = vmap(loss, in_dims=(0, None, None))
     base.eval()
-    total = torch.zeros(len(members), dtype=torch.float64, device=members[0].device)
+    if getattr(task, "metrics", None) is None:  # the loss itself batched, as every task without metrics had it
+        def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return task_loss(task, functional_call(base, p, (x,)), y)
+
+        losses_of = vmap(loss, in_dims=(0, None, None))
+        total = torch.zeros(len(members), dtype=torch.float64, device=members[0].device)
+        for x, y in data.in_order():
+            total += losses_of(params, x, y).double() * len(x)
+        return [{"loss": float(v)} for v in (total / len(data)).cpu()]
+    outputs_of = vmap(lambda p, x: functional_call(base, p, (x,)), in_dims=(0, None))
+    totals: list[dict[str, torch.Tensor]] = [{} for _ in members]
     for x, y in data.in_order():
-        total += losses_of(params, x, y).double() * len(x)
-    return [float(v) for v in (total / len(data)).cpu()]
+        for k, out in enumerate(outputs_of(params, x)):  # the metrics per member, on its own outputs
+            for name, value in {"loss": task_loss(task, out, y), **task_metrics(task, out, y)}.items():
+                weighted = value.double() * len(x)
+                totals[k][name] = weighted if name not in totals[k] else totals[k][name] + weighted
+    return [{name: float(t) / len(data) for name, t in member.items()} for member in totals]

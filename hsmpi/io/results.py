@@ -2,19 +2,24 @@
 
 Layout (S members, m sessions, R ranks):
 - attributes of `/`: format, hsmpi version, task, population, ranks, every
-  setting of the run (also as JSON in `config`), the space as JSON in `space`;
-- `history/`: `train_loss`, `val_loss` (m x S), `winner`, `winner_loss`,
-  `epochs` (m), `sources` (m x S: whose state each member took after the
-  session; its own index = kept, -1 = the best state so far), `note` (m),
-  `hparams/<name>` (m x S: the values each member trained with),
-  `time/<phase>` (m x R seconds: train, val, select, scatter, bcast, checkpoint);
+  setting of the run (also as JSON in `config`), the space as JSON in `space`,
+  `finite_model` (false: no member ever had a finite validation loss or objective);
+- `history/`: `train_loss`, `val_loss` (m x S), `winner`, `winner_loss` (the
+  winner's validation loss), `epochs` (m), `sources` (m x S: whose state each
+  member took after the session; its own index = kept, -1 = the best state so
+  far), `note` (m), `hparams/<name>` (m x S: the values each member trained
+  with), `time/<phase>` (m x R seconds: train, val, select, scatter, bcast,
+  checkpoint); for a task with metrics `metrics/<name>` (m x S, validation);
+  when a metric chose the winners (an objective other than the loss) the
+  attributes `objective` and `direction` and `winner_objective` (m);
 - `best/`: the member returned (last session's best, or best ever with elitism): `weights/<tensor>`,
-  `hparams/<name>` (scalars), attributes `val_loss`, `session`, `member`;
+  `hparams/<name>` (scalars), attributes `val_loss`, `session`, `member`, and with
+  a metric objective `objective`, `direction`, `objective_value`;
 - `population/`: the final population: `weights/<tensor>` (S x shape),
-  `hparams/<name>` (S), `val_loss` (S, last session);
+  `hparams/<name>` (S), `val_loss` (S, last session), `objective` (S, with a metric objective);
 - `test/`: `best_loss` (the best member's test loss), `ensemble_loss` (the
   population's averaged prediction), `ensemble_members` (how many finite
-  members were averaged).
+  members were averaged), `metrics/<name>` (the best member's, for a task with metrics).
 """
 
 from __future__ import annotations
@@ -97,9 +102,16 @@ def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any],
             hdf5.dataset(f, f"history/hparams/{name}", values)
         for phase, values in history["time"].items():
             hdf5.dataset(f, f"history/time/{phase}", values)
+        for name, values in history.get("metrics", {}).items():
+            hdf5.dataset(f, f"history/metrics/{name}", values)
+        if "objective" in history:  # a task's metric chose the winners: which, and their values
+            hdf5.dataset(f, "history/winner_objective", np.asarray(history["winner_objective"]))
+            for key in ("objective", "direction"):
+                hdf5.attr(f["history"], key, history[key])
         b = hdf5.group(f, "best")
-        for key in ("val_loss", "session", "member"):
-            hdf5.attr(b, key, best[key])
+        for key in ("val_loss", "session", "member", "objective", "direction", "objective_value"):
+            if key in best:
+                hdf5.attr(b, key, best[key])
         for name, array in best["weights"].items():
             hdf5.dataset(b, f"weights/{name}", array)
         for name, value in best["hparams"].items():
@@ -109,8 +121,14 @@ def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any],
         for name, values in population["hparams"].items():
             hdf5.dataset(f, f"population/hparams/{name}", values)
         hdf5.dataset(f, "population/val_loss", population["val_loss"])
+        if "objective" in population:
+            hdf5.dataset(f, "population/objective", population["objective"])
         for key, value in test.items():
-            hdf5.dataset(f, f"test/{key}", value)
+            if key == "metrics":
+                for name, metric in value.items():
+                    hdf5.dataset(f, f"test/metrics/{name}", metric)
+            else:
+                hdf5.dataset(f, f"test/{key}", value)
     write_atomic(path, fill)
 
 

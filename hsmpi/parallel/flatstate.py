@@ -181,8 +181,9 @@ def optimizer_state(header: Header, flat: torch.Tensor, host: torch.Tensor | Non
         else:
             value = v.clone()
         state.setdefault(e.key[1], {})[e.key[2]] = value
-    for (_, index, name), value in header.scalars.items():
-        state.setdefault(index, {})[name] = value
+    for key, value in header.scalars.items():
+        if key[0] == "opt":  # ("opt", parameter index, name); the member's own scalars are its to read
+            state.setdefault(key[1], {})[key[2]] = value
     return state
 
 

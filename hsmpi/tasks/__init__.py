@@ -11,6 +11,21 @@ A task is a class instantiated with no arguments that has
   to the model's output form (e.g. log), identity if absent.
 `batch_size` is a reserved hyperparameter name: when the space has it, it sets
 the member's training batch size.
+
+Optional hooks for real training code (a task without them trains exactly as before):
+- `train_step(model, optimizer, batch, hp)` -> the batch's loss (a scalar tensor), after doing one
+  optimisation step on `batch` (an (inputs, targets) pair) itself: gradient clipping, mixed
+  precision, several losses.  hsmpi still owns the data order, epochs, divergence, selection and
+  checkpoints; the vectorised path trains such a task one member at a time.
+- `scheduler(optimizer, hp, steps_per_epoch, epochs)` -> a torch LR scheduler (or None), built for
+  each member and stepped once per training batch; `epochs` is the run's M.  Its shape comes from the
+  member's own hyperparameters, its position from the state it holds: a member that copies a donor
+  takes the donor's step count and rebuilds its scheduler from its own new values at that step.
+- `metrics(output, target)` -> dict name -> scalar tensor (batch means, averaged over a split as the
+  loss is): on validation every session, on test at the end, in the history, lineage and report.
+- `objective` (`"loss"` or a metric name) and `direction` (`"minimize"` or `"maximize"`): what
+  selection, the winner, elitism and the returned model follow (`--objective`, `--direction` override
+  them).  A NaN objective never wins.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,9 +46,55 @@ BUILTIN = {
     "friedman1": "hsmpi.tasks.friedman1:Friedman1",
     "diabetes": "hsmpi.tasks.diabetes:Diabetes",
     "digits": "hsmpi.tasks.digits:Digits",
+    "digits-cnn": "hsmpi.tasks.digits_cnn:DigitsCNN",
 }
 
 REQUIRED = ("data", "model", "optimizer")
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the search follows: the loss or a metric, minimised or maximised.
+
+    `score` turns a value into a lower-is-better number, which is what
+    selection compares (NaN stays NaN: it never wins, in either direction).
+    """
+
+    name: str = "loss"
+    direction: str = "minimize"
+
+    @property
+    def is_loss(self) -> bool:
+        """The plain validation loss, minimised: what a task without hooks selects on."""
+        return self.name == "loss" and self.direction == "minimize"
+
+    def score(self, value: float) -> float:
+        return value if self.direction == "minimize" else -value
+
+    def value(self, score: float) -> float:
+        """The objective's value back from a score."""
+        return score if self.direction == "minimize" else -score
+
+    def describe(self) -> str:
+        return self.name if self.is_loss else f"{self.name} ({'max' if self.direction == 'maximize' else 'min'})"
+
+
+def task_objective(task: Any, objective: str | None = None, direction: str | None = None) -> Objective:
+    """The objective a run follows: the settings' over the task's attributes over the loss, minimised."""
+    name = objective if objective is not None else getattr(task, "objective", "loss")
+    way = direction if direction is not None else getattr(task, "direction", "minimize")
+    if not isinstance(name, str) or not name:
+        raise TaskError(f"the task's objective must be 'loss' or a metric's name, but is {name!r}")
+    if way not in DIRECTIONS:
+        raise TaskError(f"the task's direction must be one of {list(DIRECTIONS)}, but is {way!r}")
+    return Objective(name, way)
+
+
+def task_metrics(task: Any, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The task's metrics of one batch ({} when it has none)."""
+    metrics = getattr(task, "metrics", None)
+    return {} if metrics is None else metrics(output, target)
 
 
 class TaskError(ValueError):
