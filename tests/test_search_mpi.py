@@ -53,7 +53,7 @@ def test_after_a_session_everyone_holds_the_winner_state_and_own_new_hparams(tas
     hp_before = {m.index: dict(m.hp) for m in pop.members}
     train = pop.train(search.schedule[0])
     val = search.evaluate(train)
-    value, winner = comm.allreduce_minloc(val, pop.indices)
+    value, winner = comm.allreduce_minloc(val.loss, pop.indices)
     owner = pop.owner(winner)
     winner_state = comm.bcast(_flat(pop.local[winner]) if comm.rank == owner else None, root=owner)
     winner_hp = comm.bcast(pop.local[winner].hp if comm.rank == owner else None, root=owner)
@@ -65,7 +65,7 @@ def test_after_a_session_everyone_holds_the_winner_state_and_own_new_hparams(tas
         assert m.hp == hp_before[m.index]
     search.resample(plan)
 
-    all_val = np.concatenate(comm.allgather(val))
+    all_val = np.concatenate(comm.allgather(val.loss))
     assert winner == int(np.argmin(all_val)) and value == all_val.min()
     new_hps = comm.bcast(search.hparams if comm.is_root else None)
     for m in pop.members:
