@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.quality import methods
 from benchmarks.quality.trial import Problem
-from hsmpi.io.results import replace_atomically
+from hsmpi.io.files import replace_atomically
 from hsmpi.parallel.comm import SerialComm
 
 Fn = Callable[[Problem, SerialComm, dict[str, Any]], methods.Outcome]

@@ -9,7 +9,9 @@ in a collective; 3 no member ever had a finite validation loss (the results
 file is written, marked finite_model = false); 75 (EX_TEMPFAIL) stopped by
 SIGTERM, SIGINT or SIGUSR1 at a session boundary with a checkpoint written:
 run again with `--resume auto` to continue; 141 (128 + SIGPIPE) the reader of
-the output went away (`--help | head`).  Usage errors are raised instead of
+the output went away (`--help | head`); 74 (EX_IOERR) a checkpoint, the
+results file or an export could not be written (disk full, permission lost, a
+quota): one line says what is intact.  Usage errors are raised instead of
 argparse's print-and-exit (UsageError), so only rank 0 prints.
 """
 
@@ -27,6 +29,7 @@ from hsmpi.engine.job import Stopped
 from hsmpi.engine.resume import resume_options
 from hsmpi.engine.signals import install as install_signal_handlers
 from hsmpi.errors import NoFiniteModel, UsageError, agreed, ends_every_rank_on_failure, user_errors
+from hsmpi.io.files import DiskError
 from hsmpi.parallel.comm import SerialComm, world
 from hsmpi.tasks import load_task
 from hsmpi.text import say
@@ -35,6 +38,7 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_STOPPED = 75
 EXIT_NO_MODEL = 3
+EXIT_IO = 74  # EX_IOERR: a file could not be written (disk full, permission, quota)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
 
@@ -141,7 +145,7 @@ def _main(argv: Sequence[str], comm: SerialComm) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](comm, list(argv[1:]))
     try:
-        with ends_every_rank_on_failure(comm, (*user_errors(), Stopped, NoFiniteModel, BrokenPipeError)):
+        with ends_every_rank_on_failure(comm, (*user_errors(), Stopped, NoFiniteModel, DiskError, BrokenPipeError)):
             parsed = parse(argv, comm)
             if parsed == "help":
                 _say(comm, build_parser().format_help())
@@ -153,6 +157,9 @@ def _main(argv: Sequence[str], comm: SerialComm) -> int:
             task = agreed(comm, lambda: load_task(parsed.task))
             install_signal_handlers()
             execute(parsed, task, comm, log=say)
+    except DiskError as err:  # raised on every rank alike, with rank 0's one message
+        _say(comm, f"hsmpi: error: {err.strerror or err}", sys.stderr)
+        return EXIT_IO
     except user_errors() as err:
         _say(comm, f"hsmpi: error: {err}", sys.stderr)
         return EXIT_USAGE

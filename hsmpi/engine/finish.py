@@ -11,6 +11,7 @@ checkpoint (hsmpi.engine.observers.Checkpoints).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import time
@@ -28,6 +29,7 @@ from hsmpi.engine.member import Member
 from hsmpi.engine.observers import Checkpoints
 from hsmpi.engine.search import Search
 from hsmpi.io.export import export_top
+from hsmpi.io.files import DiskError
 from hsmpi.io.results import hparam_array, write_results
 from hsmpi.parallel.share import share_state
 from hsmpi.tasks import task_loss
@@ -61,17 +63,24 @@ def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None],
     path = os.path.join(config.out, "results.h5")
     finite = bool(comm.bcast(record["finite_model"] if comm.is_root else None))
     result.finite_model = finite
+    error = None
     if comm.is_root:
         meta = {"hsmpi_version": __version__, "population": search.population.size, "ranks": comm.size,
                 "threads": search.population.threads, "device_type": search.population.device.type,
                 "mpi": comm.library(), "wall_seconds": time.perf_counter() - start, "finite_model": finite}
         settings = dataclasses.replace(config, population=search.population.size).to_dict()
-        write_results(path, meta, settings, describe_space(search.space),
-                      **{k: v for k, v in record.items() if k != "finite_model"})
-        result.path = path
-        if not exported:
-            export_top(config.out, record, top)
+        try:
+            write_results(path, meta, settings, describe_space(search.space),
+                          **{k: v for k, v in record.items() if k != "finite_model"})
+            result.path = path
+            if not exported:
+                export_top(config.out, record, top)
+        except OSError as err:
+            error = checkpoints.disk_error(err, "the results file", then=" to write the results").strerror
+    error = comm.bcast(error)  # every rank ends alike, with rank 0's one message
     checkpoints.confirm(comm, path)
+    if error:
+        raise DiskError(errno.EIO, error)
     if comm.is_root:
         metrics = "".join(f" | test {n} {v:.5g}" for n, v in result.test_metrics.items())
         log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "

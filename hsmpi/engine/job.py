@@ -24,6 +24,7 @@ from hsmpi.engine.resume import load_checkpoint, resume_options
 from hsmpi.engine.search import Observer, Search, run_sessions
 from hsmpi.errors import NoFiniteModel, SetupError, agree, ends_every_rank_on_failure, user_errors
 from hsmpi.io import checkpoint, lineage
+from hsmpi.io.files import DiskError, remove_litter
 from hsmpi.parallel.comm import SerialComm, as_comm
 from hsmpi.tasks import TaskError, load_task
 from hsmpi.text import clean
@@ -64,7 +65,8 @@ def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], No
         except ValueError as err:
             raise TaskError(f"task {config.task}: {err}") from None
         task_obj = task
-    with ends_every_rank_on_failure(comm, (*user_errors(), Stopped, NoFiniteModel), always_report=False):
+    with ends_every_rank_on_failure(comm, (*user_errors(), Stopped, NoFiniteModel, DiskError),
+                                    always_report=False):
         return execute(config, task_obj, comm, log or (lambda _: None))
 
 
@@ -73,6 +75,11 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
     start = time.perf_counter()
     log = _cleaned(log)
     agree(comm, _check_out(config.out) if comm.is_root else None)
+    if comm.is_root:  # what writes killed midway left in the folder (never a checkpoint generation itself)
+        removed = remove_litter(config.out)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) that interrupted writes left in {config.out}: "
+                f"{', '.join(removed)}")
     ckpt, schedule, path, error = None, None, "", None
     if config.resume and comm.is_root:
         try:
@@ -96,7 +103,7 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         if comm.is_root:
             lineage.trim(config.out, search.next_session - 1)
             lineage.append(config.out, search.history.lineage_record(search.next_session - 1, search.hparams))
-    checkpoints = Checkpoints(config)
+    checkpoints = Checkpoints(config, intact=search.next_session if path else None)
     observers: list[Observer] = [LineageLog(config.out), StopRequests(config.stop_after), checkpoints,
                                  SessionLine(log, start, search.next_session)]
     stopped = run_sessions(search, observers)

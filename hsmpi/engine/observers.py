@@ -12,12 +12,12 @@ seconds in `times`).
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from hsmpi.config import Config
 from hsmpi.engine import signals
@@ -25,18 +25,31 @@ from hsmpi.engine.history import CHECKPOINT
 from hsmpi.engine.search import Search, SessionEnd
 from hsmpi.io import checkpoint, lineage
 from hsmpi.io.export import export_top
+from hsmpi.io.files import DiskError, array_bytes, disk_error
 from hsmpi.parallel.comm import SerialComm
+from hsmpi.text import say
 
 
 class LineageLog:
-    """Appends each session's line; synced before each checkpoint that counts on it."""
+    """Appends each session's line; synced before each checkpoint that counts on it.
+
+    A line that cannot be written (a full disk) is a warning, once: the log is a record beside the run,
+    and the next checkpoint or the results file reports the disk as the error it is.
+    """
 
     def __init__(self, out: str) -> None:
         self.out = out
+        self.failed = False
 
     def session_ended(self, search: Search, end: SessionEnd) -> None:
-        if search.comm.is_root:
+        if not search.comm.is_root or self.failed:
+            return
+        try:
             lineage.append(self.out, search.history.lineage_record(end.k, search.hparams))
+        except OSError as err:
+            self.failed = True
+            say(f"hsmpi: warning: the lineage log in {self.out} could not be written ({err.strerror or err}); "
+                f"it ends after session {end.k}", sys.stderr)
 
 
 class StopRequests:
@@ -64,8 +77,9 @@ class Checkpoints:
 
     HAND_OFF_MAX_BYTES = 64 * 2**20
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, intact: int | None = None) -> None:
         self.config = config
+        self.intact = intact  # the sessions the newest complete checkpoint holds (None: there is none yet)
         self.path = os.path.join(config.out, checkpoint.LATEST)
         self.since = time.perf_counter()  # the last checkpoint, or the start of training
         self.cost: float | None = None  # what the last one took
@@ -90,14 +104,23 @@ class Checkpoints:
         start = time.perf_counter()
         comm = search.comm
         state = search.state_dict(k)
-        if comm.is_root:
-            lineage.sync(self.config.out)
         if hand_off and comm.io_helper != 0 and comm.bcast(
-                _array_bytes(state) <= self.HAND_OFF_MAX_BYTES if comm.is_root else None):
+                array_bytes(state) <= self.HAND_OFF_MAX_BYTES if comm.is_root else None):
             self.handed = (state, k)
-        elif comm.is_root:
-            assert state is not None
-            self.path = checkpoint.save(self.config.out, state, k, self.config.keep_checkpoints)
+        else:
+            error = None
+            if comm.is_root:
+                assert state is not None
+                try:
+                    lineage.sync(self.config.out)
+                    self.path = checkpoint.save(self.config.out, state, k, self.config.keep_checkpoints,
+                                                what=f"the checkpoint after session {k + 1}")
+                except OSError as err:
+                    error = self.disk_error(err, f"the checkpoint after session {k + 1}").strerror
+            error = comm.bcast(error)  # every rank stops alike, with rank 0's one message
+            if error:
+                raise DiskError(errno.EIO, error)
+            self.intact = k + 1
         self.since = time.perf_counter()
         self.cost = self.since - start
         return self.cost
@@ -117,7 +140,7 @@ class Checkpoints:
             if exports is not None:
                 record, top = exports
                 part = {"best": record["best"], "population": record["population"]}
-                if _array_bytes(part) > self.HAND_OFF_MAX_BYTES:
+                if array_bytes(part) > self.HAND_OFF_MAX_BYTES:
                     part = None
             comm.send((state, k, None if part is None else (part, top)), dest=comm.io_helper)
             self.handed = (None, k)  # the helper holds the state now
@@ -137,6 +160,17 @@ class Checkpoints:
                         f"best.pt and the top-K files could not be written ({_why(err, self.config.out)})"
         return False
 
+    def disk_error(self, err: OSError, what: str, then: str = "") -> DiskError:
+        """`err` (writing `what`) as the one line a user reads: what failed, the room, what is intact and how
+        to go on from it (`then`: what running again does)."""
+        first = err if isinstance(err, DiskError) else disk_error(err, what, self.config.out)
+        if self.intact is None:
+            intact = "no checkpoint has been written yet: free space and start the run again"
+        else:
+            intact = (f"the checkpoint after session {self.intact} is intact: free space and run again with "
+                      f"--resume auto --out {self.config.out}{then}")
+        return DiskError(first.errno or errno.EIO, f"{first.strerror or first}; {intact}")
+
     def confirm(self, comm: SerialComm, results: str) -> None:
         """After the results file: the helper tells rank 0 how writing went; both raise if it failed."""
         if self.handed is None:
@@ -146,7 +180,7 @@ class Checkpoints:
         elif comm.is_root:
             self.error = comm.recv(source=comm.io_helper)
         if self.error:
-            raise checkpoint.CheckpointError(f"{self.error}; the results are complete in {results}")
+            raise DiskError(errno.EIO, f"{self.error}; the results are complete in {results}")
 
 
 class SessionLine:
@@ -185,8 +219,3 @@ def _why(err: OSError, folder: str) -> str:
     return f"{err.strerror or err}: {getattr(err, 'filename', None) or folder}"
 
 
-def _array_bytes(state: Any) -> int:
-    """Bytes of the numpy arrays in a nested dict."""
-    if isinstance(state, dict):
-        return sum(_array_bytes(v) for v in state.values())
-    return int(state.nbytes) if isinstance(state, np.ndarray) else 0

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from hsmpi.io import hdf5
-from hsmpi.io.results import write_atomic
+from hsmpi.io.files import array_bytes, write_atomic
 
 FORMAT = "hsmpi-checkpoint"
 LATEST = "checkpoint.h5"
@@ -69,7 +69,7 @@ def _fill(group: h5py.Group, state: dict[str, Any]) -> None:
             raise TypeError(f"checkpoint field {key!r}: cannot store {type(value).__name__}")
 
 
-def save(folder: str, state: dict[str, Any], session: int, keep: int = 1) -> str:
+def save(folder: str, state: dict[str, Any], session: int, keep: int = 1, what: str = "the checkpoint") -> str:
     """Write `state` as the latest checkpoint in `folder`, keeping the previous one as backup.
 
     With keep > 1, also keep copies named `checkpoint-sNNNN.h5` of the last
@@ -82,7 +82,7 @@ def save(folder: str, state: dict[str, Any], session: int, keep: int = 1) -> str
         _fill(f, state)
 
     tmp = os.path.join(folder, ".checkpoint-new.h5")
-    write_atomic(tmp, fill)
+    write_atomic(tmp, fill, array_bytes(state), what)
     if os.path.exists(path):
         if keep > 1:
             _keep_copy(folder, path, keep)

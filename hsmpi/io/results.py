@@ -24,9 +24,7 @@ Layout (S members, m sessions, R ranks):
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -34,6 +32,7 @@ import numpy as np
 
 from hsmpi import text
 from hsmpi.io import hdf5
+from hsmpi.io.files import array_bytes, write_atomic
 
 FORMAT = "hsmpi-results"
 
@@ -56,33 +55,6 @@ def _attr(value: Any) -> Any:
     if isinstance(value, (list, tuple, dict)):
         return text.dumps(value)
     return value
-
-
-def replace_atomically(path: str, write: Callable[[str], None], suffix: str = "") -> None:
-    """Have `write(tmp)` write a temporary file in `path`'s folder, fsync it, then rename it over `path`.
-
-    A run killed at any point leaves either the old file or the new one, never half of one.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_atomic(path: str, fill: Any) -> None:
-    """Write an HDF5 file atomically: `fill(f)` gets the open h5py File."""
-    def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
-    replace_atomically(path, write, ".h5")
 
 
 def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any], space: Mapping[str, Any],
@@ -129,7 +101,7 @@ def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any],
                     hdf5.dataset(f, f"test/metrics/{name}", metric)
             else:
                 hdf5.dataset(f, f"test/{key}", value)
-    write_atomic(path, fill)
+    write_atomic(path, fill, array_bytes([history, best, population]), "the results file")
 
 
 def read_results(path: str) -> dict[str, Any]:

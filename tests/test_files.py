@@ -1,0 +1,152 @@
+"""hsmpi.io.files: no half-written file, no traceback flood on a full disk, no litter after a kill -9.
+
+The full-disk tests mount a small tmpfs (root on Linux; skipped with the reason elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import hsmpi
+from hsmpi.engine.job import Stopped
+from hsmpi.io import hdf5
+from hsmpi.io.files import DiskError, remove_litter, write_atomic
+from hsmpi.parallel.comm import SerialComm
+
+from conftest import ROOT, mpirun_cmd, rank_in_environ, run_hsmpi
+
+OPTIONS = dict(population=8, epochs=12, sessions=12, seed=2, threads=1, checkpoint_interval=0, export_top=0)
+
+
+def _mount(folder: Path, size: str) -> None:
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1.2 MB file system: room for one small checkpoint, not for several."""
+    folder = tmp_path / "small"
+    _mount(folder, "1200k")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _big(f: h5py.File) -> None:
+    hdf5.dataset(f, "a", np.ones(2_000_000))  # 16 MB
+
+
+def test_a_write_that_fills_the_disk_is_one_error_and_leaves_nothing(small_disk: Path,
+                                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    path = str(small_disk / "state.h5")
+    with pytest.raises(DiskError, match=r"state.h5 could not be written in .* \(No space left on device"):
+        write_atomic(path, _big, nbytes=0)  # the size not told: the write itself fails
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert os.listdir(small_disk) == []
+
+
+def test_a_write_that_cannot_fit_is_refused_before_it_starts(small_disk: Path) -> None:
+    with pytest.raises(DiskError, match=r"it needs about 17\.\d MB and 1\.\d MB are free"):
+        write_atomic(str(small_disk / "state.h5"), _big, nbytes=16_000_000)
+    assert os.listdir(small_disk) == []
+
+
+def test_a_full_disk_mid_run_names_the_intact_checkpoint_and_the_run_goes_on_from_it(
+        small_disk: Path, tmp_path: Path) -> None:
+    out = small_disk / "run"
+    with pytest.raises(DiskError) as err:
+        hsmpi.run("regression1d", comm=SerialComm(), log=None, out=str(out), keep_checkpoints=20, **OPTIONS)
+    message = err.value.strerror
+    assert "could not be written in" in message and "No space left on device" in message
+    assert "is intact: free space and run again with --resume auto" in message
+    intact = int(message.split("the checkpoint after session ")[2].split(" is intact")[0])
+    assert not [n for n in os.listdir(out) if n.startswith(".")], os.listdir(out)
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)  # "free space": the same folder where there is room
+    resumed = hsmpi.run("regression1d", comm=SerialComm(), log=None, out=str(moved), resume="auto", **OPTIONS)
+    whole = hsmpi.run("regression1d", comm=SerialComm(), log=None, out=str(tmp_path / "whole"), **OPTIONS)
+    assert intact >= 1 and resumed.test_loss == whole.test_loss
+
+
+def test_the_command_line_says_it_in_one_line_with_exit_74(small_disk: Path) -> None:
+    out = small_disk / "cli"
+    result = run_hsmpi(["-S", "8", "-M", "12", "-m", "12", "--threads", "1", "--checkpoint-interval", "0",
+                        "--keep-checkpoints", "20", "--out", str(out)], ranks=2, timeout=120)
+    assert result.returncode == 74, (result.stdout, result.stderr)
+    assert result.stderr.count("hsmpi: error:") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "No space left on device" in result.stderr and "is intact" in result.stderr
+
+
+def test_litter_is_recognised_by_name_and_only_that(tmp_path: Path) -> None:
+    litter = [".tmp-abc123.h5", ".tmp-x.json", ".checkpoint-new.h5", "checkpoint-s0003.h5.tmp", "best.pt.tmp",
+              "top2.pt.tmp", "lineage.jsonl.tmp"]
+    kept = ["checkpoint.h5", "checkpoint.prev.h5", "checkpoint-s0002.h5", "results.h5", "best.pt", "notes.tmp"]
+    for name in litter + kept:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".tmp-folder").mkdir()
+    assert remove_litter(str(tmp_path)) == sorted(litter)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + [".tmp-folder"])
+
+
+def _rank0_pid(out: Path, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd[0] == sys.executable.encode() and str(out).encode() in cmd and rank_in_environ(env) == 0:
+                return int(pid)
+        time.sleep(0.05)
+    raise AssertionError("rank 0 was not found")
+
+
+def test_a_kill_9_in_the_middle_of_a_write_leaves_nothing_after_the_next_run(tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    args = ["-S", "4", "-M", "6", "-m", "3", "--threads", "1", "--checkpoint-interval", "0", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HSMPI_TEST_SLOW_WRITE="30")  # every rename waits 30 s
+    proc = subprocess.Popen([*mpirun_cmd(2), sys.executable, "-m", "hsmpi", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not list(out.glob(".tmp-*.h5")):  # the first checkpoint, fsynced, waiting for its rename
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no write in flight appeared"
+            time.sleep(0.05)
+        os.kill(_rank0_pid(out), signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert list(out.glob(".tmp-*.h5")), "the write was cut short: its temporary file is there"
+    done = run_hsmpi([*args, "--resume", "auto"], ranks=2, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 temporary file(s) that interrupted writes left" in done.stdout
+    assert not [n for n in os.listdir(out) if n.startswith(".")], os.listdir(out)
+    assert (out / "results.h5").exists()
+
+
+def test_stopped_runs_leave_no_litter(tmp_path: Path) -> None:
+    with pytest.raises(Stopped):
+        hsmpi.run("regression1d", comm=SerialComm(), log=None, out=str(tmp_path), stop_after=2, **OPTIONS)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")], os.listdir(tmp_path)
