@@ -210,6 +210,10 @@ class Output(_Group):
         "has passed, at least 1 s and at most 10 minutes apart (about 2% of the run's time), so sessions of "
         "seconds or more are all checkpointed. The last session and every stop always write one",
         metavar="SECONDS|auto", expected="'auto' or seconds >= 0", valid=_interval)
+    checkpoint_async: bool = _field(
+        True,
+        "each rank writes its checkpoint shard from a background thread while the next session trains (from "
+        "a copy of its stored states); `--no-checkpoint-async`: it waits for the write, with no copy")
     stop_after: int | None = _field(
         None, "stop after session K with a checkpoint and exit status 75 (continue later with `--resume`)",
         metavar="K", means="run to the end", minimum=1)

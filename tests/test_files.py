@@ -20,7 +20,7 @@ import pytest
 
 import hsmpi
 from hsmpi.engine.job import Stopped
-from hsmpi.io import hdf5
+from hsmpi.io import checkpoint, hdf5
 from hsmpi.io.files import DiskError, remove_litter, write_atomic
 from hsmpi.parallel.comm import SerialComm
 
@@ -107,7 +107,7 @@ def test_litter_is_recognised_by_name_and_only_that(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == sorted(kept + [".tmp-folder"])
 
 
-def _rank0_pid(out: Path, timeout: float = 60) -> int:
+def _rank_pid(out: Path, rank: int, timeout: float = 60) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -116,34 +116,71 @@ def _rank0_pid(out: Path, timeout: float = 60) -> int:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if cmd[0] == sys.executable.encode() and str(out).encode() in cmd and rank_in_environ(env) == 0:
+            if cmd[0] == sys.executable.encode() and str(out).encode() in cmd and rank_in_environ(env) == rank:
                 return int(pid)
         time.sleep(0.05)
-    raise AssertionError("rank 0 was not found")
+    raise AssertionError(f"rank {rank} was not found")
 
 
-def test_a_kill_9_in_the_middle_of_a_write_leaves_nothing_after_the_next_run(tmp_path: Path) -> None:
+KILL_ARGS = ["-S", "4", "-M", "6", "-m", "3", "--threads", "1", "--checkpoint-interval", "0"]
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run the killed ones must end like, uninterrupted, on the same 2 ranks."""
+    out = tmp_path_factory.mktemp("whole")
+    done = run_hsmpi([*KILL_ARGS, "--out", str(out)], ranks=2, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _hidden(out: Path) -> list[str]:
+    return [str(p.relative_to(out)) for p in out.rglob(".*")]
+
+
+@pytest.mark.parametrize("killed, match, skip", [
+    (1, "*/checkpoints/s0002-*/rank00001.h5", "0"),  # rank 1 while it writes its shard of the 2nd checkpoint
+    (0, "*/.checkpoint-new.h5", "1"),  # rank 0 while it writes the 2nd checkpoint's manifest
+], ids=["shard", "manifest"])
+def test_a_kill_9_during_a_checkpoint_write_resumes_from_the_one_before_and_leaves_nothing(
+        whole: Path, tmp_path: Path, killed: int, match: str, skip: str) -> None:
     out = tmp_path / "killed"
-    args = ["-S", "4", "-M", "6", "-m", "3", "--threads", "1", "--checkpoint-interval", "0", "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HSMPI_TEST_SLOW_WRITE="30")  # every rename waits 30 s
-    proc = subprocess.Popen([*mpirun_cmd(2), sys.executable, "-m", "hsmpi", *args], env=env,
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HSMPI_TEST_SLOW_WRITE="30", HSMPI_TEST_SLOW_MATCH=match,
+               HSMPI_TEST_SLOW_SKIP=skip)  # that one write waits 30 s before its rename
+    proc = subprocess.Popen([*mpirun_cmd(2), sys.executable, "-m", "hsmpi", *KILL_ARGS, "--out", str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def in_flight() -> bool:
+        if killed == 1:  # rank 0's shard is written, rank 1's waits
+            generation = "checkpoints/s0002-*"
+            return bool(list(out.glob(f"{generation}/rank00000.h5")) and list(out.glob(f"{generation}/.tmp-*")))
+        return (out / "checkpoint.h5").exists() and bool(list(out.glob(".tmp-*.h5")))
+
     try:
         deadline = time.monotonic() + 90
-        while not list(out.glob(".tmp-*.h5")):  # the first checkpoint, fsynced, waiting for its rename
+        while not in_flight():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no write in flight appeared"
             time.sleep(0.05)
-        os.kill(_rank0_pid(out), signal.SIGKILL)
+        os.kill(_rank_pid(out, killed), signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert list(out.glob(".tmp-*.h5")), "the write was cut short: its temporary file is there"
-    done = run_hsmpi([*args, "--resume", "auto"], ranks=2, timeout=120)
+    assert _hidden(out), "the write was cut short: its temporary file is there"
+    with h5py.File(out / "checkpoint.h5", "r") as f:
+        assert f.attrs["next_session"] == 1, "the first checkpoint is the newest complete one"
+    done = run_hsmpi([*KILL_ARGS, "--out", str(out), "--resume", "auto"], ranks=2, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "removed 1 temporary file(s) that interrupted writes left" in done.stdout
-    assert not [n for n in os.listdir(out) if n.startswith(".")], os.listdir(out)
-    assert (out / "results.h5").exists()
+    assert "1 of 3 sessions done" in done.stdout
+    assert "that interrupted writes left" in done.stdout and "checkpoints/s0002-" in done.stdout
+    assert not _hidden(out), _hidden(out)
+    with h5py.File(whole / "results.h5", "r") as a, h5py.File(out / "results.h5", "r") as b:
+        for key in ("history/val_loss", "history/sources", "test/best_loss", "test/ensemble_loss"):
+            assert np.array_equal(a[key][()], b[key][()]), key
+        for name in a["population/weights"]:
+            assert np.array_equal(a[f"population/weights/{name}"][()], b[f"population/weights/{name}"][()]), name
+    named = {checkpoint.shard_index(checkpoint.read(p))["generation"] for p in checkpoint.manifests(str(out))}
+    assert {p.name for p in (out / "checkpoints").iterdir()} == named, "only generations a manifest names stay"
 
 
 def test_stopped_runs_leave_no_litter(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 import hsmpi
 from hsmpi.algorithm.space import Uniform
 from hsmpi.engine.job import Stopped
+from hsmpi.io import checkpoint
 from hsmpi.io.checkpoint import CheckpointError
 from hsmpi.parallel.comm import SerialComm
 
@@ -78,6 +79,47 @@ def test_a_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str
     assert "falling back to the backup" in capsys.readouterr().err
     assert any("2 of 4 sessions done" in line for line in lines)
     _same(uninterrupted["winner"], tmp_path)  # the backup is one session older, and still exact
+
+
+def _shard(folder: Path, manifest: str = "checkpoint.h5") -> Path:
+    """The one shard file of the generation `manifest` names (one rank, winner rule: one stored state)."""
+    files = list(checkpoint.shard_index(checkpoint.read(str(folder / manifest)))["files"])
+    assert len(files) == 1
+    return folder / files[0]
+
+
+def test_a_truncated_or_missing_shard_falls_back_to_the_previous_generation(
+        uninterrupted: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for how in ("truncated", "missing"):
+        out = _stopped(tmp_path / how, 3, select="winner", checkpoint_interval=0)
+        shard = _shard(out)
+        assert shard != _shard(out, "checkpoint.prev.h5"), "each generation has its own files"
+        if how == "missing":
+            shard.unlink()
+        else:
+            shard.write_bytes(shard.read_bytes()[:-100])
+        _, lines = _run(out, select="winner", resume="auto")
+        err = capsys.readouterr().err
+        assert f"its shard {shard}" in err and "falling back to the backup" in err, err
+        assert ("is missing" if how == "missing" else "truncated or overwritten") in err
+        assert any("2 of 4 sessions done" in line for line in lines)
+        _same(uninterrupted["winner"], out)
+
+
+def test_a_shard_with_other_bytes_or_no_backup_is_refused_naming_the_file(tmp_path: Path) -> None:
+    out = _stopped(tmp_path / "a", 2, select="winner", checkpoint_interval=3600)  # one checkpoint, no backup
+    shard = _shard(out)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=f"its shard {shard} is missing"):
+        _run(out, select="winner", resume="auto")
+    out = _stopped(tmp_path / "b", 2, select="winner", checkpoint_interval=3600)
+    shard = _shard(out)
+    with h5py.File(shard, "r+") as f:  # the same size, other bytes
+        name = next(iter(f["states"]))
+        data = f[f"states/{name}"]
+        data[:8] = np.asarray(data[:8]) ^ 0xFF
+    with pytest.raises(CheckpointError, match=f"the shard {shard} of .* holds other bytes for state {name}"):
+        _run(out, select="winner", resume="auto")
 
 
 def test_a_finished_run_can_be_extended_and_its_last_session_gets_its_selection(tmp_path: Path) -> None:
@@ -205,19 +247,27 @@ def test_stopped_on_4_ranks_resumed_on_2(uninterrupted: dict[str, Path], tmp_pat
     _same(uninterrupted["winner"], tmp_path)
 
 
-def test_the_last_checkpoint_is_written_by_rank_0s_neighbour_and_is_complete(tmp_path: Path) -> None:
-    """With 2+ ranks on rank 0's node another rank writes the last checkpoint while rank 0 writes the results."""
+def test_the_last_checkpoint_is_one_shard_per_rank_and_complete(tmp_path: Path) -> None:
+    """Every rank writes the states it holds to its own shard (in the background, while rank 0 writes the
+    results file); the manifest names them all; the best state is stored once, as the winner's."""
     result = run_hsmpi([*ARGS, "--out", str(tmp_path), "--checkpoint-interval", "3600"], ranks=3)
     assert result.returncode == 0, result.stderr
+    manifest = checkpoint.read(str(tmp_path / "checkpoint.h5"))
+    index = checkpoint.shard_index(manifest)
+    assert manifest["next_session"] == 4 and bool(manifest["pending_selection"])
+    assert sorted(index["states"]) == ["0", "1", "2", "3"], "after the last session no member copied another"
+    assert manifest["best"]["key"] == str(manifest["best"]["member"])
+    files = {name.rsplit("/", 1)[1] for name in index["files"]}
+    assert files == {"rank00000.h5", "rank00001.h5", "rank00002.h5"}  # 4 members on 3 ranks: 2, 1, 1
+    assert {index["states"][k]["file"].rsplit("/", 1)[1] for k in ("0", "1")} == {"rank00000.h5"}
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 1, "the generation before it was removed"
     with h5py.File(tmp_path / "checkpoint.h5", "r") as c, h5py.File(tmp_path / "results.h5", "r") as r:
-        assert c.attrs["next_session"] == 4 and bool(c.attrs["pending_selection"])
-        assert sorted(c["states"]) == ["0", "1", "2", "3"]
         assert c["members/data_rng"].shape[0] == 4
         assert np.isclose(c.attrs["best_val_loss"], r["best"].attrs["val_loss"])
         best = {name: r[f"best/weights/{name}"][()] for name in r["best/weights"]}
         top1 = int(np.argmin(r["population/val_loss"][()]))
         first = {name: r[f"population/weights/{name}"][top1] for name in r["population/weights"]}
-    # best.pt and the top-K files were handed to the same rank: they hold the results file's weights
+    # best.pt (rank 0) and the top-K files (their members' owners) hold the results file's weights
     for file, expected in (("best.pt", best), ("top1.pt", first)):
         saved = torch.load(tmp_path / file, weights_only=True)
         assert sorted(saved) == sorted(expected)

@@ -1,11 +1,14 @@
 """After the last session: the returned model on every rank, test losses, the results file, exports.
 
 The paper's step 6, "return the best neural network(s)": the model the run
-returns (the last session's best, or with elitism the best ever) goes to
-every rank with `share_state`; rank 0 evaluates it on the test split, every
-rank adds its members' predictions to the population's average, and rank 0
-writes the results file while another rank on its node writes the last
-checkpoint (hsmpi.engine.observers.Checkpoints).
+returns (the last session's best, or with elitism the best ever) goes from
+the rank that keeps it to every rank with `share_state`; rank 0 evaluates it
+on the test split, and every rank adds its members' predictions to the
+population's average.  Nothing large is gathered: every rank writes its own
+members' final weights to its own file, rank 0 writes the results file (with
+virtual datasets over those files) and best.pt, each top-K member's owner its
+file, while every rank's shard of the last checkpoint is written in the
+background (hsmpi.engine.observers.Checkpoints), complete before the run ends.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from hsmpi.engine.history import PHASES
 from hsmpi.engine.member import Member
 from hsmpi.engine.observers import Checkpoints
 from hsmpi.engine.search import Search
-from hsmpi.io.export import export_top
-from hsmpi.io.files import DiskError
-from hsmpi.io.results import hparam_array, write_results
+from hsmpi.io import export
+from hsmpi.io.files import DiskError, disk_error
+from hsmpi.io.results import hparam_array, new_parts, part_file, write_part, write_results
 from hsmpi.parallel.share import share_state
 from hsmpi.tasks import task_loss
 
@@ -55,32 +58,25 @@ class Result:
 
 def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None], start: float,
            startup: float = 0.0) -> Result:
-    """Evaluate, write results.h5 and the exports, say what the run found (collective)."""
+    """Evaluate, write results.h5 and the exports, complete the last checkpoint, say what the run found
+    (collective)."""
     comm, config = search.comm, search.population.config
     result, record = returned_model(search)
-    top = min(config.export_top, search.population.size)
-    exported = checkpoints.write_handed(comm, (record, top) if comm.is_root else None)
     path = os.path.join(config.out, "results.h5")
     finite = bool(comm.bcast(record["finite_model"] if comm.is_root else None))
     result.finite_model = finite
-    error = None
-    if comm.is_root:
-        meta = {"hsmpi_version": __version__, "population": search.population.size, "ranks": comm.size,
-                "threads": search.population.threads, "device_type": search.population.device.type,
-                "mpi": comm.library(), "wall_seconds": time.perf_counter() - start, "finite_model": finite}
-        settings = dataclasses.replace(config, population=search.population.size).to_dict()
-        try:
-            write_results(path, meta, settings, describe_space(search.space),
-                          **{k: v for k, v in record.items() if k != "finite_model"})
-            result.path = path
-            if not exported:
-                export_top(config.out, record, top)
-        except OSError as err:
-            error = checkpoints.disk_error(err, "the results file", then=" to write the results").strerror
-    error = comm.bcast(error)  # every rank ends alike, with rank 0's one message
-    checkpoints.confirm(comm, path)
-    if error:
-        raise DiskError(errno.EIO, error)
+    failed = _write_outputs(search, record, path, start, finite)
+    if failed is None and comm.is_root:
+        result.path = path
+    final_error = None
+    try:
+        checkpoints.complete(search, results=path if failed is None else None)
+    except DiskError as err:
+        final_error = err
+    if failed is not None:  # told with the checkpoint that is intact now
+        raise checkpoints.disk_error(DiskError(errno.EIO, failed), "the results file", then=" to write the results")
+    if final_error is not None:
+        raise final_error
     if comm.is_root:
         metrics = "".join(f" | test {n} {v:.5g}" for n, v in result.test_metrics.items())
         log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "
@@ -91,22 +87,74 @@ def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None],
     return result
 
 
+def _write_outputs(search: Search, record: dict[str, Any], path: str, start: float, finite: bool) -> str | None:
+    """Every rank its members' weights, rank 0 the results file, best.pt and top.json, each top-K member's
+    owner its file (collective); the first failure's message, the same on every rank, or None."""
+    comm, pop = search.comm, search.population
+    config = pop.config
+    out = config.out
+
+    def agreed(work: Callable[[], None], what: str) -> str | None:
+        error = None
+        try:
+            work()
+        except OSError as err:
+            error = (err if isinstance(err, DiskError) else disk_error(err, what, out)).strerror
+        return next((e for e in comm.allgather(error) if e), None)
+
+    tag = comm.bcast(new_parts(len(search.schedule)) if comm.is_root else None)
+    shapes = comm.bcast(record["shapes"] if comm.is_root else None)
+
+    def weights() -> None:
+        if pop.members:
+            write_part(out, part_file(tag, comm.rank), pop.indices, [m.weights for m in pop.members], shapes)
+
+    def results() -> None:
+        if not comm.is_root:
+            return
+        meta = {"hsmpi_version": __version__, "population": pop.size, "ranks": comm.size,
+                "threads": pop.threads, "device_type": pop.device.type,
+                "mpi": comm.library(), "wall_seconds": time.perf_counter() - start, "finite_model": finite}
+        settings = dataclasses.replace(config, population=pop.size).to_dict()
+        population = {**record["population"], "tag": tag, "shapes": shapes,
+                      "parts": [(part_file(tag, r), list(b)) for r, b in enumerate(pop.blocks) if len(b)]}
+        write_results(path, meta, settings, describe_space(search.space), record["history"], record["best"],
+                      population, record["test"])
+
+    top = min(config.export_top, pop.size)
+    order = comm.bcast(export.top_order(record["population"]["score"], top) if comm.is_root and top else [])
+
+    def exports() -> None:
+        if not top:
+            return
+        for place, i in enumerate(order, start=1):
+            if i in pop.local:
+                export.save_weights(export.top_file(out, place), pop.local[i].weights())
+        if comm.is_root:
+            export.write_described(out, record, order)
+
+    for work, what in ((weights, "the population's weights"), (results, "the results file"),
+                       (exports, "best.pt and the top-K files")):
+        failed = agreed(work, what)
+        if failed is not None:
+            return failed
+    return None
+
+
 def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     """The best model to every rank, its test loss and the population's; on rank 0 the results record."""
     comm, pop, best = search.comm, search.population, search.best
-    hp, session, member = comm.bcast((best.hparams, best.session, best.member) if comm.is_root else None)
+    hp = comm.bcast(best.hparams if comm.is_root else None)
+    session, member = best.session, best.member
     c = pop.config
     champion = Member.create(pop.task, member, hp, c.seed, pop.device, c.independent_init, c.batch_size)
-    share_state(comm, pop.buffer, 0, best.state, [champion])
+    share_state(comm, pop.buffer, pop.owner(member), best.state, [champion])
     tested = comm.bcast(champion.evaluate_all(pop.data["test"]) if comm.is_root else None)
     test_loss = tested.pop("loss")
     ensemble_loss, count = _ensemble_loss(search)
     record: dict[str, Any] = {}
-    gathered = comm.gather([(m.index, m.weights(), m.hp) for m in pop.members])
     if comm.is_root:
-        assert gathered is not None
-        members = sorted((x for part in gathered for x in part), key=lambda x: x[0])
-        record = _record(search, members, champion, test_loss, tested, ensemble_loss, count)
+        record = _record(search, champion, test_loss, tested, ensemble_loss, count)
     val_loss = comm.bcast(record["best"]["val_loss"] if comm.is_root else None)
     result = Result(champion.model, dict(hp), float(val_loss), int(session), int(member), float(test_loss),
                     float(ensemble_loss), record.get("history", {}), None,
@@ -142,18 +190,19 @@ def _ensemble_loss(search: Search) -> tuple[float, int]:
         return float(task_loss(task, back(mean), target)), count
 
 
-def _record(search: Search, members: list[Any], champion: Member, test_loss: float, test_metrics: dict[str, float],
+def _record(search: Search, champion: Member, test_loss: float, test_metrics: dict[str, float],
             ensemble_loss: float, count: int) -> dict[str, Any]:
-    """Rank 0: the results file's content as plain dicts of arrays."""
+    """Rank 0: the results file's content as plain dicts of arrays (the population's weights are written
+    by their owners; `shapes` says what one member's look like)."""
     h, names, best, objective = search.history, list(search.space), search.best, search.objective
-    keys = list(members[0][1])
+    weights = champion.weights()
     record: dict[str, Any] = {
         "history": h.state_dict(),
         "best": {"val_loss": best.score, "session": best.session, "member": best.member,
-                 "weights": champion.weights(), "hparams": dict(best.hparams)},
+                 "weights": weights, "hparams": dict(best.hparams)},
+        "shapes": {k: (tuple(v.shape), v.dtype.name) for k, v in weights.items()},
         "population": {
-            "weights": {k: np.stack([w[k] for _, w, _ in members]) for k in keys},
-            "hparams": {n: hparam_array([hp[n] for _, _, hp in members]) for n in names},
+            "hparams": {n: hparam_array([hp[n] for hp in search.hparams]) for n in names},
             "val_loss": h.val_loss[-1],
             "score": h.last_scores(),  # the order of the top-K exports; not a dataset of its own
         },

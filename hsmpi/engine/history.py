@@ -182,9 +182,10 @@ class Best:
 
     `score` is what it was judged on (its validation loss, or the objective
     signed so that lower is better; with --holdout, on the held-back part) and
-    is known on every rank; `session`, `member`, `hparams` and `state` (its
-    weights and optimizer state) on rank 0.  Before the first session it is
-    the shared initial state.
+    is known on every rank, and so are `session` and `member`; `hparams` on
+    rank 0, and `state` (a copy of its weights and optimizer state) on the
+    rank that owns that member only.  Before the first session it is member
+    0's initial state.
     """
 
     score: float = math.inf
@@ -192,18 +193,6 @@ class Best:
     member: int = 0
     hparams: HParams = field(default_factory=dict)
     state: Saved | None = None
-
-    def state_dict(self, header_json: Any) -> dict[str, Any]:
-        assert self.state is not None
-        return {"val_loss": float(self.score), "session": self.session, "member": self.member,
-                "hparams": json.dumps(self.hparams), "header": header_json(self.state.header),
-                "bytes": self.state.data}
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], header_from_json: Any) -> Best:
-        return cls(float(state["val_loss"]), int(state["session"]), int(state["member"]),
-                   json.loads(state["hparams"]),
-                   Saved(header_from_json(state["header"]), np.array(state["bytes"], dtype=np.uint8)))
 
 
 def _number(x: float) -> float | None:

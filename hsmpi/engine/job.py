@@ -23,7 +23,7 @@ from hsmpi.engine.observers import Checkpoints, LineageLog, SessionLine, StopReq
 from hsmpi.engine.resume import load_checkpoint, resume_options
 from hsmpi.engine.search import Observer, Search, run_sessions
 from hsmpi.errors import NoFiniteModel, SetupError, agree, ends_every_rank_on_failure, user_errors
-from hsmpi.io import checkpoint, lineage
+from hsmpi.io import checkpoint, lineage, results
 from hsmpi.io.files import DiskError, remove_litter
 from hsmpi.parallel.comm import SerialComm, as_comm
 from hsmpi.tasks import TaskError, load_task
@@ -48,8 +48,8 @@ def run(task: Any = "regression1d", *, comm: Any = None, log: Callable[[str], No
     or a task object; `options` are `Config`'s fields (population, epochs,
     sessions, seed, sampler, select, out, device, members_per_rank, resume,
     ...); `comm` is an mpi4py communicator (default COMM_WORLD).  Call it on
-    every rank.  Rank 0 writes `<out>/results.h5` and checkpoints
-    (`checkpoint_interval`; the last one another rank on its node, if any).
+    every rank.  Every rank writes its members' part of `<out>/results.h5` and
+    of each checkpoint (`checkpoint_interval`); rank 0 the small rest.
     With `resume`, settings not given come from the checkpoint.  Raises
     NoFiniteModel (with the Result as `.result`) if no member ever had a
     finite validation loss.
@@ -75,11 +75,12 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
     start = time.perf_counter()
     log = _cleaned(log)
     agree(comm, _check_out(config.out) if comm.is_root else None)
-    if comm.is_root:  # what writes killed midway left in the folder (never a checkpoint generation itself)
+    if comm.is_root:  # what writes killed midway left in the folder (never a complete checkpoint generation)
         removed = remove_litter(config.out)
+        removed += checkpoint.prune(config.out) + results.prune_parts(config.out)
         if removed:
-            log(f"removed {len(removed)} temporary file(s) that interrupted writes left in {config.out}: "
-                f"{', '.join(removed)}")
+            log(f"removed {len(removed)} temporary file(s) and folder(s) that interrupted writes left in "
+                f"{config.out}: {', '.join(removed)}")
     ckpt, schedule, path, error = None, None, "", None
     if config.resume and comm.is_root:
         try:
@@ -91,7 +92,7 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
     startup = _torch_startup()
     search = Search.start(populations.prepare(config, task, comm, log), schedule)
     if schedule is not None:
-        search.load_state_dict(ckpt)
+        search.load_state_dict(ckpt, path)
     if comm.is_root:
         log(settings_line(search))
         if path:

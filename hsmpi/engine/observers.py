@@ -15,18 +15,21 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from hsmpi.config import Config
 from hsmpi.engine import signals
 from hsmpi.engine.history import CHECKPOINT
 from hsmpi.engine.search import Search, SessionEnd
 from hsmpi.io import checkpoint, lineage
-from hsmpi.io.export import export_top
-from hsmpi.io.files import DiskError, array_bytes, disk_error
-from hsmpi.parallel.comm import SerialComm
+from hsmpi.io.files import DiskError, disk_error
+from hsmpi.parallel.flatstate import header_to_json
+from hsmpi.parallel.share import Holder, Saved, as_bytes
 from hsmpi.text import say
 
 
@@ -69,98 +72,106 @@ class StopRequests:
 class Checkpoints:
     """Writes checkpoints (collective) and, on rank 0, knows when the next one is due.
 
-    The run's last checkpoint goes to `comm.io_helper` (another rank on rank
-    0's node) to write while rank 0 writes the results file (`write_handed`),
-    unless its state is over HAND_OFF_MAX_BYTES: the send pickles a copy, and
-    a large file's time is its data.
+    A checkpoint is written in two halves (hsmpi.io.checkpoint has the
+    layout).  `begin`: every rank writes the states it stores to its own shard,
+    by default from a background thread while the next session trains, from a
+    copy of them made first.  `complete`, at the next session boundary (or as
+    soon as the run must stop): every rank waits for its writer, and rank 0
+    writes the manifest once every shard is on disk.  A write that failed on
+    any rank is one DiskError on every rank there, naming the checkpoint that
+    is intact.  The last checkpoint completes after the results file (the two
+    are written at once), a stop's before the run stops.
     """
-
-    HAND_OFF_MAX_BYTES = 64 * 2**20
 
     def __init__(self, config: Config, intact: int | None = None) -> None:
         self.config = config
         self.intact = intact  # the sessions the newest complete checkpoint holds (None: there is none yet)
         self.path = os.path.join(config.out, checkpoint.LATEST)
         self.since = time.perf_counter()  # the last checkpoint, or the start of training
-        self.cost: float | None = None  # what the last one took
-        self.handed: tuple[dict[str, Any] | None, int] | None = None  # every rank: (rank 0's state, session)
-        self.error = ""  # the helper's, when writing a handed-off checkpoint failed
+        self.cost: float | None = None  # what the last one took, as the run saw it
+        self.pending: _Pending | None = None  # a checkpoint begun and not yet complete
 
     def due(self) -> bool:
         return checkpoint.due(self.config.checkpoint_seconds(), time.perf_counter() - self.since, self.cost)
 
     def session_ended(self, search: Search, end: SessionEnd) -> None:
         comm = search.comm
-        # Rank 0's clock decides; every rank must agree, since collecting the state is collective.
+        start = time.perf_counter()
+        completed = self.pending is not None
+        self.complete(search)
+        # Rank 0's clock decides; every rank must agree, since a checkpoint is collective.
         end.saved = bool(comm.bcast(end.last or end.stop != 0 or self.due() if comm.is_root else None))
         if end.saved:
-            end.times[CHECKPOINT] = self.save(search, end.k, hand_off=end.last)
-            if comm.is_root:  # the checkpoint column is rank 0's writing time, known only now
-                search.history.set_checkpoint_time(end.times[CHECKPOINT])
+            self.begin(search, end.k, background=self.config.checkpoint_async and not end.stop)
+            if end.stop:
+                self.complete(search)
+            self.since = time.perf_counter()
+            self.cost = self.since - start
+        spent = time.perf_counter() - start
+        if end.saved or completed:  # what this boundary spent on checkpoints, as the run saw it
+            end.times[CHECKPOINT] = spent
+            if comm.is_root:
+                search.history.set_checkpoint_time(spent)
         end.path = self.path
 
-    def save(self, search: Search, k: int, hand_off: bool = False) -> float:
-        """Write the state after session k; return the seconds it took (rank 0's, from the gather on)."""
-        start = time.perf_counter()
+    def begin(self, search: Search, k: int, background: bool) -> None:
+        """Start the checkpoint after session k (collective): the manifest's content on rank 0, and this
+        rank's shard, written now or (`background`) from a copy by a thread."""
+        comm, pop = search.comm, search.population
+        generation = comm.bcast(checkpoint.new_generation(k + 1) if comm.is_root else None)
+        gathered = comm.gather([(m.index, m.rng_state_dict()) for m in pop.members])
+        manifest = search.manifest(k, [x for part in gathered for x in part]) if gathered is not None else None
+        what = "the final checkpoint" if k == len(search.schedule) - 1 else f"the checkpoint after session {k + 1}"
+        pending = _Pending(k, generation, manifest, what)
+        states = search.stored_states(k)
+        if states:
+            if background:
+                copies = {key: s if isinstance(s, Saved) else Saved.of(s, pop.buffer) for key, s in states.items()}
+                pending.start(self.config.out, checkpoint.shard_file(generation, comm.rank), copies, pop.buffer)
+            else:
+                pending.write(self.config.out, checkpoint.shard_file(generation, comm.rank), states, pop.buffer)
+        self.pending = pending
+
+    def complete(self, search: Search, results: str | None = None) -> None:
+        """Finish the checkpoint begun last, if any (collective): wait for this rank's shard, then rank 0
+        writes the manifest.  `results`: the run's results file, complete already (the last checkpoint)."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
         comm = search.comm
-        state = search.state_dict(k)
-        if hand_off and comm.io_helper != 0 and comm.bcast(
-                array_bytes(state) <= self.HAND_OFF_MAX_BYTES if comm.is_root else None):
-            self.handed = (state, k)
-        else:
-            error = None
-            if comm.is_root:
-                assert state is not None
+        if pending.thread is not None:
+            pending.thread.join()
+        failure = None if pending.failure is None else self._says(pending.failure, pending.what, results)
+        parts = comm.gather((failure, pending.record))
+        error = None
+        if comm.is_root:
+            assert parts is not None and pending.manifest is not None
+            error = next((e for e, _ in parts if e), None)
+            if error is None:
+                pending.manifest["generation"] = pending.generation
+                pending.manifest["shards"] = np.array(checkpoint.index_of(pending.generation, [r for _, r in parts]),
+                                                      dtype=object)
                 try:
                     lineage.sync(self.config.out)
-                    self.path = checkpoint.save(self.config.out, state, k, self.config.keep_checkpoints,
-                                                what=f"the checkpoint after session {k + 1}")
+                    self.path = checkpoint.save(self.config.out, pending.manifest, pending.k,
+                                                self.config.keep_checkpoints, what=pending.what)
                 except OSError as err:
-                    error = self.disk_error(err, f"the checkpoint after session {k + 1}").strerror
-            error = comm.bcast(error)  # every rank stops alike, with rank 0's one message
-            if error:
-                raise DiskError(errno.EIO, error)
-            self.intact = k + 1
-        self.since = time.perf_counter()
-        self.cost = self.since - start
-        return self.cost
+                    error = self._says(err, pending.what, results)
+            if error is not None:
+                checkpoint.prune(self.config.out)  # the shards of the generation that has no manifest
+        error = comm.bcast(error)  # every rank stops alike, with one message
+        if error:
+            raise DiskError(errno.EIO, error)
+        self.intact = pending.k + 1
 
-    def write_handed(self, comm: SerialComm, exports: tuple[dict[str, Any], int] | None = None) -> bool:
-        """Rank 0 sends the handed-off state; comm.io_helper writes it (a failure is kept, see `confirm`).
+    def _says(self, err: BaseException, what: str, results: str | None) -> str:
+        if results is None:
+            return str(self.disk_error(err, what).strerror)
+        first = err if isinstance(err, DiskError) else disk_error(err, what, self.config.out)
+        return (f"{first.strerror or first}, so the run cannot be extended with --resume; the results are "
+                f"complete in {results}")
 
-        `exports` (rank 0: the results record and how many top members to
-        export): the helper writes best.pt and the top-K files too, when they
-        are small.  Returns whether it does.
-        """
-        if self.handed is None:
-            return False
-        if comm.is_root:
-            state, k = self.handed
-            part = None
-            if exports is not None:
-                record, top = exports
-                part = {"best": record["best"], "population": record["population"]}
-                if array_bytes(part) > self.HAND_OFF_MAX_BYTES:
-                    part = None
-            comm.send((state, k, None if part is None else (part, top)), dest=comm.io_helper)
-            self.handed = (None, k)  # the helper holds the state now
-            return part is not None
-        if comm.rank == comm.io_helper:
-            state, k, handed_exports = comm.recv(source=0)
-            try:
-                self.path = checkpoint.save(self.config.out, state, k, self.config.keep_checkpoints)
-            except OSError as err:
-                self.error = (f"the final checkpoint could not be written ({_why(err, self.config.out)}), so the "
-                              f"run cannot be extended with --resume")
-            if handed_exports is not None:
-                try:
-                    export_top(self.config.out, *handed_exports)
-                except OSError as err:
-                    self.error += ("; " if self.error else "") + \
-                        f"best.pt and the top-K files could not be written ({_why(err, self.config.out)})"
-        return False
-
-    def disk_error(self, err: OSError, what: str, then: str = "") -> DiskError:
+    def disk_error(self, err: BaseException, what: str, then: str = "") -> DiskError:
         """`err` (writing `what`) as the one line a user reads: what failed, the room, what is intact and how
         to go on from it (`then`: what running again does)."""
         first = err if isinstance(err, DiskError) else disk_error(err, what, self.config.out)
@@ -171,16 +182,55 @@ class Checkpoints:
                       f"--resume auto --out {self.config.out}{then}")
         return DiskError(first.errno or errno.EIO, f"{first.strerror or first}; {intact}")
 
-    def confirm(self, comm: SerialComm, results: str) -> None:
-        """After the results file: the helper tells rank 0 how writing went; both raise if it failed."""
-        if self.handed is None:
-            return
-        if comm.rank == comm.io_helper:
-            comm.send(self.error, dest=0)
-        elif comm.is_root:
-            self.error = comm.recv(source=comm.io_helper)
-        if self.error:
-            raise DiskError(errno.EIO, f"{self.error}; the results are complete in {results}")
+
+_WRITERS: set[threading.Thread] = set()  # shard writers running in this process
+
+
+def _wait_for_writers() -> None:
+    """Before this process forks (a DataLoader starting its workers): let every shard writer finish, so no
+    child starts with h5py's lock or a half-written file held by a thread it does not have."""
+    for thread in list(_WRITERS):
+        if thread is not threading.current_thread():
+            thread.join()
+
+
+os.register_at_fork(before=_wait_for_writers)
+
+
+class _Pending:
+    """One checkpoint begun: its generation, rank 0's manifest, this rank's shard (being) written."""
+
+    def __init__(self, k: int, generation: str, manifest: dict[str, Any] | None, what: str) -> None:
+        self.k = k
+        self.generation = generation
+        self.manifest = manifest
+        self.what = what
+        self.record: dict[str, Any] | None = None  # this rank's shard, once written
+        self.failure: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, out: str, name: str, states: dict[str, Saved], buffer: Any) -> None:
+        self.thread = threading.Thread(target=self._run, args=(out, name, states, buffer),
+                                       name="hsmpi-checkpoint", daemon=True)
+        _WRITERS.add(self.thread)
+        self.thread.start()
+
+    def _run(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: Any) -> None:
+        try:
+            self.write(out, name, states, buffer)
+        finally:
+            _WRITERS.discard(threading.current_thread())
+
+    def write(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: Any) -> None:
+        """Write the shard; a failure is kept for `Checkpoints.complete` to tell every rank."""
+        def payload(key: str) -> tuple[str, np.ndarray]:
+            header, data = as_bytes(states[key], buffer)
+            return header_to_json(header), data
+        try:
+            nbytes = sum(s.header.nbytes if isinstance(s, Saved) else s.header().nbytes for s in states.values())
+            self.record = checkpoint.write_shard(out, name, list(states), payload, nbytes, self.what)
+        except Exception as err:  # noqa: BLE001 - told on every rank at the boundary, as one error
+            self.failure = err
 
 
 class SessionLine:
@@ -213,9 +263,3 @@ class SessionLine:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _why(err: OSError, folder: str) -> str:
-    return f"{err.strerror or err}: {getattr(err, 'filename', None) or folder}"
-
-

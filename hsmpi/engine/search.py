@@ -7,8 +7,10 @@ called after each session (hsmpi.engine.observers).
 
 Who holds what: every rank trains its own members (`population`).  Rank 0
 holds every member's current hyperparameters, the random streams they are
-drawn from, the history and the best state so far; it decides the plan.  The
-donors' owners broadcast their state (hsmpi.parallel.share).
+drawn from and the history; it decides the plan.  The donors' owners
+broadcast their state (hsmpi.parallel.share); the best state so far is kept
+by the rank that owns that member, and every rank writes its own members'
+states to checkpoints (hsmpi.engine.observers.Checkpoints).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from hsmpi.algorithm.streams import SearchStreams
 from hsmpi.config import session_epochs
 from hsmpi.engine.history import PHASES, Best, History
 from hsmpi.engine.population import Population, ProgressBar
-from hsmpi.parallel.flatstate import header_from_json, header_to_json
-from hsmpi.parallel.share import Saved, share_state
+from hsmpi.errors import agree
+from hsmpi.io import checkpoint
+from hsmpi.parallel.flatstate import header_from_json
+from hsmpi.parallel.share import Holder, Saved, share_state
 from hsmpi.tasks import task_objective
 
 
@@ -114,10 +118,8 @@ class Search:
     hparams: list[HParams] = field(default_factory=list)  # rank 0: every member's current values
     streams: SearchStreams | None = None  # rank 0
     history: History = field(default_factory=History)  # rank 0
-    best: Best = field(default_factory=Best)  # its loss everywhere; the rest on rank 0
+    best: Best = field(default_factory=Best)  # its record everywhere, its values on rank 0, its state on its owner
     last_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    # the states sent after the last session: rank 0's copies of their bytes (None on the other ranks)
-    donor_states: dict[int, Saved | None] = field(default_factory=dict)
     holdout_losses: dict[int, float] = field(default_factory=dict)  # this session's, of local members
 
     def __post_init__(self) -> None:
@@ -141,9 +143,9 @@ class Search:
             search.streams = SearchStreams(c.seed, population.size)
             search.hparams = [sample_space(search.space, rng) for rng in search.streams.hparams]
         population.create_members(comm.scatter(population.per_rank(search.hparams) if comm.is_root else None))
-        if comm.is_root:  # member 0 lives on rank 0
-            first = population.members[0]
-            search.best = Best(hparams=dict(first.hp), member=first.index, state=Saved.of(first, population.buffer))
+        search.best = Best(member=0, hparams=dict(search.hparams[0]) if comm.is_root else {})
+        if 0 in population.local:  # its owner keeps the state
+            search.best.state = Saved.of(population.local[0], population.buffer)
         return search
 
     # ---- the steps -----------------------------------------------------------------------------
@@ -216,19 +218,23 @@ class Search:
 
         Every rank decides alike whether this session's winner becomes the best
         (with --holdout judged on the held-back part, which no session saw); if
-        so its state goes to rank 0 too.
+        so the winner's owner keeps a copy of its state (the bytes it sent, when
+        the winner was a donor).
         """
         value, winner = plan.winner_score, plan.winner
-        c = self.population.config
+        pop, c = self.population, self.population.config
         judged = self._holdout_of(winner) if c.holdout > 0 and math.isfinite(value) else value
         new_best = is_new_best(judged, self.best.score, c.elitism)
-        donors = sorted(set(plan.donors) | ({winner} if new_best else set()))
-        self.donor_states = {}
-        for donor in donors:
-            self.donor_states[donor] = self._send(donor, plan.sources)
-        if new_best:  # its values and state on rank 0, its loss everywhere
+        keep_on = pop.owner(winner) if new_best else None
+        kept = None
+        for donor in plan.donors:
+            copy = self._send(donor, plan.sources, keep_on if donor == winner else None)
+            kept = copy if donor == winner else kept
+        if new_best:  # its record everywhere, its values on rank 0, its state on its owner
             hp = dict(self.history.hparams[k][winner]) if self.comm.is_root else {}
-            self.best = Best(judged, k, winner, hp, self.donor_states.get(winner))
+            if self.comm.rank == keep_on and kept is None:  # not sent this session (the last one): copy it
+                kept = Saved.of(pop.local[winner], pop.buffer)
+            self.best = Best(judged, k, winner, hp, kept)
 
     def resample(self, plan: Plan) -> None:
         """Step 5: every member that copied another trains on with the new values rank 0 drew for it."""
@@ -240,13 +246,13 @@ class Search:
         for i, hp in sorted(mine.items()):
             pop.local[i].set_hparams(hp)
 
-    def _send(self, donor: int, sources: np.ndarray) -> Saved | None:
-        """One donor's state to every rank (collective); rank 0 keeps a copy of the bytes."""
+    def _send(self, donor: int, sources: np.ndarray, keep_on: int | None = None) -> Saved | None:
+        """One donor's state to every rank (collective); rank `keep_on` keeps a copy of the bytes."""
         pop = self.population
-        root = 0 if donor == BEST_EVER else pop.owner(donor)
+        root = pop.owner(self.best.member if donor == BEST_EVER else donor)
         source = self.best.state if donor == BEST_EVER else pop.local.get(donor)
         receivers = [pop.local[i] for i, s in enumerate(sources) if s == donor and i in pop.local and i != donor]
-        return share_state(self.comm, pop.buffer, root, source, receivers, keep=True)
+        return share_state(self.comm, pop.buffer, root, source, receivers, keep_on)
 
     def _holdout_of(self, member: int) -> float:
         """The member's loss on the held-back part, from its owner to every rank (inf when not known: a
@@ -279,67 +285,78 @@ class Search:
         self.record_times(clock.times)
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def state_dict(self, k: int) -> dict[str, Any] | None:
-        """Everything needed to continue after session k (collective): the dict on rank 0, None elsewhere.
+    def best_key(self, k: int) -> str:
+        """Under which key the checkpoint after session k stores the best state: the winner's own index
+        when it is this session's winner and still holds exactly that state (stored once), else "best"."""
+        b = self.best
+        if b.session == k and b.session >= 0 and int(self.last_sources[b.member]) == b.member:
+            return str(b.member)
+        return "best"
+
+    def stored_states(self, k: int) -> dict[str, Holder | Saved]:
+        """The states this rank writes to the checkpoint after session k, by key.
 
         After the share step, members that copied a donor hold exactly its
-        state, so one copy per distinct state is stored: one in all under the
-        winner rule, whatever S is.  Rank 0 kept every donor's state when it
-        was sent; only other kept states travel, with one gather.
+        state, so one copy per distinct state is stored, by the rank that owns
+        the member holding it: one in all under the winner rule, whatever S is.
         """
-        comm, pop = self.comm, self.population
-        ids = state_ids(self.last_sources)
-        wanted = [i for i in range(pop.size) if ids[i] == i and i not in self.donor_states]
-        states = [(i, Saved.of(pop.local[i], pop.buffer)) for i in wanted if i in pop.local]
-        streams = [(m.index, m.rng_state_dict()) for m in pop.members]
-        gathered = comm.gather(([(i, header_to_json(s.header), s.data) for i, s in states], streams))
-        if not comm.is_root:
-            return None
-        assert gathered is not None and self.streams is not None and self.best.state is not None
-        kept = {str(i): {"bytes": s.data, "header": header_to_json(s.header)}
-                for i, s in self.donor_states.items() if s is not None and i in set(ids.tolist())}
-        for part, _ in gathered:
-            kept.update({str(i): {"bytes": data, "header": header} for i, header, data in part})
-        rngs = [r for _, r in sorted((x for _, part in gathered for x in part), key=lambda x: x[0])]
-        members: dict[str, Any] = {"state_id": ids, "hparams": json.dumps(self.hparams),
+        pop = self.population
+        ids = set(state_ids(self.last_sources).tolist())
+        states: dict[str, Holder | Saved] = {str(i): pop.local[i] for i in sorted(ids) if i in pop.local}
+        if self.best_key(k) == "best" and self.best.state is not None:
+            states["best"] = self.best.state
+        return states
+
+    def manifest(self, k: int, streams: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, Any]:
+        """Rank 0: the checkpoint's manifest after session k, but for its shards (`streams`: every member's
+        random streams, by index)."""
+        assert self.streams is not None
+        pop, c = self.population, self.population.config
+        rngs = [r for _, r in sorted(streams, key=lambda x: x[0])]
+        members: dict[str, Any] = {"state_id": state_ids(self.last_sources),
+                                   "hparams": np.array(json.dumps(self.hparams), dtype=object),  # S can be large
                                    "data_rng": np.stack([r["data"] for r in rngs]),
                                    "torch_rng": np.stack([r["torch"] for r in rngs])}
         if "cuda" in rngs[0]:
             members["cuda_rng"] = np.stack([r["cuda"] for r in rngs])
-        c = pop.config
+        best = self.best
         return {
             "hsmpi_version": __version__, "next_session": k + 1, "task": c.task, "population": pop.size,
             "config": json.dumps(c.to_dict()), "space": json.dumps(describe_space(self.space)),
-            "best_val_loss": float(self.best.score), "pending_selection": bool(k == len(self.schedule) - 1),
-            "states": kept, "members": members, "root_rng": self.streams.state_dict(),
-            "best": self.best.state_dict(header_to_json), "history": self.history.state_dict(),
+            "best_val_loss": float(best.score), "pending_selection": bool(k == len(self.schedule) - 1),
+            "members": members, "root_rng": self.streams.state_dict(), "history": self.history.state_dict(),
+            "best": {"val_loss": float(best.score), "session": best.session, "member": best.member,
+                     "hparams": json.dumps(best.hparams), "key": self.best_key(k)},
         }
 
-    def load_state_dict(self, ckpt: dict[str, Any] | None) -> None:
-        """Continue from a checkpoint (collective; `ckpt` is needed on rank 0 only), on any layout.
+    def load_state_dict(self, ckpt: dict[str, Any] | None, path: str = "") -> None:
+        """Continue from the checkpoint at `path` (collective; its manifest `ckpt` is read on rank 0), on any
+        layout.
 
-        Each stored state goes to the members that hold it with `share_state`;
-        each member's hyperparameters and random streams come from rank 0.
+        Each rank reads the stored states its members hold, and the best state
+        if it owns that member, from whichever shard holds them; no rank reads
+        everything.  Each member's hyperparameters and random streams come from
+        rank 0.  (A checkpoint from before shards has every state in `ckpt`:
+        rank 0 sends each to the members that hold it.)
         """
         comm, pop = self.comm, self.population
         ck: dict[str, Any] = ckpt if ckpt is not None else {}  # read on rank 0 only
         root = comm.is_root
         if root:
-            self.best = Best.from_state_dict(ck["best"], header_from_json)
-        info = comm.bcast((ck["next_session"], ck["pending_selection"], sorted(ck["states"], key=int),
-                           ck["members"]["state_id"], float(ck["best_val_loss"])) if root else None)
-        self.next_session, self.pending_selection, keys, ids, best_val_loss = info
-        if not root:  # the rest of the best is rank 0's
-            self.best = Best(score=best_val_loss)
+            b = ck["best"]
+            key = str(b["key"]) if "key" in b else "best"
+            record = (float(b["val_loss"]), int(b["session"]), int(b["member"]), key)
+        info = comm.bcast((ck["next_session"], ck["pending_selection"], ck["members"]["state_id"], record,
+                           checkpoint.shard_index(ck) if "shards" in ck else None, path) if root else None)
+        self.next_session, self.pending_selection, ids, (score, session, member, best_key), index, path = info
+        self.last_sources = np.asarray(ids, dtype=np.int64)
+        self.best = Best(score, session, member, json.loads(ck["best"]["hparams"]) if root else {})
         hparams = json.loads(ck["members"]["hparams"]) if root else []
         mine = comm.scatter(pop.per_rank(hparams) if root else None)
-        for key in keys + (["best"] if (ids == BEST_EVER).any() else []):
-            sid = BEST_EVER if key == "best" else int(key)
-            saved = None
-            if root:
-                saved = self.best.state if key == "best" else Saved(header_from_json(ck["states"][key]["header"]),
-                                                                    np.asarray(ck["states"][key]["bytes"]))
-            share_state(comm, pop.buffer, 0, saved, [m for m in pop.members if ids[m.index] == sid])
+        if index is not None:
+            self._read_states(path, index, ids, best_key)
+        else:
+            self._receive_states(ck, ids)
         for m in pop.members:
             m.set_hparams(mine[m.index])
         streams = None
@@ -355,6 +372,45 @@ class Search:
             self.hparams = hparams
             self.streams.load_state_dict(ck["root_rng"])
             self.history = History.from_state_dict(ck["history"], self.space, self.objective)
+
+    def _read_states(self, path: str, index: dict[str, Any], ids: np.ndarray, best_key: str) -> None:
+        """Each rank reads what its members hold, and its owner the best state, from the shards."""
+        pop = self.population
+        wanted = {m.index: "best" if ids[m.index] == BEST_EVER else str(int(ids[m.index])) for m in pop.members}
+        keys = sorted(set(wanted.values()) | ({best_key} if self.best.member in pop.local else set()))
+        error, read = None, {}
+        try:
+            for key in keys:
+                header, data = checkpoint.read_state(path, index, key)
+                read[key] = Saved(header_from_json(header), data)
+        except checkpoint.CheckpointError as err:
+            error = str(err)
+        agree(self.comm, error, checkpoint.CheckpointError)
+        for key, saved in read.items():
+            pop.buffer.ensure(saved.header.nbytes)
+            pop.buffer.array(saved.header.nbytes)[:] = saved.data
+            pop.buffer.to_device(saved.header.nbytes)
+            for m in pop.members:
+                if wanted[m.index] == key:
+                    m.load_state(saved.header, pop.buffer.device_view(), pop.buffer.host)
+        if self.best.member in pop.local:
+            self.best.state = read[best_key]
+
+    def _receive_states(self, ck: dict[str, Any], ids: np.ndarray) -> None:
+        """A checkpoint from before shards: rank 0 sends each stored state to the members that hold it, and
+        the best state to its owner."""
+        comm, pop = self.comm, self.population
+        keys = comm.bcast(sorted(ck["states"], key=int) if comm.is_root else None)
+        for key in keys + ["best"]:
+            sid = BEST_EVER if key == "best" else int(key)
+            saved = None
+            if comm.is_root:
+                entry = ck["best"] if key == "best" else ck["states"][key]
+                saved = Saved(header_from_json(entry["header"]), np.asarray(entry["bytes"], dtype=np.uint8))
+            keep_on = pop.owner(self.best.member) if key == "best" else None
+            kept = share_state(comm, pop.buffer, 0, saved, [m for m in pop.members if ids[m.index] == sid], keep_on)
+            if kept is not None:
+                self.best.state = kept
 
 
 def state_ids(sources: np.ndarray) -> np.ndarray:

@@ -1,20 +1,41 @@
 """Checkpoints: a run's state as HDF5 (arrays, JSON text and plain attributes; never pickles).
 
-Written by rank 0 after a session (which sessions: `due`), after the last one
-and whenever the run is told to stop: a temporary file in the same folder,
-flushed and fsynced, the previous checkpoint kept as `checkpoint.prev.h5`,
-then `os.replace`.  Reading falls back to the backup, with a warning, when the
-latest file is missing, truncated or not a checkpoint.
+A checkpoint is a *generation*: shard files and the manifest that names them.
 
-The state is a nested dict: dicts become groups, numpy arrays datasets, and
-str / int / float / bool values attributes.  Anything else must be made into
-one of those (JSON text) by its owner.
+- Every rank that holds a stored state writes its own shard,
+  `checkpoints/<generation>/rankNNNNN.h5`, in parallel: datasets `states/<key>`
+  (a member's weights, optimizer state and buffers as bytes; `key` is the
+  member's index, or `best` for the best state when no member holds it now),
+  each with its layout (`header`, JSON) and `crc32`.  One stored state per
+  distinct state: under the winner rule one in all, whatever S is.
+- Rank 0 writes the manifest `checkpoint.h5` last, once every shard is on
+  disk: the settings, history, hyperparameters, every member's random
+  streams, the search's streams, the best member's record, and `shards` (JSON:
+  which file holds which key, its bytes and checksum, and each file's size).
+  A generation exists only once its manifest does.
+
+Manifests are written as a temporary file in the same folder, flushed and
+fsynced, the previous one kept as `checkpoint.prev.h5`, then `os.replace`;
+`prune` removes the generation folders no manifest names any more (an older
+one only after a newer one is complete).  Reading falls back to the backup,
+with a warning, when the latest manifest is missing, truncated or not a
+checkpoint, or one of its shards is missing or truncated.  Checkpoints from
+before shards (every state inside `checkpoint.h5`, under `states/`) still read.
+
+The manifest's state is a nested dict: dicts become groups, numpy arrays
+datasets, and str / int / float / bool values attributes.  Anything else must
+be made into one of those (JSON text) by its owner.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+import secrets
+import shutil
+import zlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import h5py
@@ -24,8 +45,11 @@ from hsmpi.io import hdf5
 from hsmpi.io.files import array_bytes, write_atomic
 
 FORMAT = "hsmpi-checkpoint"
+SHARD_FORMAT = "hsmpi-checkpoint-shard"
 LATEST = "checkpoint.h5"
 BACKUP = "checkpoint.prev.h5"
+GENERATIONS = "checkpoints"  # the folder of generation folders, beside the manifests
+KEPT = "checkpoint-s[0-9][0-9][0-9][0-9].h5"
 
 
 # --checkpoint-interval auto: keep writing checkpoints to about this share of the run's time, never
@@ -89,6 +113,7 @@ def save(folder: str, state: dict[str, Any], session: int, keep: int = 1, what: 
         os.replace(path, os.path.join(folder, BACKUP))
     os.replace(tmp, path)
     _fsync_dir(folder)
+    prune(folder)
     return path
 
 
@@ -97,7 +122,7 @@ def _keep_copy(folder: str, path: str, keep: int) -> None:
     with h5py.File(path, "r") as f:
         session = int(f.attrs.get("next_session", 0))
     name = os.path.join(folder, f"checkpoint-s{session:04d}.h5")
-    kept = sorted(glob.glob(os.path.join(folder, "checkpoint-s[0-9][0-9][0-9][0-9].h5")))
+    kept = sorted(glob.glob(os.path.join(folder, KEPT)))
     for old in kept:  # copies from a later point of another timeline (a resume from an older copy) go
         if int(old[-7:-3]) >= session:
             os.unlink(old)
@@ -106,7 +131,7 @@ def _keep_copy(folder: str, path: str, keep: int) -> None:
         os.unlink(tmp)
     os.link(path, tmp)
     os.replace(tmp, name)
-    kept = sorted(glob.glob(os.path.join(folder, "checkpoint-s[0-9][0-9][0-9][0-9].h5")))
+    kept = sorted(glob.glob(os.path.join(folder, KEPT)))
     for old in kept[: max(0, len(kept) - (keep - 1))]:
         os.unlink(old)
 
@@ -157,9 +182,144 @@ def load(where: str, warn: Any = print, attrs_only: bool = False) -> tuple[dict[
         latest = where
         backup = os.path.join(os.path.dirname(where), BACKUP) if os.path.basename(where) == LATEST else ""
     try:
-        return read(latest, attrs_only), latest
+        return _read_whole(latest, attrs_only), latest
     except CheckpointError as err:
         if not backup or not os.path.exists(backup):
             raise
         warn(f"hsmpi: warning: {err}; falling back to the backup {backup}")
-        return read(backup, attrs_only), backup
+        return _read_whole(backup, attrs_only), backup
+
+
+def _read_whole(path: str, attrs_only: bool) -> dict[str, Any]:
+    """A manifest whose every shard is there, at the size it was written."""
+    state = read(path, attrs_only)
+    try:
+        with h5py.File(path, "r") as f:
+            text = f["shards"][()] if "shards" in f else None
+    except (OSError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path!r} is not a readable checkpoint ({err})") from None
+    if text is not None:
+        check_shards(path, shard_index({"shards": text}))
+    return state
+
+
+# ---- shards -----------------------------------------------------------------------------------------------
+def new_generation(next_session: int) -> str:
+    """A fresh generation's folder name: the sessions it holds and a random tag (never reused, so a resumed
+    timeline never writes into a generation an older manifest still names)."""
+    return f"s{next_session:04d}-{secrets.token_hex(4)}"
+
+
+def shard_file(generation: str, rank: int) -> str:
+    """Rank `rank`'s shard of `generation`, relative to the manifests' folder."""
+    return f"{GENERATIONS}/{generation}/rank{rank:05d}.h5"
+
+
+Payload = Callable[[str], tuple[str, np.ndarray]]  # key -> (its header as JSON, its bytes)
+
+
+def write_shard(folder: str, name: str, keys: Iterable[str], payload: Payload, nbytes: int,
+                what: str) -> dict[str, Any]:
+    """Write one rank's shard `name` (relative to `folder`) holding `keys`; its record for the manifest.
+
+    `payload(key)` gives each state as it is written (its bytes may live in a
+    reused buffer: each is written before the next is asked for).
+    """
+    path = os.path.join(folder, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    states: dict[str, Any] = {}
+
+    def fill(f: h5py.File) -> None:
+        hdf5.attr(f, "format", SHARD_FORMAT)
+        for key in keys:
+            header, data = payload(key)
+            hdf5.dataset(f, f"states/{key}", data)
+            crc = zlib.crc32(data.data) if data.size else 0
+            hdf5.attr(f[f"states/{key}"], "header", header)
+            hdf5.attr(f[f"states/{key}"], "crc32", crc)
+            states[key] = {"file": name, "nbytes": int(data.nbytes), "crc32": int(crc)}
+
+    write_atomic(path, fill, nbytes, what)
+    return {"file": name, "size": os.path.getsize(path), "states": states}
+
+
+def shard_index(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `shards` record: {"generation", "files": {name: size}, "states": {key: {file, ...}}}."""
+    text = manifest["shards"]
+    return dict(json.loads(text.decode() if isinstance(text, bytes) else str(text)))
+
+
+def index_of(generation: str, records: Iterable[dict[str, Any] | None]) -> str:
+    """The ranks' shard records as the manifest's `shards` JSON."""
+    files, states = {}, {}
+    for record in records:
+        if record:
+            files[record["file"]] = record["size"]
+            states.update(record["states"])
+    return json.dumps({"generation": generation, "files": files, "states": states})
+
+
+def check_shards(path: str, index: dict[str, Any]) -> None:
+    """Every shard the manifest at `path` names exists at the size it was written; else CheckpointError."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for name, size in index["files"].items():
+        full = os.path.join(folder, name)
+        if not os.path.isfile(full):
+            raise CheckpointError(f"{path}: its shard {full} is missing")
+        found = os.path.getsize(full)
+        if found != size:
+            raise CheckpointError(f"{path}: its shard {full} is {found} bytes, but {size} were written "
+                                  "(truncated or overwritten)")
+
+
+def read_state(path: str, index: dict[str, Any], key: str) -> tuple[str, np.ndarray]:
+    """State `key` of the manifest at `path`: (its header as JSON, its bytes), its checksum checked."""
+    entry = index["states"].get(key)
+    if entry is None:
+        raise CheckpointError(f"{path} names no stored state {key!r}")
+    full = os.path.join(os.path.dirname(os.path.abspath(path)), entry["file"])
+    try:
+        with h5py.File(full, "r") as f:
+            if f.attrs.get("format") != SHARD_FORMAT:
+                raise CheckpointError(f"{full} is not an hsmpi checkpoint shard")
+            dataset = f[f"states/{key}"]
+            header = dataset.attrs["header"]
+            data = np.empty(dataset.shape, dtype=np.uint8)
+            if data.size:
+                dataset.read_direct(data)
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise CheckpointError(f"the shard {full} of {path} cannot be read ({err})") from None
+    crc = zlib.crc32(data.data) if data.size else 0
+    if data.nbytes != entry["nbytes"] or crc != entry["crc32"]:
+        raise CheckpointError(f"the shard {full} of {path} holds other bytes for state {key} than were written "
+                              f"(checksum {crc:#010x}, expected {entry['crc32']:#010x})")
+    return header.decode() if isinstance(header, bytes) else str(header), data
+
+
+def manifests(folder: str) -> list[str]:
+    """The manifests in `folder`: the latest, the backup and the kept copies that exist."""
+    names = [os.path.join(folder, n) for n in (LATEST, BACKUP)]
+    return [p for p in names if os.path.exists(p)] + sorted(glob.glob(os.path.join(glob.escape(folder), KEPT)))
+
+
+def prune(folder: str) -> list[str]:
+    """Remove the generation folders that no manifest in `folder` names (an interrupted checkpoint's, or one
+    a newer checkpoint replaced); the names removed."""
+    root = os.path.join(folder, GENERATIONS)
+    if not os.path.isdir(root):
+        return []
+    named = set()
+    for path in manifests(folder):
+        try:
+            with h5py.File(path, "r") as f:
+                named.add(str(f.attrs.get("generation", "")))
+        except (OSError, KeyError, ValueError):
+            continue  # an unreadable manifest names nothing that could be used
+    removed = []
+    for name in sorted(os.listdir(root)):
+        if name not in named and os.path.isdir(os.path.join(root, name)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(f"{GENERATIONS}/{name}")
+    return removed

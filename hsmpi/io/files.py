@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import fnmatch
 import gc
 import glob
 import os
@@ -127,7 +128,7 @@ def replace_atomically(path: str, write: Callable[[str], None], suffix: str = ""
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        _test_only_pause()
+        _test_only_pause(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -150,12 +151,14 @@ def write_atomic(path: str, fill: Any, nbytes: int = 0, what: str | None = None)
         failure: BaseException | None = None
         with _quiet_destructors():
             try:
-                f = h5py.File(tmp, "w")
+                # No HDF5 file lock: the file is new and private until its rename, and a lock taken here
+                # would be held on by any process forked meanwhile (a DataLoader worker), failing the reopen.
+                f = h5py.File(tmp, "w", locking=False)
                 try:
                     fill(f)
                 finally:
                     f.close()
-                with h5py.File(tmp, "r"):  # a file that failed to flush on close does not open cleanly
+                with h5py.File(tmp, "r", locking=False):  # a file that failed to flush on close does not open cleanly
                     pass
             except (OSError, RuntimeError) as err:
                 if _errno_of(err) is None and not isinstance(err, OSError):
@@ -189,8 +192,16 @@ def remove_litter(folder: str) -> list[str]:
     return sorted(removed)
 
 
-def _test_only_pause() -> None:
-    """HSMPI_TEST_SLOW_WRITE=SECONDS: wait that long before each rename (tests kill a rank mid-write)."""
+def _test_only_pause(path: str) -> None:
+    """HSMPI_TEST_SLOW_WRITE=SECONDS: wait that long before each rename (tests kill a rank mid-write);
+    with HSMPI_TEST_SLOW_MATCH=GLOB only before writes of a file whose path matches, and with
+    HSMPI_TEST_SLOW_SKIP=N not before the first N of those."""
     pause = os.environ.get("HSMPI_TEST_SLOW_WRITE")
-    if pause:
+    if not pause or not fnmatch.fnmatch(path, os.environ.get("HSMPI_TEST_SLOW_MATCH", "*")):
+        return
+    _PAUSES[0] += 1
+    if _PAUSES[0] > int(os.environ.get("HSMPI_TEST_SLOW_SKIP", "0")):
         time.sleep(float(pause))
+
+
+_PAUSES = [0]  # matching writes so far in this process

@@ -16,7 +16,14 @@ Layout (S members, m sessions, R ranks):
   `hparams/<name>` (scalars), attributes `val_loss`, `session`, `member`, and with
   a metric objective `objective`, `direction`, `objective_value`;
 - `population/`: the final population: `weights/<tensor>` (S x shape),
-  `hparams/<name>` (S), `val_loss` (S, last session), `objective` (S, with a metric objective);
+  `hparams/<name>` (S), `val_loss` (S, last session), `objective` (S, with a metric objective).
+  The weights were written by the ranks that own the members, each into its
+  own file `population/<tag>/rankNNNNN.h5` (`weights/<tensor>`, its members'
+  rows; attribute `members`); `population/weights/<tensor>` is an HDF5 virtual
+  dataset over those files, named relative to results.h5, so plain h5py reads
+  an (S, ...) array, also after the folder is moved (with the folder whole:
+  rows of a missing file read as NaN).  The attribute `population_files` on `/`
+  names the tag folder;
 - `test/`: `best_loss` (the best member's test loss), `ensemble_loss` (the
   population's averaged prediction), `ensemble_members` (how many finite
   members were averaged), `metrics/<name>` (the best member's, for a task with metrics).
@@ -24,7 +31,11 @@ Layout (S members, m sessions, R ranks):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import glob
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -35,6 +46,79 @@ from hsmpi.io import hdf5
 from hsmpi.io.files import array_bytes, write_atomic
 
 FORMAT = "hsmpi-results"
+PART_FORMAT = "hsmpi-population-part"
+PARTS = "population"  # the folder of the ranks' population files, beside results.h5
+
+Weights = dict[str, np.ndarray]
+Shapes = dict[str, tuple[tuple[int, ...], str]]  # tensor name -> (shape, numpy dtype name) of one member
+
+
+def new_parts(sessions: int) -> str:
+    """A fresh folder name for one results file's population files (never reused: a results file written
+    before keeps its own until the new one is complete)."""
+    return f"s{sessions:04d}-{secrets.token_hex(4)}"
+
+
+def part_file(tag: str, rank: int) -> str:
+    """Rank `rank`'s population file, relative to the results file's folder."""
+    return f"{PARTS}/{tag}/rank{rank:05d}.h5"
+
+
+def write_part(out: str, name: str, members: Sequence[int], weights: Sequence[Callable[[], Weights]],
+               shapes: Shapes) -> None:
+    """Write one rank's members' final weights (`weights[j]()`: member `members[j]`'s, asked for one at a
+    time, so no rank holds a second copy of all of them) as `name` under `out`."""
+    path = os.path.join(out, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def fill(f: h5py.File) -> None:
+        hdf5.attr(f, "format", PART_FORMAT)
+        hdf5.attr(f, "members", np.asarray(members, dtype=np.int64))
+        datasets = {n: f.create_dataset(f"weights/{n}", (len(members), *shape), dtype=np.dtype(dtype))
+                    for n, (shape, dtype) in shapes.items()}
+        for j, get in enumerate(weights):
+            for n, array in get().items():
+                datasets[n][j] = array
+    nbytes = len(members) * sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+    write_atomic(path, fill, nbytes, "the population's weights")
+
+
+def prune_parts(out: str) -> list[str]:
+    """Remove the population folders the results file in `out` does not name (an older results file's, or
+    a write that did not complete); the names removed."""
+    root = os.path.join(out, PARTS)
+    if not os.path.isdir(root):
+        return []
+    named = ""
+    try:
+        with h5py.File(os.path.join(out, "results.h5"), "r") as f:
+            named = str(f.attrs.get("population_files", ""))
+    except (OSError, KeyError, ValueError):
+        pass
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(root), "s[0-9]*-*"))):
+        if os.path.isdir(path) and os.path.basename(path) != named:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(f"{PARTS}/{os.path.basename(path)}")
+    return removed
+
+
+def _population_weights(f: h5py.File, parts: Sequence[tuple[str, Sequence[int]]], shapes: Shapes,
+                        size: int) -> None:
+    """`population/weights/<tensor>`: virtual datasets over the ranks' files (`parts`: file, its members)."""
+    for n, (shape, dtype) in shapes.items():
+        kind = np.dtype(dtype)
+        layout = h5py.VirtualLayout(shape=(size, *shape), dtype=kind)
+        for file, members in parts:
+            source = h5py.VirtualSource(file, f"weights/{n}", shape=(len(members), *shape), dtype=kind)
+            first = members[0] if members else 0
+            if list(members) == list(range(first, first + len(members))):
+                layout[first:first + len(members)] = source
+            else:
+                for j, i in enumerate(members):
+                    layout[i] = source[j]
+        fill = np.nan if kind.kind == "f" else 0
+        f.create_virtual_dataset(f"population/weights/{n}", layout, fillvalue=fill)
 
 
 def hparam_array(values: Sequence[Any]) -> np.ndarray:
@@ -88,8 +172,12 @@ def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any],
             hdf5.dataset(b, f"weights/{name}", array)
         for name, value in best["hparams"].items():
             hdf5.dataset(b, f"hparams/{name}", hparam_array([value])[0])
-        for name, array in population["weights"].items():
-            hdf5.dataset(f, f"population/weights/{name}", array)
+        if "weights" in population:  # in this file (tests and tools); a run's are in its ranks' files
+            for name, array in population["weights"].items():
+                hdf5.dataset(f, f"population/weights/{name}", array)
+        else:
+            hdf5.attr(f, "population_files", population["tag"])
+            _population_weights(f, population["parts"], population["shapes"], len(population["val_loss"]))
         for name, values in population["hparams"].items():
             hdf5.dataset(f, f"population/hparams/{name}", values)
         hdf5.dataset(f, "population/val_loss", population["val_loss"])
@@ -102,6 +190,7 @@ def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any],
             else:
                 hdf5.dataset(f, f"test/{key}", value)
     write_atomic(path, fill, array_bytes([history, best, population]), "the results file")
+    prune_parts(os.path.dirname(os.path.abspath(path)))
 
 
 def read_results(path: str) -> dict[str, Any]:

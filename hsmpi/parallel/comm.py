@@ -43,7 +43,6 @@ class SerialComm:
     is_root = True
     # Another rank on rank 0's node (the highest), or 0 if rank 0 is alone there: it shares rank 0's
     # view of the file system, so it can write a file in the output folder while rank 0 writes another.
-    io_helper = 0
 
     def allreduce_minloc(self, values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:
         return local_min(values, indices)
@@ -106,9 +105,7 @@ class Comm(SerialComm):
         node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node.Get_rank()
         self.local_size = node.Get_size()
-        highest_here = node.allreduce(self.rank, op=MPI.MAX)
         node.Free()
-        self.io_helper = int(mpi_comm.bcast(highest_here if self.is_root else None, root=0))
         self._pair_dtype = dtlib.to_numpy_dtype(MPI.DOUBLE_INT)
 
     def allreduce_minloc(self, values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:

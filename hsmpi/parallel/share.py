@@ -5,7 +5,9 @@ the members that hold it) and finish (the returned model to every rank) all
 use it: the rank holding the state sends its header (a small pickled
 message) and then its bytes as one contiguous buffer with one `Bcast`; every
 receiver on every rank loads it.  A state either lives in a member (`Holder`)
-or is kept as bytes (`Saved`: the best so far, or one read from a checkpoint).
+or is kept as bytes (`Saved`: the best so far, kept by the rank that owns
+that member, or one read from a checkpoint).  Only the header travels by
+pickle; the bytes always go as one buffer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ class Saved:
         return cls(header, _pack(holder, header, buffer).copy())
 
 
+def as_bytes(source: Holder | Saved, buffer: flatstate.Buffer) -> tuple[flatstate.Header, np.ndarray]:
+    """`source`'s header and bytes on the host: a Saved's own array, or a member's state packed into
+    `buffer` (valid until the buffer is used again)."""
+    if isinstance(source, Saved):
+        return source.header, source.data
+    header = source.header()
+    return header, _pack(source, header, buffer)
+
+
 def _pack(holder: Holder, header: flatstate.Header, buffer: flatstate.Buffer) -> np.ndarray:
     buffer.ensure(header.nbytes)
     holder.pack(header, buffer.device_view())
@@ -53,11 +64,11 @@ def _pack(holder: Holder, header: flatstate.Header, buffer: flatstate.Buffer) ->
 
 
 def share_state(comm: SerialComm, buffer: flatstate.Buffer, root: int, source: Holder | Saved | None,
-                receivers: Sequence[Holder], keep: bool = False) -> Saved | None:
+                receivers: Sequence[Holder], keep_on: int | None = None) -> Saved | None:
     """Send the state that rank `root` holds (`source`, ignored elsewhere) to every rank (collective).
 
-    Each rank's `receivers` load it.  With `keep`, rank 0 returns a copy of
-    the bytes (for a checkpoint, or as the best so far); otherwise None.
+    Each rank's `receivers` load it.  Rank `keep_on` returns a copy of the
+    bytes (to keep as the best so far); every other rank None.
     """
     header = None
     if comm.rank == root:
@@ -76,4 +87,4 @@ def share_state(comm: SerialComm, buffer: flatstate.Buffer, root: int, source: H
     buffer.to_device(header.nbytes)
     for receiver in receivers:
         receiver.load_state(header, buffer.device_view(), buffer.host)
-    return Saved(header, array.copy()) if keep and comm.is_root else None
+    return Saved(header, array.copy()) if comm.rank == keep_on else None
