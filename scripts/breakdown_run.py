@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 import hsmpi
-from hsmpi.engine import finish, search
+from hsmpi.engine import finish, observers, search
 from hsmpi.engine import population as populations
-from hsmpi.io import checkpoint, lineage
+from hsmpi.io import export, lineage
 from hsmpi.parallel.comm import world
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,12 +47,13 @@ PARTS = [  # (owner, function name, label), outermost first
     (search.Search, "select", "selection: winner and plan"),
     (search.Search, "share", "sharing the donors' states"),
     (search.Search, "resample", "new hyperparameters to the copies"),
-    (search.Search, "state_dict", "checkpoint: gathering the state"),
-    (checkpoint, "save", "checkpoint: writing the file"),
+    (observers.Checkpoints, "begin", "checkpoint: streams and copies (the shard is written in the background)"),
+    (observers.Checkpoints, "complete", "checkpoint: waiting for the shards, the manifest"),
     (lineage, "append", "lineage log"),
     (finish, "returned_model", "finish (best model, test and population-average losses)"),
+    (finish, "write_part", "this rank's population file"),
     (finish, "write_results", "results file"),
-    (finish, "export_top", "best.pt and top-K state dicts"),
+    (export, "write_described", "best.pt and top.json"),
 ]
 
 

@@ -34,7 +34,8 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, see
                 holdout=0.0, elitism=False, out="hsmpi-out", device="auto", members_per_rank=None,
                 independent_init=False, batch_size=64, threads=0, resume=None, keep_checkpoints=1,
                 checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto",
-                objective=None, direction=None, workers=0)  # the last three came with the task hooks
+                objective=None, direction=None, workers=0,  # these three came with the task hooks
+                checkpoint_async=True)  # and this one with sharded checkpoints
 
 
 def test_defaults_are_valid() -> None:

@@ -7,6 +7,7 @@ bytes.  Sub-communicators give several layouts inside one mpirun.
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,14 @@ def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Pa
         assert (alone.test_loss, alone.best_member, alone.best_session, alone.best_val_loss) == \
             (mine.test_loss, mine.best_member, mine.best_session, mine.best_val_loss)
         _same_files(mpi_tmp_path / f"world-{case}" / "results.h5", mpi_tmp_path / f"alone-{case}" / "results.h5")
+        # each rank wrote its members' weights to its own file; results.h5 reads them, also once moved
+        moved = mpi_tmp_path / "elsewhere" / case
+        shutil.move(mpi_tmp_path / f"world-{case}", moved)
+        parts = sorted(p.name for p in (moved / "population").glob("*/rank*.h5"))
+        assert parts == [f"rank{r:05d}.h5" for r in range(world.size)]
+        _same_files(moved / "results.h5", mpi_tmp_path / f"alone-{case}" / "results.h5")
+        with h5py.File(moved / "results.h5", "r") as f:
+            assert all(f[f"population/weights/{name}"].is_virtual for name in f["population/weights"])
         with h5py.File(mpi_tmp_path / f"alone-{case}" / "results.h5", "r") as f:
             # the run really explored: more than one distinct learning rate (and batch size) was tried
             assert len(np.unique(f["history/hparams/lr"][()])) > 4

@@ -202,8 +202,9 @@ OLD_VALUES = dict(task="friedman1", population=8, epochs=12, sessions=4, seed=3,
                   progress=True, export_top=1, vectorize="on", stop_after=3)
 
 
-NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2"]  # added with the task hooks
-NEW_VALUES = dict(objective="mae", direction="maximize", workers=2)
+NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2",  # added with the task hooks
+             "--no-checkpoint-async"]  # added with sharded checkpoints
+NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False)
 
 
 def test_every_old_flag_still_parses_to_the_same_value() -> None:

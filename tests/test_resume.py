@@ -8,6 +8,7 @@ run end to end under mpirun.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,19 @@ def test_a_shard_with_other_bytes_or_no_backup_is_refused_naming_the_file(tmp_pa
         data[:8] = np.asarray(data[:8]) ^ 0xFF
     with pytest.raises(CheckpointError, match=f"the shard {shard} of .* holds other bytes for state {name}"):
         _run(out, select="winner", resume="auto")
+
+
+def test_a_checkpoint_from_before_shards_resumes_exactly(uninterrupted: dict[str, Path], tmp_path: Path) -> None:
+    """tests/data/checkpoint-0.1: written by hsmpi before shards (every state inside checkpoint.h5) after
+    session 2 of the truncation reference run; it resumes to the same end, and the run goes on in shards."""
+    out = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "checkpoint-0.1", out)
+    with h5py.File(out / "checkpoint.h5", "r") as f:
+        assert "states" in f and "shards" not in f
+    _, lines = _run(out, select="truncation", resume="auto")
+    assert any("2 of 4 sessions done" in line for line in lines)
+    _same(uninterrupted["truncation"], out)
+    assert "shards" in checkpoint.read(str(out / "checkpoint.h5"))
 
 
 def test_a_finished_run_can_be_extended_and_its_last_session_gets_its_selection(tmp_path: Path) -> None:

@@ -98,12 +98,13 @@ class Checkpoints:
         comm = search.comm
         start = time.perf_counter()
         completed = self.pending is not None
-        self.complete(search)
+        end.written = self.complete(search)
         # Rank 0's clock decides; every rank must agree, since a checkpoint is collective.
         end.saved = bool(comm.bcast(end.last or end.stop != 0 or self.due() if comm.is_root else None))
         if end.saved:
-            self.begin(search, end.k, background=self.config.checkpoint_async and not end.stop)
-            if end.stop:
+            background = self.config.checkpoint_async and not end.stop
+            self.begin(search, end.k, background)
+            if not background:
                 self.complete(search)
             self.since = time.perf_counter()
             self.cost = self.since - start
@@ -132,21 +133,23 @@ class Checkpoints:
                 pending.write(self.config.out, checkpoint.shard_file(generation, comm.rank), states, pop.buffer)
         self.pending = pending
 
-    def complete(self, search: Search, results: str | None = None) -> None:
+    def complete(self, search: Search, results: str | None = None) -> float:
         """Finish the checkpoint begun last, if any (collective): wait for this rank's shard, then rank 0
-        writes the manifest.  `results`: the run's results file, complete already (the last checkpoint)."""
+        writes the manifest.  `results`: the run's results file, complete already (the last checkpoint).
+        Returns (on rank 0) the seconds the slowest rank took to write its shard."""
         pending, self.pending = self.pending, None
         if pending is None:
-            return
+            return 0.0
         comm = search.comm
         if pending.thread is not None:
             pending.thread.join()
         failure = None if pending.failure is None else self._says(pending.failure, pending.what, results)
         parts = comm.gather((failure, pending.record))
-        error = None
+        error, written = None, 0.0
         if comm.is_root:
             assert parts is not None and pending.manifest is not None
             error = next((e for e, _ in parts if e), None)
+            written = max((r["seconds"] for _, r in parts if r), default=0.0)
             if error is None:
                 pending.manifest["generation"] = pending.generation
                 pending.manifest["shards"] = np.array(checkpoint.index_of(pending.generation, [r for _, r in parts]),
@@ -163,6 +166,7 @@ class Checkpoints:
         if error:
             raise DiskError(errno.EIO, error)
         self.intact = pending.k + 1
+        return written
 
     def _says(self, err: BaseException, what: str, results: str | None) -> str:
         if results is None:
@@ -226,9 +230,11 @@ class _Pending:
         def payload(key: str) -> tuple[str, np.ndarray]:
             header, data = as_bytes(states[key], buffer)
             return header_to_json(header), data
+        start = time.perf_counter()
         try:
             nbytes = sum(s.header.nbytes if isinstance(s, Saved) else s.header().nbytes for s in states.values())
             self.record = checkpoint.write_shard(out, name, list(states), payload, nbytes, self.what)
+            self.record["seconds"] = time.perf_counter() - start
         except Exception as err:  # noqa: BLE001 - told on every rank at the boundary, as one error
             self.failure = err
 
@@ -256,7 +262,8 @@ class SessionLine:
             f"loss {h.winner_loss[k]:.5g})")
         line = (f"session {k + 1}/{len(schedule)} | epochs {done}/{total} | {best} | {hp} | {t.sum():.2f}s "
                 f"(train {t[0]:.2f}, val {t[1]:.2f}, share {t[2:5].sum():.3f}, "
-                f"checkpoint {f'{t[CHECKPOINT]:.3f}' if end.saved else 'not due'}) | "
+                f"checkpoint {f'{t[CHECKPOINT]:.3f}' if end.saved else 'not due'}"
+                f"{f', the one before written in {end.written:.2f} in the background' if end.written else ''}) | "
                 f"elapsed {elapsed:.0f}s, eta {eta:.0f}s")
         self.log(line + (f" | {end.plan.note}" if end.plan.note else ""))
 

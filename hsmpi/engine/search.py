@@ -90,6 +90,7 @@ class SessionEnd:
     last: bool
     stop: int = 0  # the signal number that asked to stop (-1: --stop-after), 0: go on
     saved: bool = False  # a checkpoint holds this session
+    written: float = 0.0  # seconds the slowest rank's shard of the checkpoint completed here took to write
     path: str = ""  # the checkpoint's path, once one has been written
 
 
@@ -303,8 +304,9 @@ class Search:
         pop = self.population
         ids = set(state_ids(self.last_sources).tolist())
         states: dict[str, Holder | Saved] = {str(i): pop.local[i] for i in sorted(ids) if i in pop.local}
-        if self.best_key(k) == "best" and self.best.state is not None:
-            states["best"] = self.best.state
+        key = self.best_key(k)
+        if self.best.state is not None and (key == "best" or key in states):
+            states[key] = self.best.state  # the same bytes as the winner's, copied already: no second copy
         return states
 
     def manifest(self, k: int, streams: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, Any]:
