@@ -182,6 +182,10 @@ def test_keep_checkpoints(tmp_path: Path) -> None:
     kept = sorted(p.name for p in tmp_path.glob("checkpoint-s*.h5"))
     assert kept == ["checkpoint-s0002.h5", "checkpoint-s0003.h5"]
     assert (tmp_path / "checkpoint.h5").exists() and (tmp_path / "checkpoint.prev.h5").exists()
+    # whole generations: the sessions the manifests hold (the backup is also kept as s0003), and only those
+    named = {checkpoint.shard_index(checkpoint.read(p))["generation"] for p in checkpoint.manifests(str(tmp_path))}
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(named)
+    assert sorted(n[:5] for n in named) == ["s0002", "s0003", "s0004"]
 
 
 class EditedSpace(TinyAdam):
