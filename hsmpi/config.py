@@ -212,8 +212,9 @@ class Output(_Group):
         metavar="SECONDS|auto", expected="'auto' or seconds >= 0", valid=_interval)
     checkpoint_async: bool = _field(
         True,
-        "each rank writes its checkpoint shard from a background thread while the next session trains (from "
-        "a copy of its stored states); `--no-checkpoint-async`: it waits for the write, with no copy")
+        "each rank writes its checkpoint shard from a background thread while the next session trains (each "
+        "member trains on once the writer has taken its state; one state's host buffer per rank); "
+        "`--no-checkpoint-async`: every rank waits for its write")
     stop_after: int | None = _field(
         None, "stop after session K with a checkpoint and exit status 75 (continue later with `--resume`)",
         metavar="K", means="run to the end", minimum=1)

@@ -73,7 +73,7 @@ class ScaleTask:
         split = lambda a, b: torch.utils.data.TensorDataset(x[a:b], y[a:b])  # noqa: E731
         return split(0, ITEMS), split(ITEMS, ITEMS + 64), split(ITEMS + 64, ITEMS + 128)
 
-    def model(self, hp: dict[str, Any]) -> torch.nn.Module:
+    def model(self) -> torch.nn.Module:
         return build(self.hidden)
 
     def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:

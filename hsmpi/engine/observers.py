@@ -25,9 +25,11 @@ import numpy as np
 from hsmpi.config import Config
 from hsmpi.engine import signals
 from hsmpi.engine.history import CHECKPOINT
+from hsmpi.engine.population import no_hold
 from hsmpi.engine.search import Search, SessionEnd
 from hsmpi.io import checkpoint, lineage
 from hsmpi.io.files import DiskError, disk_error
+from hsmpi.parallel import flatstate
 from hsmpi.parallel.flatstate import header_to_json
 from hsmpi.parallel.share import Holder, Saved, as_bytes
 from hsmpi.text import say
@@ -74,8 +76,9 @@ class Checkpoints:
 
     A checkpoint is written in two halves (hsmpi.io.checkpoint has the
     layout).  `begin`: every rank writes the states it stores to its own shard,
-    by default from a background thread while the next session trains, from a
-    copy of them made first.  `complete`, at the next session boundary (or as
+    by default from a background thread while the next session trains (each
+    member trains again once the writer has taken its state; see `_Pending`).
+    `complete`, at the next session boundary (or as
     soon as the run must stop): every rank waits for its writer, and rank 0
     writes the manifest once every shard is on disk.  A write that failed on
     any rank is one DiskError on every rank there, naming the checkpoint that
@@ -90,6 +93,7 @@ class Checkpoints:
         self.since = time.perf_counter()  # the last checkpoint, or the start of training
         self.cost: float | None = None  # what the last one took, as the run saw it
         self.pending: _Pending | None = None  # a checkpoint begun and not yet complete
+        self.buffer: flatstate.Buffer | None = None  # the background writer's, reused
 
     def due(self) -> bool:
         return checkpoint.due(self.config.checkpoint_seconds(), time.perf_counter() - self.since, self.cost)
@@ -127,8 +131,10 @@ class Checkpoints:
         states = search.stored_states(k)
         if states:
             if background:
-                copies = {key: s if isinstance(s, Saved) else Saved.of(s, pop.buffer) for key, s in states.items()}
-                pending.start(self.config.out, checkpoint.shard_file(generation, comm.rank), copies, pop.buffer)
+                if self.buffer is None:
+                    self.buffer = flatstate.Buffer(pop.device)
+                pending.start(self.config.out, checkpoint.shard_file(generation, comm.rank), states, self.buffer)
+                pop.hold = pending.hold
             else:
                 pending.write(self.config.out, checkpoint.shard_file(generation, comm.rank), states, pop.buffer)
         self.pending = pending
@@ -143,6 +149,7 @@ class Checkpoints:
         comm = search.comm
         if pending.thread is not None:
             pending.thread.join()
+            search.population.hold = no_hold
         failure = None if pending.failure is None else self._says(pending.failure, pending.what, results)
         parts = comm.gather((failure, pending.record))
         error, written = None, 0.0
@@ -202,7 +209,14 @@ os.register_at_fork(before=_wait_for_writers)
 
 
 class _Pending:
-    """One checkpoint begun: its generation, rank 0's manifest, this rank's shard (being) written."""
+    """One checkpoint begun: its generation, rank 0's manifest, this rank's shard (being) written.
+
+    In the background the writer packs each member's state into its own host
+    buffer (one state's size, the rank's only extra copy) just before writing
+    it, in the order the members train; `hold(i)` lets member i train again
+    only once its state is packed.  States kept as bytes already (the best so
+    far) are written from those bytes.
+    """
 
     def __init__(self, k: int, generation: str, manifest: dict[str, Any] | None, what: str) -> None:
         self.k = k
@@ -212,23 +226,36 @@ class _Pending:
         self.record: dict[str, Any] | None = None  # this rank's shard, once written
         self.failure: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self.packed: dict[int, threading.Event] = {}  # members whose state the writer has still to take
 
-    def start(self, out: str, name: str, states: dict[str, Saved], buffer: Any) -> None:
+    def start(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: flatstate.Buffer) -> None:
+        """Write the shard from a thread (`buffer`: the writer's own)."""
+        self.packed = {int(key): threading.Event() for key, s in states.items() if not isinstance(s, Saved)}
         self.thread = threading.Thread(target=self._run, args=(out, name, states, buffer),
                                        name="hsmpi-checkpoint", daemon=True)
         _WRITERS.add(self.thread)
         self.thread.start()
 
-    def _run(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: Any) -> None:
+    def hold(self, member: int) -> None:
+        """Before member `member` trains: wait until the writer has taken its state."""
+        event = self.packed.get(member)
+        if event is not None:
+            event.wait()
+
+    def _run(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: flatstate.Buffer) -> None:
         try:
             self.write(out, name, states, buffer)
         finally:
+            for event in self.packed.values():  # a failed writer holds back no member
+                event.set()
             _WRITERS.discard(threading.current_thread())
 
-    def write(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: Any) -> None:
+    def write(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: flatstate.Buffer) -> None:
         """Write the shard; a failure is kept for `Checkpoints.complete` to tell every rank."""
         def payload(key: str) -> tuple[str, np.ndarray]:
             header, data = as_bytes(states[key], buffer)
+            if key.isdigit() and int(key) in self.packed:
+                self.packed[int(key)].set()  # its bytes are in the buffer: the member may train on
             return header_to_json(header), data
         start = time.perf_counter()
         try:

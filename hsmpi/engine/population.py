@@ -51,6 +51,9 @@ class Population:
         self.buffer = flatstate.Buffer(device)  # reused by every state that leaves or reaches this rank
         self.log = log
         self._told: set[str] = set()  # reasons for not vectorising, said once
+        # Called with a member's index before it trains: a checkpoint writer in the background may still
+        # have to take its state (hsmpi.engine.observers.Checkpoints).
+        self.hold: Callable[[int], None] = no_hold
 
     def create_members(self, mine: dict[int, HParams]) -> None:
         """Build this rank's members with their first hyperparameters and check the model on every split
@@ -81,8 +84,14 @@ class Population:
         """Train every member here for `epochs`; each one's mean training loss of its last epoch (NaN:
         diverged)."""
         if self.vectorized():
+            for m in self.members:
+                self.hold(m.index)
             return vectorize.train(self.members, self.data["train"], epochs, tick)
-        return [m.train(self.data["train"], epochs, tick) for m in self.members]
+        losses = []
+        for m in self.members:
+            self.hold(m.index)
+            losses.append(m.train(self.data["train"], epochs, tick))
+        return losses
 
     def evaluate(self, split: str, train_loss: Sequence[float]) -> list[dict[str, float]]:
         """Every member's mean loss (and the task's metrics) on `split`; for a member whose training
@@ -104,6 +113,10 @@ class Population:
             self._told.add(reason)
             self.log(f"vectorize: training one member at a time: {reason}")
         return reason is None
+
+
+def no_hold(member: int) -> None:
+    """Nothing keeps `member` from training."""
 
 
 def prepare(config: Config, task: Any, comm: SerialComm, log: Callable[[str], None]) -> Population:
