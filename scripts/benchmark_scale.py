@@ -103,7 +103,7 @@ def _bytes_in(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def worker(hidden: int, population: int, epochs: int, out: str, background: bool) -> None:
+def worker(hidden: int, population: int, epochs: int, out: str, background: bool, select: str) -> None:
     """One hsmpi run on every rank, then a raw write of the same bytes; rank 0 prints the figures."""
     import hsmpi
     from hsmpi.io import checkpoint
@@ -112,7 +112,8 @@ def worker(hidden: int, population: int, epochs: int, out: str, background: bool
     comm = world()
     lines: list[str] = []
     hsmpi.run(ScaleTask(hidden), comm=comm, log=lines.append, out=out, population=population, epochs=epochs,
-              sessions=epochs, checkpoint_interval=0, threads=1, export_top=0, checkpoint_async=background)
+              sessions=epochs, checkpoint_interval=0, threads=1, export_top=0, checkpoint_async=background,
+              select=select)
     rss = peak_rss()
     manifest = checkpoint.read(os.path.join(out, checkpoint.LATEST)) if comm.is_root else None
     index = comm.bcast(checkpoint.shard_index(manifest) if manifest is not None else None)
@@ -171,6 +172,8 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2, help="-M = -m: one-epoch sessions")
     p.add_argument("--sync", action="store_true", help="also run each case with --no-checkpoint-async")
+    p.add_argument("--select", default="truncation", choices=["truncation", "winner"],
+                   help="hsmpi's --select (truncation: many distinct states per checkpoint; winner: one)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--hidden", type=int, help=argparse.SUPPRESS)
@@ -181,10 +184,10 @@ def main() -> None:
     if args.plain:
         return plain(args.hidden, args.members)
     if args.worker:
-        return worker(args.hidden, args.members, args.epochs, args.out, bool(args.background))
+        return worker(args.hidden, args.members, args.epochs, args.out, bool(args.background), args.select)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     print(f"# {args.ranks} ranks, {os.cpu_count()} CPUs, {memory / 2**30:.0f} GiB, torch {torch.__version__}, "
-          f"-M = -m = {args.epochs}, --checkpoint-interval 0, one thread per rank")
+          f"-M = -m = {args.epochs}, --checkpoint-interval 0, --select {args.select}, one thread per rank")
     print("| parameters | S | per rank | peak RSS per rank (GB) | plain PyTorch (GB) | worst / plain | rank 0 / "
           "others | train s/session | checkpoint visible s | background s | raw write s | checkpoint GB | "
           "results GB |")
@@ -204,7 +207,8 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(dir=ROOT) as out:
                     got = _run_json([*_mpirun(args.ranks), sys.executable, __file__, "--worker", "--hidden",
                                      str(hidden), "--members", str(population), "--epochs", str(args.epochs),
-                                     "--out", out, "--background", str(background)], timeout=3600)
+                                     "--out", out, "--background", str(background), "--select", args.select],
+                                    timeout=3600)
                 rss = got["peak_rss"]
                 others = max(rss[1:]) if len(rss) > 1 else rss[0]
                 label = "" if background else " (in line)"

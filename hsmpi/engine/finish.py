@@ -34,6 +34,7 @@ from hsmpi.engine.search import Search
 from hsmpi.io import export
 from hsmpi.io.files import DiskError, disk_error
 from hsmpi.io.results import hparam_array, new_parts, part_file, write_part, write_results
+from hsmpi.parallel import flatstate
 from hsmpi.parallel.share import share_state
 from hsmpi.tasks import task_loss
 
@@ -148,7 +149,7 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     session, member = best.session, best.member
     c = pop.config
     champion = Member.create(pop.task, member, hp, c.seed, pop.device, c.independent_init, c.batch_size)
-    share_state(comm, pop.buffer, pop.owner(member), best.state, [champion])
+    share_state(comm, pop.buffer, pop.owner(member), best.state, [_WeightsOf(champion)])
     tested = comm.bcast(champion.evaluate_all(pop.data["test"]) if comm.is_root else None)
     test_loss = tested.pop("loss")
     ensemble_loss, count = _ensemble_loss(search)
@@ -160,6 +161,23 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
                     float(ensemble_loss), record.get("history", {}), None,
                     best_objective=search.objective.value(best.score), test_metrics=tested)
     return result, record
+
+
+class _WeightsOf:
+    """A receiver of a shared state that takes only its weights and buffers: the returned model is for
+    evaluating and using, so it gets no optimizer state (two more copies of its weights, with Adam)."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+
+    def header(self) -> flatstate.Header:
+        return self.member.header()
+
+    def pack(self, header: flatstate.Header, flat: torch.Tensor) -> None:
+        self.member.pack(header, flat)
+
+    def load_state(self, header: flatstate.Header, flat: torch.Tensor, host: torch.Tensor | None) -> None:
+        flatstate.unpack_weights(header, flat, self.member.model)
 
 
 def _ensemble_loss(search: Search) -> tuple[float, int]:
