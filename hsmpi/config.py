@@ -213,8 +213,8 @@ class Output(_Group):
     checkpoint_async: bool = _field(
         True,
         "each rank writes its checkpoint shard from a background thread while the next session trains (each "
-        "member trains on once the writer has taken its state; one state's host buffer per rank); "
-        "`--no-checkpoint-async`: every rank waits for its write")
+        "member trains on once the writer has taken its state; no copies); `--no-checkpoint-async`: every "
+        "rank waits for its write")
     stop_after: int | None = _field(
         None, "stop after session K with a checkpoint and exit status 75 (continue later with `--resume`)",
         metavar="K", means="run to the end", minimum=1)

@@ -149,6 +149,7 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     session, member = best.session, best.member
     c = pop.config
     champion = Member.create(pop.task, member, hp, c.seed, pop.device, c.independent_init, c.batch_size)
+    pop.hold_buffer()  # the last checkpoint's writer takes the members' states through it first
     share_state(comm, pop.buffer, pop.owner(member), best.state, [_WeightsOf(champion)])
     tested = comm.bcast(champion.evaluate_all(pop.data["test"]) if comm.is_root else None)
     test_loss = tested.pop("loss")

@@ -25,7 +25,7 @@ import numpy as np
 from hsmpi.config import Config
 from hsmpi.engine import signals
 from hsmpi.engine.history import CHECKPOINT
-from hsmpi.engine.population import no_hold
+from hsmpi.engine.population import no_hold, no_hold_buffer
 from hsmpi.engine.search import Search, SessionEnd
 from hsmpi.io import checkpoint, lineage
 from hsmpi.io.files import DiskError, disk_error
@@ -77,7 +77,8 @@ class Checkpoints:
     A checkpoint is written in two halves (hsmpi.io.checkpoint has the
     layout).  `begin`: every rank writes the states it stores to its own shard,
     by default from a background thread while the next session trains (each
-    member trains again once the writer has taken its state; see `_Pending`).
+    member trains again once the writer has taken its state, and the share
+    step waits for the writer's last member; see `_Pending`).
     `complete`, at the next session boundary (or as
     soon as the run must stop): every rank waits for its writer, and rank 0
     writes the manifest once every shard is on disk.  A write that failed on
@@ -93,7 +94,6 @@ class Checkpoints:
         self.since = time.perf_counter()  # the last checkpoint, or the start of training
         self.cost: float | None = None  # what the last one took, as the run saw it
         self.pending: _Pending | None = None  # a checkpoint begun and not yet complete
-        self.buffer: flatstate.Buffer | None = None  # the background writer's, reused
 
     def due(self) -> bool:
         return checkpoint.due(self.config.checkpoint_seconds(), time.perf_counter() - self.since, self.cost)
@@ -131,10 +131,8 @@ class Checkpoints:
         states = search.stored_states(k)
         if states:
             if background:
-                if self.buffer is None:
-                    self.buffer = flatstate.Buffer(pop.device)
-                pending.start(self.config.out, checkpoint.shard_file(generation, comm.rank), states, self.buffer)
-                pop.hold = pending.hold
+                pending.start(self.config.out, checkpoint.shard_file(generation, comm.rank), states, pop.buffer)
+                pop.hold, pop.hold_buffer = pending.hold, pending.hold_buffer
             else:
                 pending.write(self.config.out, checkpoint.shard_file(generation, comm.rank), states, pop.buffer)
         self.pending = pending
@@ -149,7 +147,7 @@ class Checkpoints:
         comm = search.comm
         if pending.thread is not None:
             pending.thread.join()
-            search.population.hold = no_hold
+            search.population.hold, search.population.hold_buffer = no_hold, no_hold_buffer
         failure = None if pending.failure is None else self._says(pending.failure, pending.what, results)
         parts = comm.gather((failure, pending.record))
         error, written = None, 0.0
@@ -211,11 +209,13 @@ os.register_at_fork(before=_wait_for_writers)
 class _Pending:
     """One checkpoint begun: its generation, rank 0's manifest, this rank's shard (being) written.
 
-    In the background the writer packs each member's state into its own host
-    buffer (one state's size, the rank's only extra copy) just before writing
-    it, in the order the members train; `hold(i)` lets member i train again
-    only once its state is packed.  States kept as bytes already (the best so
-    far) are written from those bytes.
+    In the background the writer packs each member's state into the rank's
+    share buffer (one state's size: the buffer that step 4 uses after the
+    training) just before writing it, in the order the members train;
+    `hold(i)` lets member i train again only once its state is packed, and
+    `hold_buffer()` lets step 4 have the buffer back once the last one is
+    written.  States kept as bytes already (the best so far) are written from
+    those bytes, last.
     """
 
     def __init__(self, k: int, generation: str, manifest: dict[str, Any] | None, what: str) -> None:
@@ -227,9 +227,10 @@ class _Pending:
         self.failure: BaseException | None = None
         self.thread: threading.Thread | None = None
         self.packed: dict[int, threading.Event] = {}  # members whose state the writer has still to take
+        self.released = threading.Event()  # the writer is done with the share buffer
 
     def start(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: flatstate.Buffer) -> None:
-        """Write the shard from a thread (`buffer`: the writer's own)."""
+        """Write the shard from a thread (`buffer`: the share buffer, lent until `released`)."""
         self.packed = {int(key): threading.Event() for key, s in states.items() if not isinstance(s, Saved)}
         self.thread = threading.Thread(target=self._run, args=(out, name, states, buffer),
                                        name="hsmpi-checkpoint", daemon=True)
@@ -242,25 +243,33 @@ class _Pending:
         if event is not None:
             event.wait()
 
+    def hold_buffer(self) -> None:
+        """Before the share buffer is used: wait until the writer has written its last member's state."""
+        self.released.wait()
+
     def _run(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: flatstate.Buffer) -> None:
         try:
             self.write(out, name, states, buffer)
         finally:
             for event in self.packed.values():  # a failed writer holds back no member
                 event.set()
+            self.released.set()
             _WRITERS.discard(threading.current_thread())
 
     def write(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: flatstate.Buffer) -> None:
         """Write the shard; a failure is kept for `Checkpoints.complete` to tell every rank."""
         def payload(key: str) -> tuple[str, np.ndarray]:
+            if isinstance(states[key], Saved):  # the members' states, all written: the buffer is free
+                self.released.set()
             header, data = as_bytes(states[key], buffer)
             if key.isdigit() and int(key) in self.packed:
                 self.packed[int(key)].set()  # its bytes are in the buffer: the member may train on
             return header_to_json(header), data
         start = time.perf_counter()
+        keys = sorted(states, key=lambda key: isinstance(states[key], Saved))  # members first, in order
         try:
             nbytes = sum(s.header.nbytes if isinstance(s, Saved) else s.header().nbytes for s in states.values())
-            self.record = checkpoint.write_shard(out, name, list(states), payload, nbytes, self.what)
+            self.record = checkpoint.write_shard(out, name, keys, payload, nbytes, self.what)
             self.record["seconds"] = time.perf_counter() - start
         except Exception as err:  # noqa: BLE001 - told on every rank at the boundary, as one error
             self.failure = err

@@ -54,6 +54,7 @@ class Population:
         # Called with a member's index before it trains: a checkpoint writer in the background may still
         # have to take its state (hsmpi.engine.observers.Checkpoints).
         self.hold: Callable[[int], None] = no_hold
+        self.hold_buffer: Callable[[], None] = no_hold_buffer  # before `buffer` is used: it may be lent out
 
     def create_members(self, mine: dict[int, HParams]) -> None:
         """Build this rank's members with their first hyperparameters and check the model on every split
@@ -117,6 +118,10 @@ class Population:
 
 def no_hold(member: int) -> None:
     """Nothing keeps `member` from training."""
+
+
+def no_hold_buffer() -> None:
+    """Nobody else is using the share buffer."""
 
 
 def prepare(config: Config, task: Any, comm: SerialComm, log: Callable[[str], None]) -> Population:

@@ -224,6 +224,7 @@ class Search:
         """
         value, winner = plan.winner_score, plan.winner
         pop, c = self.population, self.population.config
+        pop.hold_buffer()  # a checkpoint's writer may still be using it
         judged = self._holdout_of(winner) if c.holdout > 0 and math.isfinite(value) else value
         new_best = is_new_best(judged, self.best.score, c.elitism)
         keep_on = pop.owner(winner) if new_best else None
