@@ -56,13 +56,14 @@ def test_the_summary_counts_this_process_only_and_names_torch_start_up(tmp_path:
     assert shares["training and validation"] <= 100.0
 
 
-def test_stop_after_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path: Path) -> None:
-    whole, _ = _run(tmp_path / "whole", select="truncation")
-    for k in (1, 2, 3):
+@pytest.mark.parametrize("select", ["truncation", "winner"])
+def test_stop_after_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path: Path, select: str) -> None:
+    whole, _ = _run(tmp_path / "whole", select=select)
+    for k in (1, 2, 3):  # every session boundary
         folder = tmp_path / f"stop{k}"
         with pytest.raises(Stopped, match=f"after session {k}/4"):
-            _run(folder, select="truncation", stop_after=k)
-        resumed, lines = _run(folder, select="truncation", resume="auto")
+            _run(folder, select=select, stop_after=k)
+        resumed, lines = _run(folder, select=select, resume="auto")
         assert any(f"{k} of 4 sessions done" in line for line in lines)
         assert resumed.test_loss == whole.test_loss and resumed.ensemble_test_loss == whole.ensemble_test_loss
         with h5py.File(tmp_path / "whole" / "results.h5") as a, h5py.File(folder / "results.h5") as b:

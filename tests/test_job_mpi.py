@@ -86,14 +86,16 @@ def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Pa
     assert all(np.array_equal(flat, other) for other in world.allgather(flat))
 
 
+@pytest.mark.parametrize("select", ["truncation", "winner"])
 @pytest.mark.parametrize("task", [TinyAdam(), Tiny()], ids=["adam", "sgd-momentum"])
-def test_stopped_on_every_rank_resumed_on_half_of_them_and_on_one(mpi_tmp_path: Path, task: object) -> None:
+def test_stopped_on_every_rank_resumed_on_half_of_them_and_on_one(mpi_tmp_path: Path, task: object,
+                                                                   select: str) -> None:
     """Stop after session 1 on all ranks; resume on the first half (a sub-communicator) to session 2, then
     on rank 0 alone to the end: the same bytes as an uninterrupted run."""
     world = _world()
-    name = type(task).__name__
+    name = f"{type(task).__name__}-{select}"
     out, reference = mpi_tmp_path / f"resumed-{name}", mpi_tmp_path / f"whole-{name}"
-    options = dict(population=2 * world.size, select="truncation", **BASE)
+    options = dict(population=2 * world.size, select=select, **BASE)
     with pytest.raises(Stopped, match="after session 1/3"):
         hsmpi.run(task, comm=world, out=str(out), stop_after=1, **options)
     half = world.Split(0 if world.rank < world.size // 2 else 1, world.rank)
@@ -109,10 +111,11 @@ def test_stopped_on_every_rank_resumed_on_half_of_them_and_on_one(mpi_tmp_path: 
     world.Barrier()
 
 
-def test_resumed_in_one_process_then_finished_on_every_rank(mpi_tmp_path: Path) -> None:
+@pytest.mark.parametrize("select", ["winner", "truncation"])
+def test_resumed_in_one_process_then_finished_on_every_rank(mpi_tmp_path: Path, select: str) -> None:
     world = _world()
-    out, reference = mpi_tmp_path / "grow", mpi_tmp_path / "grow-whole"
-    options = dict(population=2 * world.size, select="winner", elitism=True, holdout=0.25, **BASE)
+    out, reference = mpi_tmp_path / f"grow-{select}", mpi_tmp_path / f"grow-whole-{select}"
+    options = dict(population=2 * world.size, select=select, elitism=True, holdout=0.25, **BASE)
     if world.rank == 0:
         with pytest.raises(Stopped):
             hsmpi.run(TinyAdam(), comm=SerialComm(), out=str(out), stop_after=2, **options)
