@@ -41,8 +41,6 @@ class SerialComm:
     local_rank = 0
     local_size = 1
     is_root = True
-    # Another rank on rank 0's node (the highest), or 0 if rank 0 is alone there: it shares rank 0's
-    # view of the file system, so it can write a file in the output folder while rank 0 writes another.
 
     def allreduce_minloc(self, values: Sequence[float], indices: Sequence[int]) -> tuple[float, int]:
         return local_min(values, indices)
