@@ -16,8 +16,11 @@ after every session, one torch thread per rank.  It reports per rank:
   the results file's `history/time/checkpoint`), the slowest rank's shard
   write in the background (`background`, from the session lines), and a raw
   h5py write plus fsync of the same bytes on every rank at once (`raw`);
-- the bytes of one checkpoint generation (manifest and shards) and of the
-  results (results.h5 and the population files).
+- the bytes of one session's checkpoint generation (the shards of the one
+  before the last, whose background write the session lines report and the
+  raw write repeats), of the last one (every final state: no member copies
+  another after the last session) and of the results (results.h5 and the
+  population files).
 
 Cases that would need more than 60% of this machine's memory are skipped.
 Numbers and the machine they ran on go in docs/performance.md.
@@ -115,8 +118,14 @@ def worker(hidden: int, population: int, epochs: int, out: str, background: bool
               sessions=epochs, checkpoint_interval=0, threads=1, export_top=0, checkpoint_async=background,
               select=select)
     rss = peak_rss()
-    manifest = checkpoint.read(os.path.join(out, checkpoint.LATEST)) if comm.is_root else None
-    index = comm.bcast(checkpoint.shard_index(manifest) if manifest is not None else None)
+    # The generation before the last (a session's, written in the background while the next one trained,
+    # as the session lines report) is what the raw write repeats; the last one holds every final state.
+    indices = None
+    if comm.is_root:
+        indices = [checkpoint.shard_index(checkpoint.read(os.path.join(out, name)))
+                   for name in (checkpoint.BACKUP, checkpoint.LATEST) if os.path.exists(os.path.join(out, name))]
+    indices = comm.bcast(indices)
+    index = indices[0]
     mine = sum(e["nbytes"] for e in index["states"].values()
                if e["file"] == checkpoint.shard_file(index["generation"], comm.rank))
     comm.barrier()
@@ -138,12 +147,12 @@ def worker(hidden: int, population: int, epochs: int, out: str, background: bool
         train = f["history/time/train"][()]
     written = [float(x) for x in re.findall(r"written in ([0-9.]+) in the background", "\n".join(lines))]
     folder = Path(out)
-    generation = folder / checkpoint.GENERATIONS / index["generation"]
+    on_disk = [_bytes_in(folder / checkpoint.GENERATIONS / i["generation"]) for i in indices]
     print(json.dumps({
         "peak_rss": [r for r, _ in gathered], "raw_write": max(w for _, w in gathered),
         "visible": float(np.max(visible, axis=1).mean()), "train": float(np.max(train, axis=1).mean()),
         "background": float(np.mean(written)) if written else 0.0,
-        "checkpoint_bytes": _bytes_in(generation) + (folder / checkpoint.LATEST).stat().st_size,
+        "checkpoint_bytes": on_disk[0], "last_checkpoint_bytes": on_disk[-1],
         "results_bytes": (folder / "results.h5").stat().st_size + _bytes_in(folder / "population"),
     }))
 
@@ -190,8 +199,8 @@ def main() -> None:
           f"-M = -m = {args.epochs}, --checkpoint-interval 0, --select {args.select}, one thread per rank")
     print("| parameters | S | per rank | peak RSS per rank (GB) | plain PyTorch (GB) | worst / plain | rank 0 / "
           "others | train s/session | checkpoint visible s | background s | raw write s | checkpoint GB | "
-          "results GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "last checkpoint GB | results GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for params in args.params:
         hidden = hidden_for(params)
         count = sum(t.numel() for t in build(hidden).parameters())
@@ -199,12 +208,12 @@ def main() -> None:
             per_rank = -(-population // args.ranks)
             if per_rank * count * 4 * 5 * args.ranks > 0.6 * memory:  # weights, grads, Adam, copies
                 print(f"| {count:.1e} | {population} | {per_rank} | skipped: needs more memory than this "
-                      "machine has | | | | | | | | | |")
+                      "machine has | | | | | | | | | | |")
                 continue
             base = _run_json([sys.executable, __file__, "--plain", "--hidden", str(hidden), "--members",
                               str(per_rank)], timeout=1800)
             for background in ([1, 0] if args.sync else [1]):
-                with tempfile.TemporaryDirectory(dir=ROOT) as out:
+                with tempfile.TemporaryDirectory(prefix="hsmpi-scale-") as out:
                     got = _run_json([*_mpirun(args.ranks), sys.executable, __file__, "--worker", "--hidden",
                                      str(hidden), "--members", str(population), "--epochs", str(args.epochs),
                                      "--out", out, "--background", str(background), "--select", args.select],
@@ -215,7 +224,8 @@ def main() -> None:
                 print(f"| {count:.1e} | {population}{label} | {per_rank} | {' / '.join(_gb(r) for r in rss)} | "
                       f"{_gb(base['peak_rss'])} | {max(rss) / base['peak_rss']:.2f} | {rss[0] / others:.2f} | "
                       f"{got['train']:.2f} | {got['visible']:.3f} | {got['background']:.2f} | "
-                      f"{got['raw_write']:.2f} | {_gb(got['checkpoint_bytes'])} | {_gb(got['results_bytes'])} |",
+                      f"{got['raw_write']:.2f} | {_gb(got['checkpoint_bytes'])} | "
+                      f"{_gb(got['last_checkpoint_bytes'])} | {_gb(got['results_bytes'])} |",
                       flush=True)
 
 
