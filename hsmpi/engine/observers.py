@@ -79,9 +79,10 @@ class Checkpoints:
     by default from a background thread while the next session trains (each
     member trains again once the writer has taken its state, and the share
     step waits for the writer's last member; see `_Pending`).
-    `complete`, at the next session boundary (or as
-    soon as the run must stop): every rank waits for its writer, and rank 0
-    writes the manifest once every shard is on disk.  A write that failed on
+    `complete`, at the next session boundary (or as soon as the run must
+    stop): every rank waits for its writer, and rank 0 writes the manifest
+    once every shard is on disk.  With --checkpoint-interval auto, what the
+    boundary cost the run (not the write in the background) sets the pace.  A write that failed on
     any rank is one DiskError on every rank there, naming the checkpoint that
     is intact.  The last checkpoint completes after the results file (the two
     are written at once), a stop's before the run stops.
@@ -121,7 +122,7 @@ class Checkpoints:
 
     def begin(self, search: Search, k: int, background: bool) -> None:
         """Start the checkpoint after session k (collective): the manifest's content on rank 0, and this
-        rank's shard, written now or (`background`) from a copy by a thread."""
+        rank's shard, written now or (`background`) by a thread while the next session trains."""
         comm, pop = search.comm, search.population
         generation = comm.bcast(checkpoint.new_generation(k + 1) if comm.is_root else None)
         gathered = comm.gather([(m.index, m.rng_state_dict()) for m in pop.members])
