@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import hsmpi
 from hsmpi.engine.job import Stopped
@@ -32,6 +34,15 @@ def test_a_run_where_no_member_ever_had_a_finite_loss_says_so_and_still_writes_m
     with h5py.File(tmp_path / "results.h5", "r") as f:
         assert not f.attrs["finite_model"]
         assert np.isinf(f["history/winner_loss"][()]).all()
+
+
+def test_export_top_0_still_writes_best_pt_and_top_json(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, export_top=0)
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in result.best_model.state_dict().items())
+    described = json.loads((tmp_path / "top.json").read_text())
+    assert described["top"] == [] and described["best"]["member"] == result.best_member
+    assert not list(tmp_path.glob("top*.pt"))
 
 
 def test_a_run_where_only_some_sessions_diverged_ends_as_usual(tmp_path: Path) -> None:

@@ -107,6 +107,16 @@ def test_a_truncated_or_missing_shard_falls_back_to_the_previous_generation(
         _same(uninterrupted["winner"], out)
 
 
+def test_a_manifest_copied_by_hand_keeps_its_generation_and_resumes(uninterrupted: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    out = _stopped(tmp_path, 2, select="winner", checkpoint_interval=0)
+    shutil.copy(out / "checkpoint.h5", out / "after-session-2.h5")
+    _run(out, select="winner", resume="auto")  # two more checkpoints, each pruning what no manifest names
+    _, lines = _run(out, select="winner", resume=str(out / "after-session-2.h5"))
+    assert any("2 of 4 sessions done" in line for line in lines)
+    _same(uninterrupted["winner"], out)
+
+
 def test_a_shard_with_other_bytes_or_no_backup_is_refused_naming_the_file(tmp_path: Path) -> None:
     out = _stopped(tmp_path / "a", 2, select="winner", checkpoint_interval=3600)  # one checkpoint, no backup
     shard = _shard(out)

@@ -126,8 +126,6 @@ def _write_outputs(search: Search, record: dict[str, Any], path: str, start: flo
     order = comm.bcast(export.top_order(record["population"]["score"], top) if comm.is_root and top else [])
 
     def exports() -> None:
-        if not top:
-            return
         for place, i in enumerate(order, start=1):
             if i in pop.local:
                 export.save_weights(export.top_file(out, place), pop.local[i].weights())

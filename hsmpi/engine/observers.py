@@ -236,7 +236,11 @@ class _Pending:
         self.thread = threading.Thread(target=self._run, args=(out, name, states, buffer),
                                        name="hsmpi-checkpoint", daemon=True)
         _WRITERS.add(self.thread)
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:
+            _WRITERS.discard(self.thread)
+            raise
 
     def hold(self, member: int) -> None:
         """Before member `member` trains: wait until the writer has taken its state."""

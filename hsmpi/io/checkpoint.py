@@ -306,17 +306,23 @@ def manifests(folder: str) -> list[str]:
 
 def prune(folder: str) -> list[str]:
     """Remove the generation folders that no manifest in `folder` names (an interrupted checkpoint's, or one
-    a newer checkpoint replaced); the names removed."""
+    a newer checkpoint replaced); the names removed.
+
+    Every HDF5 file in `folder` that is a manifest counts, whatever its name (a copy kept by hand too).
+    If a file named like a manifest cannot be read, nothing is removed: it may name one.
+    """
     root = os.path.join(folder, GENERATIONS)
     if not os.path.isdir(root):
         return []
     named = set()
-    for path in manifests(folder):
+    for path in glob.glob(os.path.join(glob.escape(folder), "*.h5")):
         try:
-            with h5py.File(path, "r") as f:
-                named.add(str(f.attrs.get("generation", "")))
+            with h5py.File(path, "r", locking=False) as f:
+                if f.attrs.get("format") == FORMAT:
+                    named.add(str(f.attrs.get("generation", "")))
         except (OSError, KeyError, ValueError):
-            continue  # an unreadable manifest names nothing that could be used
+            if os.path.basename(path).startswith("checkpoint"):
+                return []
     removed = []
     for name in sorted(os.listdir(root)):
         if name not in named and os.path.isdir(os.path.join(root, name)):

@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -102,23 +103,35 @@ def _quiet_destructors() -> Iterator[list[bool]]:
     flush as an 'exception ignored': swallow those (the failure itself is raised once, by the caller).
 
     The caller marks a failure by setting the yielded flag; only then are the leftover objects collected
-    (a full collection costs about 0.1 s in a process holding torch, too much for every write)."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        where = f"{unraisable.object!r} {unraisable.err_msg or ''}"
-        if isinstance(unraisable.exc_value, (RuntimeError, OSError)) and "h5py" in where:
-            return
-        previous(unraisable)
-
-    sys.unraisablehook = hook
+    (a full collection costs about 0.1 s in a process holding torch, too much for every write).  Writes
+    in two threads at once (a checkpoint writer and the results file) share one installed hook.
+    """
+    with _HOOK_LOCK:
+        if _HOOK["depth"] == 0:
+            _HOOK["previous"] = sys.unraisablehook
+            sys.unraisablehook = _swallow_h5py_flush_errors
+        _HOOK["depth"] += 1
     failed = [False]
     try:
         yield failed
     finally:
         if failed[0]:
             gc.collect()  # whatever destructors are left run now, under the hook
-        sys.unraisablehook = previous
+        with _HOOK_LOCK:
+            _HOOK["depth"] -= 1
+            if _HOOK["depth"] == 0:
+                sys.unraisablehook = _HOOK["previous"]
+
+
+_HOOK_LOCK = threading.Lock()
+_HOOK: dict[str, Any] = {"depth": 0, "previous": sys.unraisablehook}
+
+
+def _swallow_h5py_flush_errors(unraisable: Any) -> None:
+    where = f"{unraisable.object!r} {unraisable.err_msg or ''}"
+    if isinstance(unraisable.exc_value, (RuntimeError, OSError)) and "h5py" in where:
+        return
+    _HOOK["previous"](unraisable)
 
 
 def replace_atomically(path: str, write: Callable[[str], None], suffix: str = "") -> None:
