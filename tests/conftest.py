@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,24 @@ def rank_in_environ(environ: list[bytes]) -> int | None:
         if name.decode(errors="replace") in RANK_VARIABLES and value.isdigit():
             return int(value)
     return None
+
+
+def rank_pid(out: Path, rank: int, timeout: float = 60) -> int:
+    """The pid of one hsmpi rank of the job writing to `out` (found by its command line and the rank its
+    launcher put in its environment, whichever MPI that is)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd[0] == sys.executable.encode() and str(out).encode() in cmd \
+                    and rank_in_environ(env) == rank:
+                return int(pid)
+        time.sleep(0.05)
+    raise AssertionError(f"rank {rank} of the job in {out} was not found")
 
 
 def run_hsmpi(args: list[str], ranks: int = 1, timeout: float = 120, cwd: Path | None = None,

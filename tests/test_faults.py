@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, mpirun_cmd, rank_in_environ, run_hsmpi, task_spec
+from conftest import ROOT, mpirun_cmd, rank_pid, run_hsmpi, task_spec
 
 pytestmark = pytest.mark.both_mpis  # CI repeats these under Open MPI
 
@@ -26,24 +26,6 @@ def _start(out: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [*mpirun_cmd(4), sys.executable, "-m", "hsmpi", *ARGS, "--out", str(out)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _rank_pid(out: Path, rank: int, timeout: float = 60) -> int:
-    """The pid of one hsmpi rank of the job writing to `out` (found by its command line and the rank its
-    launcher put in its environment, whichever MPI that is)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmd[0] == sys.executable.encode() and str(out).encode() in cmd \
-                    and rank_in_environ(env) == rank:
-                return int(pid)
-        time.sleep(0.1)
-    raise AssertionError(f"rank {rank} of the job in {out} was not found")
 
 
 def _wait_for_checkpoint(out: Path, proc: subprocess.Popen[str], timeout: float = 90) -> None:
@@ -75,7 +57,7 @@ def test_sigterm_to_one_rank_checkpoints_exits_75_and_resumes(reference: Path, t
     proc = _start(tmp_path)
     try:
         _wait_for_checkpoint(tmp_path, proc)
-        os.kill(_rank_pid(tmp_path, 2), signum)
+        os.kill(rank_pid(tmp_path, 2), signum)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -95,7 +77,7 @@ def test_kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes(reference: P
     try:
         _wait_for_checkpoint(tmp_path, proc)
         time.sleep(0.5)
-        os.kill(_rank_pid(tmp_path, 1), signal.SIGKILL)
+        os.kill(rank_pid(tmp_path, 1), signal.SIGKILL)
         start = time.monotonic()
         proc.communicate(timeout=30)
         ended = time.monotonic() - start

@@ -24,7 +24,7 @@ from hsmpi.io import checkpoint, hdf5
 from hsmpi.io.files import DiskError, remove_litter, write_atomic
 from hsmpi.parallel.comm import SerialComm
 
-from conftest import ROOT, mpirun_cmd, rank_in_environ, run_hsmpi
+from conftest import ROOT, mpirun_cmd, rank_pid, run_hsmpi
 
 OPTIONS = dict(population=8, epochs=12, sessions=12, seed=2, threads=1, checkpoint_interval=0, export_top=0)
 
@@ -107,21 +107,6 @@ def test_litter_is_recognised_by_name_and_only_that(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == sorted(kept + [".tmp-folder"])
 
 
-def _rank_pid(out: Path, rank: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmd[0] == sys.executable.encode() and str(out).encode() in cmd and rank_in_environ(env) == rank:
-                return int(pid)
-        time.sleep(0.05)
-    raise AssertionError(f"rank {rank} was not found")
-
-
 KILL_ARGS = ["-S", "4", "-M", "6", "-m", "3", "--threads", "1", "--checkpoint-interval", "0"]
 
 
@@ -162,7 +147,7 @@ def test_a_kill_9_during_a_checkpoint_write_resumes_from_the_one_before_and_leav
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no write in flight appeared"
             time.sleep(0.05)
-        os.kill(_rank_pid(out, killed), signal.SIGKILL)
+        os.kill(rank_pid(out, killed), signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:
         proc.kill()

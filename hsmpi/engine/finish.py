@@ -32,8 +32,8 @@ from hsmpi.engine.member import Member
 from hsmpi.engine.observers import Checkpoints
 from hsmpi.engine.search import Search
 from hsmpi.io import export
-from hsmpi.io.files import DiskError, disk_error
-from hsmpi.io.results import hparam_array, new_parts, part_file, write_part, write_results
+from hsmpi.io.files import DiskError, disk_error, fresh_folder_name
+from hsmpi.io.results import hparam_array, part_file, write_part, write_results
 from hsmpi.parallel import flatstate
 from hsmpi.parallel.share import share_state
 from hsmpi.tasks import task_loss
@@ -103,7 +103,7 @@ def _write_outputs(search: Search, record: dict[str, Any], path: str, start: flo
             error = (err if isinstance(err, DiskError) else disk_error(err, what, out)).strerror
         return next((e for e in comm.allgather(error) if e), None)
 
-    tag = comm.bcast(new_parts(len(search.schedule)) if comm.is_root else None)
+    tag = comm.bcast(fresh_folder_name(len(search.schedule)) if comm.is_root else None)
     shapes = comm.bcast(record["shapes"] if comm.is_root else None)
 
     def weights() -> None:
@@ -147,7 +147,7 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     session, member = best.session, best.member
     c = pop.config
     champion = Member.create(pop.task, member, hp, c.seed, pop.device, c.independent_init, c.batch_size)
-    pop.hold_buffer()  # the last checkpoint's writer takes the members' states through it first
+    pop.writer.hold_buffer()  # the last checkpoint's writer takes the members' states through it first
     share_state(comm, pop.buffer, pop.owner(member), best.state, [_WeightsOf(champion)])
     tested = comm.bcast(champion.evaluate_all(pop.data["test"]) if comm.is_root else None)
     test_loss = tested.pop("loss")

@@ -25,10 +25,10 @@ import numpy as np
 from hsmpi.config import Config
 from hsmpi.engine import signals
 from hsmpi.engine.history import CHECKPOINT
-from hsmpi.engine.population import no_hold, no_hold_buffer
+from hsmpi.engine.population import NO_WRITER
 from hsmpi.engine.search import Search, SessionEnd
 from hsmpi.io import checkpoint, lineage
-from hsmpi.io.files import DiskError, disk_error
+from hsmpi.io.files import DiskError, disk_error, fresh_folder_name
 from hsmpi.parallel import flatstate
 from hsmpi.parallel.flatstate import header_to_json
 from hsmpi.parallel.share import Holder, Saved, as_bytes
@@ -124,7 +124,7 @@ class Checkpoints:
         """Start the checkpoint after session k (collective): the manifest's content on rank 0, and this
         rank's shard, written now or (`background`) by a thread while the next session trains."""
         comm, pop = search.comm, search.population
-        generation = comm.bcast(checkpoint.new_generation(k + 1) if comm.is_root else None)
+        generation = comm.bcast(fresh_folder_name(k + 1) if comm.is_root else None)
         gathered = comm.gather([(m.index, m.rng_state_dict()) for m in pop.members])
         manifest = search.manifest(k, [x for part in gathered for x in part]) if gathered is not None else None
         what = "the final checkpoint" if k == len(search.schedule) - 1 else f"the checkpoint after session {k + 1}"
@@ -133,7 +133,7 @@ class Checkpoints:
         if states:
             if background:
                 pending.start(self.config.out, checkpoint.shard_file(generation, comm.rank), states, pop.buffer)
-                pop.hold, pop.hold_buffer = pending.hold, pending.hold_buffer
+                pop.writer = pending
             else:
                 pending.write(self.config.out, checkpoint.shard_file(generation, comm.rank), states, pop.buffer)
         self.pending = pending
@@ -148,7 +148,7 @@ class Checkpoints:
         comm = search.comm
         if pending.thread is not None:
             pending.thread.join()
-            search.population.hold, search.population.hold_buffer = no_hold, no_hold_buffer
+            search.population.writer = NO_WRITER
         failure = None if pending.failure is None else self._says(pending.failure, pending.what, results)
         parts = comm.gather((failure, pending.record))
         error, written = None, 0.0
@@ -263,17 +263,20 @@ class _Pending:
 
     def write(self, out: str, name: str, states: dict[str, Holder | Saved], buffer: flatstate.Buffer) -> None:
         """Write the shard; a failure is kept for `Checkpoints.complete` to tell every rank."""
+        start = time.perf_counter()
+        keys = sorted(states, key=lambda key: isinstance(states[key], Saved))  # members first, in order
+        headers: dict[str, flatstate.Header] = {}  # each member's layout, taken once: it holds until it trains
+
         def payload(key: str) -> tuple[str, np.ndarray]:
             if isinstance(states[key], Saved):  # the members' states, all written: the buffer is free
                 self.released.set()
-            header, data = as_bytes(states[key], buffer)
+            header, data = as_bytes(states[key], buffer, headers[key])
             if key.isdigit() and int(key) in self.packed:
                 self.packed[int(key)].set()  # its bytes are in the buffer: the member may train on
             return header_to_json(header), data
-        start = time.perf_counter()
-        keys = sorted(states, key=lambda key: isinstance(states[key], Saved))  # members first, in order
         try:
-            nbytes = sum(s.header.nbytes if isinstance(s, Saved) else s.header().nbytes for s in states.values())
+            headers.update({key: s.header if isinstance(s, Saved) else s.header() for key, s in states.items()})
+            nbytes = sum(h.nbytes for h in headers.values())
             self.record = checkpoint.write_shard(out, name, keys, payload, nbytes, self.what)
             self.record["seconds"] = time.perf_counter() - start
         except Exception as err:  # noqa: BLE001 - told on every rank at the boundary, as one error

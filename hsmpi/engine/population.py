@@ -13,7 +13,7 @@ import copy
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Subset, TensorDataset
@@ -51,10 +51,9 @@ class Population:
         self.buffer = flatstate.Buffer(device)  # reused by every state that leaves or reaches this rank
         self.log = log
         self._told: set[str] = set()  # reasons for not vectorising, said once
-        # Called with a member's index before it trains: a checkpoint writer in the background may still
-        # have to take its state (hsmpi.engine.observers.Checkpoints).
-        self.hold: Callable[[int], None] = no_hold
-        self.hold_buffer: Callable[[], None] = no_hold_buffer  # before `buffer` is used: it may be lent out
+        # A checkpoint's writer in the background, which may still have to take a member's state before
+        # it trains, and holds `buffer` until it has (hsmpi.engine.observers.Checkpoints).
+        self.writer: Writer = NO_WRITER
 
     def create_members(self, mine: dict[int, HParams]) -> None:
         """Build this rank's members with their first hyperparameters and check the model on every split
@@ -86,11 +85,11 @@ class Population:
         diverged)."""
         if self.vectorized():
             for m in self.members:
-                self.hold(m.index)
+                self.writer.hold(m.index)
             return vectorize.train(self.members, self.data["train"], epochs, tick)
         losses = []
         for m in self.members:
-            self.hold(m.index)
+            self.writer.hold(m.index)
             losses.append(m.train(self.data["train"], epochs, tick))
         return losses
 
@@ -116,12 +115,27 @@ class Population:
         return reason is None
 
 
-def no_hold(member: int) -> None:
-    """Nothing keeps `member` from training."""
+class Writer(Protocol):
+    """What the population waits for while a checkpoint is written in the background."""
+
+    def hold(self, member: int) -> None:
+        """Return once `member` may train (the writer has taken its state)."""
+
+    def hold_buffer(self) -> None:
+        """Return once the share buffer is free again."""
 
 
-def no_hold_buffer() -> None:
-    """Nobody else is using the share buffer."""
+class _NoWriter:
+    """No checkpoint in the background: nothing to wait for."""
+
+    def hold(self, member: int) -> None:
+        pass
+
+    def hold_buffer(self) -> None:
+        pass
+
+
+NO_WRITER: Writer = _NoWriter()
 
 
 def prepare(config: Config, task: Any, comm: SerialComm, log: Callable[[str], None]) -> Population:

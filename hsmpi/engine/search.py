@@ -38,7 +38,7 @@ from hsmpi.engine.population import Population, ProgressBar
 from hsmpi.errors import agree
 from hsmpi.io import checkpoint
 from hsmpi.parallel.flatstate import header_from_json
-from hsmpi.parallel.share import Holder, Saved, share_state
+from hsmpi.parallel.share import Holder, Saved, load_saved, share_state
 from hsmpi.tasks import task_objective
 
 
@@ -224,7 +224,7 @@ class Search:
         """
         value, winner = plan.winner_score, plan.winner
         pop, c = self.population, self.population.config
-        pop.hold_buffer()  # a checkpoint's writer may still be using it
+        pop.writer.hold_buffer()  # a checkpoint's writer may still be using it
         judged = self._holdout_of(winner) if c.holdout > 0 and math.isfinite(value) else value
         new_best = is_new_best(judged, self.best.score, c.elitism)
         keep_on = pop.owner(winner) if new_best else None
@@ -390,12 +390,7 @@ class Search:
             error = str(err)
         agree(self.comm, error, checkpoint.CheckpointError)
         for key, saved in read.items():
-            pop.buffer.ensure(saved.header.nbytes)
-            pop.buffer.array(saved.header.nbytes)[:] = saved.data
-            pop.buffer.to_device(saved.header.nbytes)
-            for m in pop.members:
-                if wanted[m.index] == key:
-                    m.load_state(saved.header, pop.buffer.device_view(), pop.buffer.host)
+            load_saved(pop.buffer, saved, [m for m in pop.members if wanted[m.index] == key])
         if self.best.member in pop.local:
             self.best.state = read[best_key]
 

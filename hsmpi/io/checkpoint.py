@@ -32,7 +32,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import secrets
 import shutil
 import zlib
 from collections.abc import Callable, Iterable
@@ -204,12 +203,6 @@ def _read_whole(path: str, attrs_only: bool) -> dict[str, Any]:
 
 
 # ---- shards -----------------------------------------------------------------------------------------------
-def new_generation(next_session: int) -> str:
-    """A fresh generation's folder name: the sessions it holds and a random tag (never reused, so a resumed
-    timeline never writes into a generation an older manifest still names)."""
-    return f"s{next_session:04d}-{secrets.token_hex(4)}"
-
-
 def shard_file(generation: str, rank: int) -> str:
     """Rank `rank`'s shard of `generation`, relative to the manifests' folder."""
     return f"{GENERATIONS}/{generation}/rank{rank:05d}.h5"

@@ -18,6 +18,7 @@ import gc
 import glob
 import os
 import re
+import secrets
 import sys
 import tempfile
 import threading
@@ -38,6 +39,13 @@ NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 class DiskError(OSError):
     """A file could not be written (no space, no permission, a quota): the message says what is intact."""
+
+
+def fresh_folder_name(sessions: int) -> str:
+    """A new folder's name for files written after `sessions` sessions: the count and a random tag, never
+    reused, so a write never lands in a folder that a file written before (an older checkpoint manifest,
+    results file) still names."""
+    return f"s{sessions:04d}-{secrets.token_hex(4)}"
 
 
 def free_bytes(folder: str) -> int:

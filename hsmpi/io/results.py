@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import glob
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -51,12 +50,6 @@ PARTS = "population"  # the folder of the ranks' population files, beside result
 
 Weights = dict[str, np.ndarray]
 Shapes = dict[str, tuple[tuple[int, ...], str]]  # tensor name -> (shape, numpy dtype name) of one member
-
-
-def new_parts(sessions: int) -> str:
-    """A fresh folder name for one results file's population files (never reused: a results file written
-    before keeps its own until the new one is complete)."""
-    return f"s{sessions:04d}-{secrets.token_hex(4)}"
 
 
 def part_file(tag: str, rank: int) -> str:

@@ -47,13 +47,28 @@ class Saved:
         return cls(header, _pack(holder, header, buffer).copy())
 
 
-def as_bytes(source: Holder | Saved, buffer: flatstate.Buffer) -> tuple[flatstate.Header, np.ndarray]:
+def as_bytes(source: Holder | Saved, buffer: flatstate.Buffer,
+             header: flatstate.Header | None = None) -> tuple[flatstate.Header, np.ndarray]:
     """`source`'s header and bytes on the host: a Saved's own array, or a member's state packed into
-    `buffer` (valid until the buffer is used again)."""
+    `buffer` (valid until the buffer is used again; `header`: the member's, when known already)."""
     if isinstance(source, Saved):
         return source.header, source.data
-    header = source.header()
+    header = header or source.header()
     return header, _pack(source, header, buffer)
+
+
+def load_saved(buffer: flatstate.Buffer, saved: Saved, receivers: Sequence[Holder]) -> None:
+    """Every one of `receivers` (on this rank) loads the state `saved`, through `buffer`."""
+    buffer.ensure(saved.header.nbytes)
+    buffer.array(saved.header.nbytes)[:] = saved.data
+    _deliver(buffer, saved.header, receivers)
+
+
+def _deliver(buffer: flatstate.Buffer, header: flatstate.Header, receivers: Sequence[Holder]) -> None:
+    """The state in `buffer`'s host memory to its device copy, and into each receiver."""
+    buffer.to_device(header.nbytes)
+    for receiver in receivers:
+        receiver.load_state(header, buffer.device_view(), buffer.host)
 
 
 def _pack(holder: Holder, header: flatstate.Header, buffer: flatstate.Buffer) -> np.ndarray:
@@ -84,7 +99,5 @@ def share_state(comm: SerialComm, buffer: flatstate.Buffer, root: int, source: H
             assert source is not None
             _pack(source, header, buffer)
     comm.bcast_buffer(array, root=root)
-    buffer.to_device(header.nbytes)
-    for receiver in receivers:
-        receiver.load_state(header, buffer.device_view(), buffer.host)
+    _deliver(buffer, header, receivers)
     return Saved(header, array.copy()) if comm.rank == keep_on else None
