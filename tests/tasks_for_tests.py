@@ -267,3 +267,22 @@ class BadDirection(TinyAdam):
 class MetricNotScalar(TinyAdam):
     def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"err": (output - target).abs()}
+
+
+class _Thresholded(torch.nn.Module):
+    """A layer whose forward reads a value back to Python: vmap cannot batch it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        return out if float(out.mean()) > -1e9 else -out
+
+
+class ItemModel(TinyAdam):
+    """Trains one member at a time under --vectorize on: its model's forward calls float() on a tensor."""
+
+    def model(self) -> torch.nn.Module:
+        return _Thresholded()

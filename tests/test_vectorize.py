@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch.func import vmap
 from torch.utils.data import Dataset
 
 from hsmpi.engine import vectorize
@@ -125,11 +126,17 @@ def test_fallback_reasons() -> None:
     assert "one member" in vectorize.reason_not_to(members[:1], data)
     assert "TensorDataset" in vectorize.reason_not_to(members, Data(_Listy(data.dataset), CPU))
     with_dropout = [Member.create(TinyAdam(), i, {"lr": 0.01, "beta1": 0.9}, 0, CPU) for i in range(2)]
-    assert "dropout" in vectorize.reason_not_to(with_dropout, data)
-    bn = copy.deepcopy(members)
-    for m in bn:
-        m.model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
-    assert "buffers" in vectorize.reason_not_to(bn, data)
+    assert vectorize.reason_not_to(with_dropout, data) is None
+    alpha = copy.deepcopy(members)
+    for m in alpha:
+        m.model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.AlphaDropout(0.1), torch.nn.Linear(4, 1))
+    assert "AlphaDropout" in vectorize.reason_not_to(alpha, data)
+    shaped = copy.deepcopy(members)
+    shaped[1].model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    assert "differ" in vectorize.reason_not_to(shaped, data)
+    rates = [Member.create(TinyAdam(), i, {"lr": 0.01, "beta1": 0.9}, 0, CPU) for i in range(2)]
+    rates[1].model[2].p = 0.3  # a member's own dropout rate
+    assert "dropout or normalisation settings" in vectorize.reason_not_to(rates, data)
     rms = copy.deepcopy(members)
     for m in rms:
         m.optimizer = torch.optim.RMSprop(m.model.parameters(), lr=0.01)
@@ -168,10 +175,10 @@ def test_adam_with_decoupled_weight_decay_is_batched_as_adamw() -> None:
 
 
 def test_cli_says_once_why_it_falls_back(tmp_path: Any) -> None:
-    result = run_hsmpi(["--task", task_spec("Tiny"), "-S", "4", "-M", "4", "-m", "2", "--vectorize", "on",
+    result = run_hsmpi(["--task", task_spec("ItemModel"), "-S", "4", "-M", "4", "-m", "2", "--vectorize", "on",
                         "--threads", "1", "--out", str(tmp_path)], ranks=2, timeout=90)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("vectorize: training one member at a time: the model uses dropout") == 1
+    assert result.stdout.count("vectorize: training one member at a time: vmap cannot batch the model") == 1
 
 
 def test_a_vectorised_run_matches_one_at_a_time(tmp_path: Any) -> None:
@@ -188,3 +195,179 @@ def test_a_vectorised_run_matches_one_at_a_time(tmp_path: Any) -> None:
         runs[mode] = (np.array(result.history["val_loss"]), np.array(result.history["winner"]))
     torch.testing.assert_close(torch.from_numpy(runs["on"][0]), torch.from_numpy(runs["off"][0]), rtol=1e-3, atol=0)
     assert (runs["on"][1] == runs["off"][1]).all()
+
+
+class Normed(Plain):
+    """BatchNorm (running statistics as buffers) in an MLP, and in a small CNN on 1x6x6 images.  The layer
+    before it has no bias: BatchNorm cancels a bias, whose gradient is then rounding noise that Adam scales
+    up, so the two paths would part there by more than rounding."""
+
+    cnn = False
+
+    def data(self, seed: int) -> Any:
+        if not self.cnn:
+            return super().data(seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(48, 1, 6, 6, generator=g)
+        ds = torch.utils.data.TensorDataset(x, x.mean((1, 2, 3)).unsqueeze(1))
+        return ds, ds, ds
+
+    def model(self) -> torch.nn.Module:
+        if self.cnn:
+            return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                       torch.nn.Flatten(), torch.nn.Linear(64, 1))
+        return torch.nn.Sequential(torch.nn.Linear(3, 16, bias=False), torch.nn.BatchNorm1d(16), torch.nn.Tanh(),
+                                   torch.nn.Linear(16, 1))
+
+
+def _normed(cnn: bool) -> tuple[list[Member], Data]:
+    task = Normed()
+    task.cnn = cnn
+    data = Data(task.data(0)[0], CPU)
+    return [Member.create(task, i, hp, seed=1, device=CPU, default_batch_size=16)
+            for i, hp in enumerate(HPS["adam"])], data
+
+
+def _assert_same_members(a: Member, b: Member) -> None:
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for key in sa[i]:
+            torch.testing.assert_close(sa[i][key], sb[i][key], rtol=1e-4, atol=1e-5, msg=f"{i} {key}")
+
+
+@pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
+def test_batchnorm_is_batched_and_matches_one_at_a_time(cnn: bool) -> None:
+    """Running statistics are per member and updated as each model alone updates its own."""
+    torch.set_num_threads(1)
+    members, data = _normed(cnn)
+    twins = copy.deepcopy(members)
+    assert vectorize.reason_not_to(members, data) is None
+    stack = vectorize.Stack(members, data)
+    batched = stack.train(data, epochs=3)
+    assert batched == pytest.approx([m.train(data, 3) for m in twins], rel=1e-4)
+    for a, b in zip(members, twins):
+        assert int(a.model[1].num_batches_tracked) == 3 * data.steps(16)
+        _assert_same_members(a, b)
+    # evaluation uses each member's own running statistics
+    assert [v["loss"] for v in stack.evaluate(data)] == pytest.approx([m.evaluate(data) for m in twins], rel=1e-4)
+
+
+def test_the_stack_keeps_the_members_rows_and_takes_back_an_adopted_state() -> None:
+    """Members' parameters and optimizer state are views of the stack's rows across sessions; a member that
+    adopts a winner's state (new tensors) is copied back into its rows before the next session."""
+    torch.set_num_threads(1)
+    members, data = _members("adam", trained_first=False)
+    twins = copy.deepcopy(members)
+    stack = vectorize.Stack(members, data)
+    stack.train(data, epochs=1)
+    for m in twins:
+        m.train(data, 1)
+    p = next(members[1].model.parameters())
+    assert p.data_ptr() == stack.flat[1].data_ptr(), "the member's first parameter is the start of its row"
+    exp_avg = members[1].optimizer.state[p]["exp_avg"]
+    assert stack.state["exp_avg"][1].data_ptr() == exp_avg.data_ptr()
+    for group in (members, twins):  # step 4 and 5: member 2 takes member 0's state, then new values
+        header = group[0].header()
+        flat = torch.zeros(header.nbytes, dtype=torch.uint8)
+        group[0].pack(header, flat)
+        group[2].adopt(header, flat, {"lr": 0.02, "beta1": 0.7, "wd": 0.0})
+        group[1].set_hparams({"lr": 0.001, "beta1": 0.95, "wd": 0.0})
+    assert members[1].optimizer.state[p]["exp_avg"] is exp_avg, "set_hparams keeps the views"
+    assert stack.holds(members)
+    stack.train(data, epochs=2)
+    for m in twins:
+        m.train(data, 2)
+    for a, b in zip(members, twins):
+        _assert_same_members(a, b)
+    assert not torch.equal(stack.flat[0], stack.flat[2]), "member 2 trained with its own values"
+
+
+class Dropped(Plain):
+    def model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Dropout(0.5),
+                                   torch.nn.Linear(64, 1))
+
+
+def _dropped(n: int) -> tuple[list[Member], Data]:
+    task = Dropped()
+    data = Data(task.data(0)[0], CPU)
+    hp = HPS["adam"][0]
+    return [Member.create(task, i, hp, seed=1, device=CPU, default_batch_size=16) for i in range(n)], data
+
+
+def test_dropout_masks_are_each_members_own_and_fair() -> None:
+    masks = vectorize._Masks()
+    keys = torch.randint(0, 2**62, (8,), generator=torch.Generator().manual_seed(0))
+    draws = []
+    for step in range(3):
+        masks.step = step
+        draws.append(vmap(lambda key: _uniform(masks, key))(keys))  # (members, 4096)
+    u = torch.stack(draws)  # (steps, members, n)
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert float(u.mean()) == pytest.approx(0.5, abs=0.005) and float(u.var()) == pytest.approx(1 / 12, rel=0.02)
+    flat = u.reshape(-1, u.shape[-1])  # every (step, member) row against every other
+    corr = torch.corrcoef(flat)
+    off = corr[~torch.eye(len(flat), dtype=torch.bool)]
+    assert float(off.abs().max()) < 0.08, "members' and steps' draws are independent"
+    kept = (u[0] >= 0.3).float().mean(1)
+    assert torch.allclose(kept, torch.full_like(kept, 0.7), atol=0.03)
+    # one key gives the same draws whichever members it is batched with
+    again = vmap(lambda key: _uniform(masks, key))(keys[[5, 2]])
+    assert torch.equal(again, draws[-1][[5, 2]])
+
+
+def _uniform(masks: Any, key: torch.Tensor) -> torch.Tensor:
+    masks.key, masks.layer = key, 0
+    return masks.uniform(torch.Size([4096]), CPU)
+
+
+def test_channel_dropout_drops_whole_channels() -> None:
+    masks = vectorize._Masks()
+    module = torch.nn.Dropout2d(0.5)
+    x = torch.ones(3, 8, 16, 5, 5)  # (members, batch, channels, h, w)
+
+    def drop(key: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        masks.key, masks.layer = key, 0
+        return masks.dropout(module, xs)
+
+    out = vmap(drop)(torch.tensor([1, 2, 3]), x)
+    per_channel = out.flatten(3)
+    assert ((per_channel == 0).all(3) | (per_channel == 2).all(3)).all(), "a channel is dropped or kept whole"
+    assert 0.3 < float((per_channel[..., 0] == 0).float().mean()) < 0.7
+    assert not torch.equal(out[0], out[1])
+
+
+def test_dropout_training_does_not_depend_on_the_layout() -> None:
+    """A member trains to the same weights whichever members share its stack; its dropout stream moves on."""
+    torch.set_num_threads(1)
+    members, data = _dropped(4)
+    pair, four = copy.deepcopy(members[:2]), members
+    before = pair[1].rng_state.clone()
+    vectorize.Stack(pair, data).train(data, epochs=2)
+    vectorize.Stack(four, data).train(data, epochs=2)
+    for a, b in zip(pair, four[:2]):
+        for p, q in zip(a.model.parameters(), b.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert torch.equal(a.rng_state, b.rng_state)
+    assert not torch.equal(before, pair[1].rng_state), "the dropout keys come from the member's own stream"
+    same = [m for m in _dropped(2)[0]]  # the same two members without dropout's effect differ: dropout acted
+    for m in same:
+        m.model[2].p = 0.0
+    vectorize.Stack(same, data).train(data, epochs=2)
+    assert not torch.equal(next(same[0].model.parameters()), next(pair[0].model.parameters()))
+
+
+def test_a_model_vmap_cannot_run_falls_back_with_its_reason() -> None:
+    from tasks_for_tests import ItemModel
+
+    task = ItemModel()
+    data = Data(task.data(0)[0], CPU)
+    members = [Member.create(task, i, {"lr": 0.01, "beta1": 0.9}, 0, CPU) for i in range(2)]
+    assert vectorize.reason_not_to(members, data) is None
+    before = [p.clone() for p in members[0].model.parameters()]
+    with pytest.raises(vectorize.Unbatchable, match="vmap cannot batch the model"):
+        vectorize.Stack(members, data)
+    assert all(torch.equal(a, b) for a, b in zip(before, members[0].model.parameters()))

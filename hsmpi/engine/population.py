@@ -51,6 +51,8 @@ class Population:
         self.buffer = flatstate.Buffer(device)  # reused by every state that leaves or reaches this rank
         self.log = log
         self._told: set[str] = set()  # reasons for not vectorising, said once
+        # The members as one batched model, kept across sessions (or why vmap cannot batch them).
+        self._stack: vectorize.Stack | str | None = None
         # A checkpoint's writer in the background, which may still have to take a member's state before
         # it trains, and holds `buffer` until it has (hsmpi.engine.observers.Checkpoints).
         self.writer: Writer = NO_WRITER
@@ -83,10 +85,11 @@ class Population:
     def train(self, epochs: int, tick: Tick | None = None) -> list[float]:
         """Train every member here for `epochs`; each one's mean training loss of its last epoch (NaN:
         diverged)."""
-        if self.vectorized():
+        stack = self.stacked()
+        if stack is not None:
             for m in self.members:
                 self.writer.hold(m.index)
-            return vectorize.train(self.members, self.data["train"], epochs, tick)
+            return stack.train(self.data["train"], epochs, tick)
         losses = []
         for m in self.members:
             self.writer.hold(m.index)
@@ -96,23 +99,32 @@ class Population:
     def evaluate(self, split: str, train_loss: Sequence[float]) -> list[dict[str, float]]:
         """Every member's mean loss (and the task's metrics) on `split`; for a member whose training
         diverged, an infinite loss and NaN metrics."""
-        if self.vectorized():
-            values = vectorize.evaluate(self.members, self.data[split])
+        stack = self.stacked()
+        if stack is not None:
+            values = stack.evaluate(self.data[split])
         else:
             values = [m.evaluate_all(self.data[split]) for m in self.members]
         return [v if math.isfinite(t) else {n: math.inf if n == "loss" else math.nan for n in v}
                 for v, t in zip(values, train_loss)]
 
-    def vectorized(self) -> bool:
-        """Train this session's members as one batched model?  Says once (rank 0) why not, when asked for."""
+    def stacked(self) -> vectorize.Stack | None:
+        """This session's members as one batched model (None: one at a time).  Says once (rank 0) why
+        not, when asked for."""
         mode = self.config.vectorize
         if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
-            return False
+            return None
         reason = vectorize.reason_not_to(self.members, self.data["train"])
+        if reason is None and isinstance(self._stack, str):
+            reason = self._stack  # vmap could not batch the model: it will not now either
+        elif reason is None and not (isinstance(self._stack, vectorize.Stack) and self._stack.holds(self.members)):
+            try:
+                self._stack = vectorize.Stack(self.members, self.data["train"])
+            except vectorize.Unbatchable as err:
+                self._stack = reason = str(err)
         if reason and reason not in self._told:
             self._told.add(reason)
             self.log(f"vectorize: training one member at a time: {reason}")
-        return reason is None
+        return self._stack if reason is None and isinstance(self._stack, vectorize.Stack) else None
 
 
 class Writer(Protocol):

@@ -1,24 +1,35 @@
 """Vectorised members: the K members on a rank trained as one batched model.
 
-Parameters are stacked along a new leading dimension, one `vmap`ped
-`functional_call` runs every member's forward at once, one backward gives
-every member's gradient (members are independent, so the gradient of the sum
-of their losses is each one's own), and a batched optimizer applies each
-member's own hyperparameters in one set of tensor operations.  Each member
-keeps its own data order.  Before and after a session the stacked state is
-moved from and back into the members' own models and optimizers, so
-selection, sharing and checkpoints do not know the difference.
+A rank's members live in one `Stack` for the whole run.  Every member's
+parameters are one row of a (K, P) matrix, and its model's parameters and its
+optimizer's state are views of its rows, so selection, sharing, checkpoints and
+results read and write members as they always did, and the matrices see it
+with no copy.  Before a session the stack takes back only what was replaced
+since the last one: a member that adopted a winner's state has new optimizer
+tensors, and those are copied into its rows and made views again (one row per
+changed member, not a restack of all K).
 
-Applies to SGD, Adam and AdamW with one parameter group, models without
-buffers (running statistics) or dropout (whose draws would depend on which
-members share a rank), TensorDataset data, and one batch size for all
-members.  Anything else trains one member at a time, and `reason` says why.
+A session trains all K at once: one `vmap`ped `functional_call` forward, one
+backward to a gradient per parameter of all members, and a batched optimizer
+step with each member's own hyperparameters, a few tensor operations on the
+(K, P) matrices whatever the model.  Each member keeps its own data order.
+Buffers (BatchNorm's running statistics) are stacked per member and updated
+in place under `vmap`, as one model updates its own.  Dropout masks come from a
+counter-based hash of a key that each member draws from its own random stream
+once per epoch, so a member's masks do not depend on which members share its
+rank; they are not the masks the one-at-a-time path draws.
+
+Applies to SGD, Adam and AdamW with one parameter group, TensorDataset data,
+one batch size for all members, and any model `vmap` can run.  Anything else
+trains one member at a time, and `reason_not_to` (or the `Unbatchable` a
+`Stack` raises) says why.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,10 +40,18 @@ from hsmpi.engine.member import Member
 from hsmpi.tasks import task_loss, task_metrics
 
 SUPPORTED = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
+# Dropout kinds with their mask's shape: elementwise, or one draw per channel (the dims after batch, channel).
+DROPOUTS = {torch.nn.Dropout: 0, torch.nn.Dropout1d: 1, torch.nn.Dropout2d: 2, torch.nn.Dropout3d: 3}
+_M32 = 0xFFFFFFFF
+
+
+class Unbatchable(ValueError):
+    """These members cannot be trained as one batched model (the message says why)."""
 
 
 def reason_not_to(members: list[Member], data: Data) -> str | None:
-    """Why these members cannot be trained as one batched model (None: they can)."""
+    """Why these members cannot be trained as one batched model (None: they can, as far as can be told
+    without running the model; `Stack` tries one batched step and raises `Unbatchable` if it fails)."""
     if len(members) < 2:
         return "one member on this rank"
     model, opt, task = members[0].model, members[0].optimizer, members[0].task
@@ -42,16 +61,23 @@ def reason_not_to(members: list[Member], data: Data) -> str | None:
         return "the task has a learning-rate scheduler"
     if data.tensors is None:
         return "the training data is not a TensorDataset"
-    if any(True for _ in model.buffers()):
-        return "the model has buffers (running statistics) that would need per-member updates"
-    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
-        return "the model uses dropout, whose draws would depend on which members share a rank"
+    other = next((type(m).__name__ for m in model.modules()
+                  if isinstance(m, torch.nn.modules.dropout._DropoutNd) and type(m) not in DROPOUTS), None)
+    if other is not None:
+        return f"the model uses {other}; Dropout and Dropout1d/2d/3d are batched"
     kinds = {type(m.optimizer) for m in members}
     if len(kinds) != 1 or type(opt) not in SUPPORTED:
         return f"the optimizer is {', '.join(sorted(k.__name__ for k in kinds))}; SGD, Adam and AdamW are batched"
-    if not all(p.requires_grad for p in model.parameters()):
+    params = list(model.parameters())
+    if not params or not all(p.requires_grad for p in params):
         return "some of the model's parameters are frozen (requires_grad=False)"
+    if len({p.dtype for p in params}) != 1:
+        return "the model's parameters have several dtypes"
+    shapes = _shapes(model)
     for m in members:
+        if _shapes(m.model) != shapes:
+            return ("members' models differ in their parameters, buffers, dropout or normalisation settings "
+                    "(a hyperparameter shapes the model)")
         if len(m.optimizer.param_groups) != 1:
             return "the optimizer has several parameter groups"
         if [id(p) for p in m.optimizer.param_groups[0]["params"]] != [id(p) for p in m.model.parameters()]:
@@ -66,37 +92,191 @@ def reason_not_to(members: list[Member], data: Data) -> str | None:
     return None
 
 
+def _shapes(model: torch.nn.Module) -> list[tuple[Any, ...]]:
+    """What the batched forward takes from the first member for all: the shapes of parameters and buffers,
+    and the settings of dropout and normalisation layers."""
+    entries = list(model.named_parameters()) + list(model.named_buffers())
+    settings = [(n, type(m).__name__, getattr(m, "p", None), getattr(m, "momentum", None), getattr(m, "eps", None))
+                for n, m in model.named_modules()
+                if isinstance(m, (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase))]
+    return [(n, tuple(t.shape), t.dtype) for n, t in entries] + settings
+
+
+def _kind(optimizer: torch.optim.Optimizer) -> str:
+    kind = SUPPORTED[type(optimizer)]
+    if kind == "adam" and optimizer.param_groups[0].get("decoupled_weight_decay"):
+        return "adamw"  # Adam(decoupled_weight_decay=True) is AdamW
+    return kind
+
+
 def _column(members: list[Member], key: str, index: int | None = None) -> list[float]:
     """One hyperparameter of every member's optimizer."""
     values = [m.optimizer.param_groups[0][key] for m in members]
     return [float(v[index] if index is not None else v) for v in values]
 
 
-class Batched:
-    """K members' parameters and optimizer state as (K, P) matrices, for one session.
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds), in int64 so that no step overflows the sign."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
 
-    Row k is member k's parameters flattened in `named_parameters` order, so
-    the batched optimizer is a dozen tensor operations on a few (K, P)
-    matrices whatever the model's shape, and each parameter is a view.
+
+class _Masks:
+    """Dropout masks for every member at once, from each member's key of this epoch and the step.
+
+    Inside the batched forward `key` is the member's own key (a batched scalar under `vmap`); each
+    dropout call in the forward takes the next layer number, so every layer, step and epoch draws anew.
     """
 
-    def __init__(self, members: list[Member]) -> None:
-        self.members = members
-        self.kind = SUPPORTED[type(members[0].optimizer)]
-        if self.kind == "adam" and members[0].optimizer.param_groups[0].get("decoupled_weight_decay"):
-            self.kind = "adamw"  # Adam(decoupled_weight_decay=True) is AdamW
-        self.base = members[0].model
-        self.device = members[0].device
-        first = dict(self.base.named_parameters())
-        self.names = list(first)
-        self.shapes = [first[n].shape for n in self.names]
-        sizes = [first[n].numel() for n in self.names]
+    def __init__(self) -> None:
+        self.key: torch.Tensor | None = None
+        self.step = 0
+        self.layer = 0
+
+    def uniform(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """Uniform [0, 1) draws of `shape` for this member, layer and step (float32, 24 bits)."""
+        assert self.key is not None
+        self.layer += 1
+        salt = (self.step * 0x9E3779B1 + self.layer * 0x85EBCA77) & _M32
+        index = torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(shape)
+        seed = _mix((self.key & _M32) ^ salt)
+        bits = _mix(_mix(((index * 0x9E3779B1) & _M32) ^ seed) ^ ((self.key >> 32) & _M32))
+        return (bits >> 8).to(torch.float32) * 2.0**-24
+
+    def dropout(self, module: torch.nn.modules.dropout._DropoutNd, x: torch.Tensor) -> torch.Tensor:
+        """`module`'s dropout of `x` with this member's mask (the module's own forward, batched)."""
+        p = float(module.p)
+        if not module.training or p == 0.0 or self.key is None:
+            return x
+        channel_dims = DROPOUTS[type(module)]
+        if channel_dims == 0:
+            shape = x.shape
+        else:  # one draw per (sample, channel), or per channel for an input without a batch dimension
+            lead = 2 if x.dim() == channel_dims + 2 else 1
+            shape = torch.Size(tuple(x.shape[:lead]) + (1,) * (x.dim() - lead))
+        keep = (self.uniform(shape, x.device) >= p).to(x.dtype)
+        return x * keep / (1.0 - p) if p < 1.0 else x * 0.0
+
+
+def _template(model: torch.nn.Module, masks: _Masks) -> torch.nn.Module:
+    """A copy of `model` for `functional_call`, whose dropout modules draw from `masks`."""
+    template = copy.deepcopy(model)
+    for module in template.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and type(module) in DROPOUTS:
+            module.forward = (lambda mod: lambda x: masks.dropout(mod, x))(module)  # type: ignore[method-assign]
+    return template
+
+
+class Stack:
+    """K members' parameters and optimizer state as (K, P) matrices, kept for the whole run.
+
+    Row k is member k's parameters flattened in `named_parameters` order; member k's parameters
+    and optimizer state tensors are views of row k.
+    """
+
+    def __init__(self, members: list[Member], data: Data) -> None:
+        self.members = list(members)
+        self.models = [m.model for m in members]
+        first = members[0].model
+        self.masks = _Masks()
+        self.template = _template(first, self.masks)
+        self.dropout = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and type(m) in DROPOUTS and m.p > 0
+                           for m in first.modules())
+        named = list(first.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        sizes = [p.numel() for _, p in named]
         self.bounds = [(sum(sizes[:i]), sum(sizes[:i + 1])) for i in range(len(sizes))]
-        self.dtype = first[self.names[0]].dtype
-        self.per = [list(m.model.parameters()) for m in members]  # named_parameters order
-        with torch.no_grad():
-            self.flat = self._matrix([[p.detach() for p in ps] for ps in self.per]).requires_grad_()
-        self.state = self._stack_state()
+        self.buffer_names = [n for n, _ in first.named_buffers()]
+        self.device, self.dtype = named[0][1].device, named[0][1].dtype
+        k, width = len(members), sum(sizes)
+        self.flat = torch.zeros(k, width, dtype=self.dtype, device=self.device)
+        # One leaf per parameter, (K, *shape), a view of the matrix: autograd gives each its own gradient
+        # (no (K, P) zero-fills per slice) and the optimizer updates the matrix they share.
+        self.leaves = [self.flat[:, a:b].view(k, *shape).requires_grad_()
+                       for (a, b), shape in zip(self.bounds, self.shapes)]
+        self.kind = ""
+        self.state: dict[str, torch.Tensor] = {}
+        self.linked = [False] * k  # member's optimizer state is views of the matrices
+        self.generators = [torch.Generator() for _ in members] if self.dropout else []
+        self.adopt()
+        self._try(data)
+
+    def holds(self, members: list[Member]) -> bool:
+        """Is this the stack of exactly these members and models?"""
+        return len(members) == len(self.members) and all(
+            a is b and a.model is model for a, b, model in zip(members, self.members, self.models))
+
+    # ---- keeping the rows and the members in step ---------------------------------------------------
+    def _view(self, matrix: torch.Tensor, k: int, j: int) -> torch.Tensor:
+        a, b = self.bounds[j]
+        return matrix[k, a:b].view(self.shapes[j])
+
+    def _is_view(self, t: Any, matrix: torch.Tensor, k: int, j: int) -> bool:
+        offset = (k * matrix.shape[1] + self.bounds[j][0]) * matrix.element_size()
+        return isinstance(t, torch.Tensor) and t.data_ptr() == matrix.data_ptr() + offset
+
+    @torch.no_grad()
+    def adopt(self) -> None:
+        """Take into the rows whatever the members hold that is not a view of them (a member's first
+        session, or the state of a winner it adopted since), and this session's hyperparameters."""
+        kind = _kind(self.members[0].optimizer)
+        if kind != self.kind:  # the first session, or a space that chose another optimizer
+            self.kind = kind
+            names = ("momentum_buffer",) if kind == "sgd" else ("exp_avg", "exp_avg_sq")
+            self.state = {n: torch.zeros_like(self.flat) for n in names}
+            self.steps = torch.zeros(len(self.members), len(self.names))  # Adam's per-parameter CPU steps
+            self.has = [False] * len(self.members)
+            self.linked = [False] * len(self.members)
+        for k, m in enumerate(self.members):
+            params = list(m.model.parameters())
+            for j, p in enumerate(params):
+                if not self._is_view(p, self.flat, k, j):
+                    view = self._view(self.flat, k, j)
+                    view.copy_(p.detach())
+                    p.data = view
+            self._adopt_state(k, m.optimizer, params)
+        self._read_hparams()
+
+    def _adopt_state(self, k: int, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
+        """Member k's optimizer state into its rows unless it is already views of them."""
+        names = list(self.state)
+        states = [optimizer.state.get(p, {}) for p in params]
+        if self.linked[k] and all(self._is_view(s.get(n), self.state[n], k, j)
+                                  for j, s in enumerate(states) for n in names):
+            return
+        self.has[k] = all(s.get(names[0]) is not None for s in states)
+        if not self.has[k]:  # no state yet (or only part of one: start it afresh, as a new optimizer would)
+            for n in names:
+                self.state[n][k].zero_()
+            self.steps[k] = 0.0
+            self.linked[k] = False
+            for p in params:
+                optimizer.state.pop(p, None)
+            return
+        for j, s in enumerate(states):
+            for n in names:
+                self._view(self.state[n], k, j).copy_(s[n])
+            if self.kind != "sgd":
+                self.steps[k, j] = float(s["step"])
+        self._link(k, optimizer, params)
+
+    def _link(self, k: int, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
+        """Make member k's optimizer state views of its rows (as torch keeps it: one step tensor per
+        parameter, on the CPU)."""
+        for j, p in enumerate(params):
+            if self.kind == "sgd":
+                optimizer.state[p] = {"momentum_buffer": self._view(self.state["momentum_buffer"], k, j)}
+            else:
+                optimizer.state[p] = {"step": self.steps[k, j], "exp_avg": self._view(self.state["exp_avg"], k, j),
+                                      "exp_avg_sq": self._view(self.state["exp_avg_sq"], k, j)}
+        self.linked[k] = True
+
+    def _read_hparams(self) -> None:
+        members = self.members
         col = lambda values: torch.tensor(values, dtype=self.dtype, device=self.device).view(-1, 1)  # noqa: E731
         self.hp = {k: col(_column(members, k)) for k in ("lr", "weight_decay")}
         if self.kind == "sgd":
@@ -105,174 +285,197 @@ class Batched:
             self.use_momentum = self.hp["momentum"] != 0
             self.nesterov = torch.tensor([bool(m.optimizer.param_groups[0]["nesterov"]) for m in members],
                                          device=self.device).view(-1, 1)
-        else:
-            self.b1 = torch.tensor(_column(members, "betas", 0), dtype=torch.float64, device=self.device)
-            self.b2 = torch.tensor(_column(members, "betas", 1), dtype=torch.float64, device=self.device)
-            # 1 - beta in float64 first, as torch computes it from Python floats.
-            self.hp["one_minus_beta1"] = (1 - self.b1).to(self.dtype).view(-1, 1)
-            self.hp["one_minus_beta2"] = (1 - self.b2).to(self.dtype).view(-1, 1)
-            self.hp["beta2"] = self.b2.to(self.dtype).view(-1, 1)
-            self.lr64 = torch.tensor(_column(members, "lr"), dtype=torch.float64, device=self.device)
-            self.hp["eps"] = col(_column(members, "eps"))
+            self.has_buf = torch.tensor(self.has, device=self.device).view(-1, 1)
+            return
+        self.b1 = torch.tensor(_column(members, "betas", 0), dtype=torch.float64, device=self.device)
+        self.b2 = torch.tensor(_column(members, "betas", 1), dtype=torch.float64, device=self.device)
+        # 1 - beta in float64 first, as torch computes it from Python floats.
+        self.hp["one_minus_beta1"] = (1 - self.b1).to(self.dtype).view(-1, 1)
+        self.hp["one_minus_beta2"] = (1 - self.b2).to(self.dtype).view(-1, 1)
+        self.lr64 = torch.tensor(_column(members, "lr"), dtype=torch.float64, device=self.device)
+        self.eps64 = torch.tensor(_column(members, "eps"), dtype=torch.float64, device=self.device)
+        self.step64 = self.steps[:, 0].to(self.device, torch.float64)
 
-    def params(self) -> dict[str, torch.Tensor]:
-        """Each parameter as a (K, *shape) view of the flat matrix (autograd sends gradients to it)."""
-        return {n: self.flat[:, a:b].view(-1, *shape) for n, (a, b), shape in zip(self.names, self.bounds, self.shapes)}
-
-    def _matrix(self, per_member: list[list[torch.Tensor | None]]) -> torch.Tensor:
-        """(K, P) from K lists of per-parameter tensors: one stack per parameter, one cat; None reads as zeros."""
-        columns = []
-        for j, shape in enumerate(self.shapes):
-            zero = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            column: list[torch.Tensor] = []
-            for ts in per_member:
-                t = ts[j]
-                column.append(zero if t is None else t)
-            columns.append(torch.stack(column).reshape(len(per_member), -1))
-        return torch.cat(columns, dim=1)
-
-    def _rows(self, key: str) -> torch.Tensor:
-        """A state tensor of every member, (K, P), zeros where a member has none yet."""
-        per_member = []
-        for m, ps in zip(self.members, self.per):
-            states = [m.optimizer.state.get(p, {}).get(key) for p in ps]
-            per_member.append([None] * len(ps) if any(t is None for t in states) else states)
-        return self._matrix(per_member)
-
-    def _stack_state(self) -> dict[str, Any]:
-        firsts = [m.optimizer.state.get(ps[0], {}) for m, ps in zip(self.members, self.per)]
-        if self.kind == "sgd":
-            has = [s.get("momentum_buffer") is not None for s in firsts]
-            return {"has_buf": torch.tensor(has, device=self.device).view(-1, 1), "buf": self._rows("momentum_buffer")}
-        steps = [float(s["step"]) if "step" in s else 0.0 for s in firsts]
-        return {"step": torch.tensor(steps, dtype=torch.float64, device=self.device),
-                "exp_avg": self._rows("exp_avg"), "exp_avg_sq": self._rows("exp_avg_sq")}
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        """Every member's buffers stacked, (K, *shape) per buffer: copies, written back by `_put_buffers`."""
+        per = [dict(m.model.named_buffers()) for m in self.members]
+        return {n: torch.stack([b[n] for b in per]) for n in self.buffer_names}
 
     @torch.no_grad()
-    def step(self) -> None:
-        """One optimizer step for every member, each with its own hyperparameters."""
+    def _put_buffers(self, stacked: dict[str, torch.Tensor]) -> None:
+        if not stacked:
+            return
+        targets, sources = [], []
+        for m in self.members:
+            own = dict(m.model.named_buffers())
+            targets += [own[n] for n in self.buffer_names]
+        for k in range(len(self.members)):
+            sources += [stacked[n][k] for n in self.buffer_names]
+        torch._foreach_copy_(targets, sources)
+
+    def _after_training(self) -> None:
+        """Steps into the members' step tensors; the first state of members that had none, as views (SGD
+        keeps none without momentum, as torch does)."""
         if self.kind == "sgd":
-            self._sgd()
+            now = self.has_buf.view(-1).tolist()
         else:
-            self._adam(decoupled=self.kind == "adamw")
+            self.steps.copy_(self.step64.to("cpu", torch.float32).view(-1, 1).expand_as(self.steps))
+            now = (self.step64 > 0).tolist()
+        for k, m in enumerate(self.members):
+            if now[k] and not self.linked[k]:
+                self.has[k] = True
+                self._link(k, m.optimizer, list(m.model.parameters()))
 
-    def _sgd(self) -> None:
-        p, g, hp, st = self.flat, self.flat.grad, self.hp, self.state
-        assert g is not None
-        g = g + hp["weight_decay"] * p
-        buf = torch.where(st["has_buf"], hp["momentum"] * st["buf"] + (1 - hp["dampening"]) * g, g)
-        st["buf"] = torch.where(self.use_momentum, buf, st["buf"])
-        direction = torch.where(self.use_momentum, torch.where(self.nesterov, g + hp["momentum"] * buf, buf), g)
+    # ---- the batched optimizer ---------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor) -> None:
+        """One optimizer step for every member, each with its own hyperparameters; `grad` is (K, P) and
+        is used up."""
+        if self.kind == "sgd":
+            self._sgd(grad)
+        else:
+            self._adam(grad, decoupled=self.kind == "adamw")
+
+    def _sgd(self, g: torch.Tensor) -> None:
+        p, hp, buf = self.flat, self.hp, self.state["momentum_buffer"]
+        g.addcmul_(p, hp["weight_decay"])
+        new = torch.where(self.has_buf, hp["momentum"] * buf + (1 - hp["dampening"]) * g, g)
+        buf.copy_(torch.where(self.use_momentum, new, buf))
+        direction = torch.where(self.use_momentum, torch.where(self.nesterov, g + hp["momentum"] * new, new), g)
         p.sub_(hp["lr"] * direction)
-        st["has_buf"] = st["has_buf"] | self.use_momentum
+        self.has_buf = self.has_buf | self.use_momentum
 
-    def _adam(self, decoupled: bool) -> None:
-        p, g, hp, st = self.flat, self.flat.grad, self.hp, self.state
-        assert g is not None
-        st["step"] += 1
-        step = st["step"]
-        # Bias corrections in float64, as torch computes them from Python floats.
-        step_size = (self.lr64 / (1 - self.b1 ** step)).to(self.dtype).view(-1, 1)
-        bc2_sqrt = (1 - self.b2 ** step).sqrt().to(self.dtype).view(-1, 1)
+    def _adam(self, g: torch.Tensor, decoupled: bool) -> None:
+        p, hp = self.flat, self.hp
+        self.step64 += 1
+        # Bias corrections in float64, as torch computes them from Python floats; the update
+        # p -= step_size * m / (sqrt(v) / bc2_sqrt + eps) as p -= m / (sqrt(v) * scale + shift).
+        step_size = self.lr64 / (1 - self.b1 ** self.step64)
+        bc2_sqrt = (1 - self.b2 ** self.step64).sqrt()
+        scale = (1 / (bc2_sqrt * step_size)).to(self.dtype).view(-1, 1)
+        shift = (self.eps64 / step_size).to(self.dtype).view(-1, 1)
         if decoupled:
             p.mul_(1 - hp["lr"] * hp["weight_decay"])
         else:
-            g = g + hp["weight_decay"] * p
-        m, v = st["exp_avg"], st["exp_avg_sq"]
+            g.addcmul_(p, hp["weight_decay"])
+        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
         m.lerp_(g, hp["one_minus_beta1"])
-        v.mul_(hp["beta2"]).addcmul_(g, g * hp["one_minus_beta2"])
-        p.sub_(step_size * m / (v.sqrt() / bc2_sqrt + hp["eps"]))
+        v.lerp_(g.mul_(g), hp["one_minus_beta2"])
+        p.addcdiv_(m, v.sqrt().mul_(scale).add_(shift), value=-1)
 
-    def _unstacked(self, matrix: torch.Tensor) -> list[list[torch.Tensor]]:
-        """matrix (K, P) as per member, per parameter views: one unbind per parameter, no Python loop over K."""
-        columns = [matrix[:, a:b].reshape(-1, *shape).unbind(0) for (a, b), shape in zip(self.bounds, self.shapes)]
-        return [list(row) for row in zip(*columns)]
+    # ---- a session's training and evaluation ---------------------------------------------------------
+    def _keys(self, epochs: int) -> torch.Tensor:
+        """(epochs, K) dropout keys, each member's from its own stream (zeros: the model has no dropout)."""
+        if not self.dropout:
+            return torch.zeros(epochs, len(self.members), dtype=torch.int64, device=self.device)
+        keys = []
+        for m, gen in zip(self.members, self.generators):
+            gen.set_state(m.rng_state)
+            keys.append(torch.randint(0, 2**62, (epochs,), generator=gen))
+            m.rng_state = gen.get_state()
+        return torch.stack(keys, 1).to(self.device)
 
-    def write_back(self) -> None:
-        """Parameters into each member's own model (one foreach copy); optimizer state as row views."""
-        weights = self._unstacked(self.flat.detach())
-        with torch.no_grad():
-            torch._foreach_copy_([p for ps in self.per for p in ps], [w for ws in weights for w in ws])
-        if self.kind == "sgd":
-            has = self.state["has_buf"].view(-1).tolist()
-            bufs = self._unstacked(self.state["buf"])
-            for m, ps, ok, rows in zip(self.members, self.per, has, bufs):
-                if ok:
-                    for p, row in zip(ps, rows):
-                        m.optimizer.state[p] = {"momentum_buffer": row}
-            return
-        steps = self.state["step"].to("cpu", torch.float32)
-        # One CPU step tensor per (member, parameter), as torch keeps them: distinct views of one matrix.
-        step_views = steps.view(-1, 1).repeat(1, len(self.names)).unbind(0)
-        firsts, seconds = self._unstacked(self.state["exp_avg"]), self._unstacked(self.state["exp_avg_sq"])
-        for k, (m, ps, done) in enumerate(zip(self.members, self.per, steps.tolist())):
-            if done == 0:
-                continue
-            per_param = step_views[k].unbind(0)
-            for j, p in enumerate(ps):
-                m.optimizer.state[p] = {"step": per_param[j], "exp_avg": firsts[k][j], "exp_avg_sq": seconds[k][j]}
+    def _losses_of(self) -> Callable[..., torch.Tensor]:
+        task, template, masks = self.members[0].task, self.template, self.masks
+
+        def forward(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    key: torch.Tensor) -> torch.Tensor:
+            masks.key, masks.layer = key, 0
+            return task_loss(task, functional_call(template, params, (x,)), y)
+
+        return vmap(forward)
+
+    def _try(self, data: Data) -> None:
+        """One batched forward and backward on two samples, on copies of the buffers: raise `Unbatchable`
+        if `vmap` cannot run the model."""
+        x, y = data.sample(2)
+        k = len(self.members)
+        params = {**dict(zip(self.names, self.leaves)), **self._buffers()}
+        self.template.train()
+        try:
+            losses = self._losses_of()(params, x.expand(k, *x.shape), y.expand(k, *y.shape),
+                                       torch.zeros(k, dtype=torch.int64, device=self.device))
+            torch.autograd.grad(losses.sum(), self.leaves)
+        except Exception as err:  # noqa: BLE001 (whatever vmap cannot batch: the one-at-a-time path runs it)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise Unbatchable(f"vmap cannot batch the model: {first[:200]}") from None
+        finally:
+            self.masks.key = None
+
+    def train(self, data: Data, epochs: int, on_epoch: Callable[[], None] | None = None) -> list[float]:
+        """Train every member for `epochs`; each member's mean training loss of the last epoch (NaN:
+        diverged)."""
+        assert data.tensors is not None
+        self.adopt()
+        x_all, y_all = data.tensors[0], data.tensors[1]
+        members, size, k = self.members, self.members[0].batch_size, len(self.members)
+        buffers = self._buffers()
+        params = {**dict(zip(self.names, self.leaves)), **buffers}
+        keys = self._keys(epochs)
+        losses_of = self._losses_of()
+        self.template.train()
+        means = [math.nan] * k
+        alive = torch.ones(k, dtype=torch.bool)
+        try:
+            for epoch in range(epochs):
+                # A diverged member draws no more data orders, as in the one-at-a-time path, so its stream
+                # stays in step.
+                orders = torch.stack([torch.randperm(len(data), generator=m.data_gen) if ok else
+                                      torch.arange(len(data)) for m, ok in zip(members, alive)]).to(x_all.device)
+                batch_losses = []
+                for step, start in enumerate(range(0, len(data), size)):
+                    index = orders[:, start:start + size]
+                    self.masks.step = step
+                    losses = losses_of(params, x_all[index], y_all[index], keys[epoch])
+                    grads = torch.autograd.grad(losses.sum(), self.leaves)
+                    self.step(torch.cat([g.reshape(k, -1) for g in grads], 1))
+                    batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
+                epoch_means = (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
+                if on_epoch is not None:
+                    for _ in members:
+                        on_epoch()
+                alive &= torch.isfinite(epoch_means)
+                means = [float(v) if ok else math.nan for v, ok in zip(epoch_means, alive)]
+        finally:
+            self.masks.key = None
+            self._put_buffers(buffers)
+            self._after_training()
+        return means
+
+    @torch.no_grad()
+    def evaluate(self, data: Data) -> list[dict[str, float]]:
+        """Every member's loss (and the task's metrics) over the whole dataset, one batched forward per
+        batch."""
+        self.adopt()
+        task, template = self.members[0].task, self.template
+        params = {**{n: leaf.detach() for n, leaf in zip(self.names, self.leaves)}, **self._buffers()}
+        template.eval()
+        if getattr(task, "metrics", None) is None:  # the loss itself batched, as every task without metrics had it
+            def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return task_loss(task, functional_call(template, p, (x,)), y)
+
+            losses_of = vmap(loss, in_dims=(0, None, None))
+            total = torch.zeros(len(self.members), dtype=torch.float64, device=self.device)
+            for x, y in data.in_order():
+                total += losses_of(params, x, y).double() * len(x)
+            return [{"loss": float(v)} for v in (total / len(data)).cpu()]
+        outputs_of = vmap(lambda p, x: functional_call(template, p, (x,)), in_dims=(0, None))
+        totals: list[dict[str, torch.Tensor]] = [{} for _ in self.members]
+        for x, y in data.in_order():
+            for k, out in enumerate(outputs_of(params, x)):  # the metrics per member, on its own outputs
+                for name, value in {"loss": task_loss(task, out, y), **task_metrics(task, out, y)}.items():
+                    weighted = value.double() * len(x)
+                    totals[k][name] = weighted if name not in totals[k] else totals[k][name] + weighted
+        return [{name: float(t) / len(data) for name, t in member.items()} for member in totals]
 
 
 def train(members: list[Member], data: Data, epochs: int,
           on_epoch: Callable[[], None] | None = None) -> list[float]:
-    """Train `members` together for `epochs`; each member's mean training loss of the last epoch (NaN: diverged)."""
-    assert data.tensors is not None
-    x_all, y_all = data.tensors[0], data.tensors[1]
-    batched = Batched(members)
-    task, base = members[0].task, batched.base
-    size = members[0].batch_size
-
-    def forward(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return task_loss(task, functional_call(base, params, (x,)), y)
-
-    losses_of = vmap(forward)
-    base.train()
-    means = [math.nan] * len(members)
-    alive = torch.ones(len(members), dtype=torch.bool)
-    for _ in range(epochs):
-        # A diverged member draws no more data orders, as in the one-at-a-time path, so its stream stays in step.
-        orders = torch.stack([torch.randperm(len(data), generator=m.data_gen) if ok else torch.arange(len(data))
-                              for m, ok in zip(members, alive)]).to(x_all.device)
-        batch_losses = []
-        for start in range(0, len(data), size):
-            index = orders[:, start:start + size]
-            losses = losses_of(batched.params(), x_all[index], y_all[index])
-            batched.flat.grad = None
-            losses.sum().backward()
-            batched.step()
-            batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
-        epoch_means = (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
-        if on_epoch is not None:
-            for _ in members:
-                on_epoch()
-        alive &= torch.isfinite(epoch_means)
-        means = [float(v) if ok else math.nan for v, ok in zip(epoch_means, alive)]
-    batched.write_back()
-    return means
+    """Train `members` together for `epochs` in a stack of their own (a population keeps one across
+    sessions instead)."""
+    return Stack(members, data).train(data, epochs, on_epoch)
 
 
-@torch.no_grad()
 def evaluate(members: list[Member], data: Data) -> list[dict[str, float]]:
-    """Every member's loss (and the task's metrics) over the whole dataset, one batched forward per batch."""
-    task, base = members[0].task, members[0].model
-    names = [n for n, _ in base.named_parameters()]
-    per = [dict(m.model.named_parameters()) for m in members]
-    params = {n: torch.stack([p[n] for p in per]) for n in names}
-    base.eval()
-    if getattr(task, "metrics", None) is None:  # the loss itself batched, as every task without metrics had it
-        def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return task_loss(task, functional_call(base, p, (x,)), y)
-
-        losses_of = vmap(loss, in_dims=(0, None, None))
-        total = torch.zeros(len(members), dtype=torch.float64, device=members[0].device)
-        for x, y in data.in_order():
-            total += losses_of(params, x, y).double() * len(x)
-        return [{"loss": float(v)} for v in (total / len(data)).cpu()]
-    outputs_of = vmap(lambda p, x: functional_call(base, p, (x,)), in_dims=(0, None))
-    totals: list[dict[str, torch.Tensor]] = [{} for _ in members]
-    for x, y in data.in_order():
-        for k, out in enumerate(outputs_of(params, x)):  # the metrics per member, on its own outputs
-            for name, value in {"loss": task_loss(task, out, y), **task_metrics(task, out, y)}.items():
-                weighted = value.double() * len(x)
-                totals[k][name] = weighted if name not in totals[k] else totals[k][name] + weighted
-    return [{name: float(t) / len(data) for name, t in member.items()} for member in totals]
+    """Every member's loss and metrics on `data`, batched (in a stack of their own)."""
+    return Stack(members, data).evaluate(data)
