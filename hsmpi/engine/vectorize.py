@@ -137,28 +137,80 @@ class _Masks:
         self.layer = 0
 
     def uniform(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """Uniform [0, 1) draws of `shape` for this member, layer and step (float32, 24 bits)."""
+        """Uniform [0, 1) draws of `shape` (one member's) for each member, this layer and step (float32,
+        24 bits).  The key is one member's under `vmap`, or all K members' (K,), giving (K, *shape)."""
         assert self.key is not None
         self.layer += 1
         salt = (self.step * 0x9E3779B1 + self.layer * 0x85EBCA77) & _M32
         index = torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(shape)
-        seed = _mix((self.key & _M32) ^ salt)
-        bits = _mix(_mix(((index * 0x9E3779B1) & _M32) ^ seed) ^ ((self.key >> 32) & _M32))
+        key = self.key.view(-1, *([1] * len(shape))) if self.key.dim() == 1 else self.key
+        seed = _mix((key & _M32) ^ salt)
+        bits = _mix(_mix(((index * 0x9E3779B1) & _M32) ^ seed) ^ ((key >> 32) & _M32))
         return (bits >> 8).to(torch.float32) * 2.0**-24
 
     def dropout(self, module: torch.nn.modules.dropout._DropoutNd, x: torch.Tensor) -> torch.Tensor:
-        """`module`'s dropout of `x` with this member's mask (the module's own forward, batched)."""
+        """`module`'s dropout of `x` with each member's own mask: one member's `x` under `vmap`, or all
+        members' (K, ...) with the key of all K."""
         p = float(module.p)
         if not module.training or p == 0.0 or self.key is None:
             return x
+        lead = self.key.dim()  # the members' dimension in front, outside vmap
+        one = x.shape[lead:]
         channel_dims = DROPOUTS[type(module)]
         if channel_dims == 0:
-            shape = x.shape
+            shape = one
         else:  # one draw per (sample, channel), or per channel for an input without a batch dimension
-            lead = 2 if x.dim() == channel_dims + 2 else 1
-            shape = torch.Size(tuple(x.shape[:lead]) + (1,) * (x.dim() - lead))
+            kept = 2 if len(one) == channel_dims + 2 else 1
+            shape = torch.Size(tuple(one[:kept]) + (1,) * (len(one) - kept))
         keep = (self.uniform(shape, x.device) >= p).to(x.dtype)
         return x * keep / (1.0 - p) if p < 1.0 else x * 0.0
+
+
+ELEMENTWISE = (torch.nn.Identity, torch.nn.Tanh, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.GELU,
+               torch.nn.SiLU, torch.nn.Mish, torch.nn.Sigmoid, torch.nn.ELU, torch.nn.CELU, torch.nn.SELU,
+               torch.nn.Softplus, torch.nn.Softsign, torch.nn.Hardtanh, torch.nn.Hardswish, torch.nn.Hardsigmoid,
+               torch.nn.Tanhshrink)
+
+
+def _direct_layers(model: torch.nn.Module, prefix: str = "") -> list[tuple[str, torch.nn.Module]] | None:
+    """The model as (name, layer) in order if it is a Sequential of Linear layers, elementwise activations,
+    Flatten and Dropout (nested Sequentials too), which run batched as they are; None otherwise (vmap)."""
+    if type(model) is not torch.nn.Sequential:
+        return None
+    layers: list[tuple[str, torch.nn.Module]] = []
+    for name, child in model.named_children():
+        if type(child) is torch.nn.Sequential:
+            inner = _direct_layers(child, f"{prefix}{name}.")
+            if inner is None:
+                return None
+            layers += inner
+        elif type(child) in (torch.nn.Linear, torch.nn.Flatten, torch.nn.Dropout) or type(child) in ELEMENTWISE:
+            layers.append((f"{prefix}{name}.", child))
+        else:
+            return None
+    return layers
+
+
+def _direct(layers: list[tuple[str, torch.nn.Module]], params: dict[str, torch.Tensor], x: torch.Tensor,
+            masks: _Masks) -> torch.Tensor:
+    """All members' outputs (K, ...) from their inputs (K, ...): Linear as batched matrix products with
+    the bias added in the same kernel, the rest as the layers themselves on the stacked tensor."""
+    h = x
+    for prefix, layer in layers:
+        if isinstance(layer, torch.nn.Linear):
+            weight, bias = params[prefix + "weight"], params.get(prefix + "bias")
+            flat = h.reshape(h.shape[0], -1, h.shape[-1])
+            out = (torch.bmm(flat, weight.transpose(1, 2)) if bias is None
+                   else torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)))
+            h = out.view(*h.shape[:-1], weight.shape[1])
+        elif isinstance(layer, torch.nn.Flatten):  # its dims are one member's: one more in front
+            shift = lambda d: d + 1 if d >= 0 else d  # noqa: E731
+            h = h.flatten(shift(layer.start_dim), shift(layer.end_dim))
+        elif isinstance(layer, torch.nn.Dropout):
+            h = masks.dropout(layer, h)
+        else:
+            h = layer(h)
+    return h
 
 
 def _template(model: torch.nn.Module, masks: _Masks) -> torch.nn.Module:
@@ -177,12 +229,14 @@ class Stack:
     and optimizer state tensors are views of row k.
     """
 
-    def __init__(self, members: list[Member], data: Data) -> None:
+    def __init__(self, members: list[Member], data: Data, direct: bool = True) -> None:
         self.members = list(members)
         self.models = [m.model for m in members]
         first = members[0].model
         self.masks = _Masks()
         self.template = _template(first, self.masks)
+        # A Sequential MLP runs as batched matrix products without vmap (the same numbers, less overhead).
+        self.direct = _direct_layers(self.template) if direct else None
         self.dropout = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and type(m) in DROPOUTS and m.p > 0
                            for m in first.modules())
         named = list(first.named_parameters())
@@ -198,6 +252,10 @@ class Stack:
         # (no (K, P) zero-fills per slice) and the optimizer updates the matrix they share.
         self.leaves = [self.flat[:, a:b].view(k, *shape).requires_grad_()
                        for (a, b), shape in zip(self.bounds, self.shapes)]
+        # The step's gradients land in one (K, P) matrix: one strided copy per parameter, whatever layout
+        # autograd gives them (a Linear weight's gradient comes transposed).
+        self.grad = torch.empty_like(self.flat)
+        self.grads = [self.grad[:, a:b].view(k, *shape) for (a, b), shape in zip(self.bounds, self.shapes)]
         self.kind = ""
         self.state: dict[str, torch.Tensor] = {}
         self.linked = [False] * k  # member's optimizer state is views of the matrices
@@ -215,9 +273,14 @@ class Stack:
         a, b = self.bounds[j]
         return matrix[k, a:b].view(self.shapes[j])
 
-    def _is_view(self, t: Any, matrix: torch.Tensor, k: int, j: int) -> bool:
-        offset = (k * matrix.shape[1] + self.bounds[j][0]) * matrix.element_size()
-        return isinstance(t, torch.Tensor) and t.data_ptr() == matrix.data_ptr() + offset
+    def _addresses(self, matrix: torch.Tensor, k: int) -> list[int]:
+        """Where member k's views of `matrix` start, one per parameter."""
+        row = matrix.data_ptr() + k * matrix.shape[1] * matrix.element_size()
+        return [row + a * matrix.element_size() for a, _ in self.bounds]
+
+    @staticmethod
+    def _starts(tensors: Sequence[Any]) -> list[int]:
+        return [t.data_ptr() if isinstance(t, torch.Tensor) else -1 for t in tensors]
 
     @torch.no_grad()
     def adopt(self) -> None:
@@ -233,11 +296,12 @@ class Stack:
             self.linked = [False] * len(self.members)
         for k, m in enumerate(self.members):
             params = list(m.model.parameters())
-            for j, p in enumerate(params):
-                if not self._is_view(p, self.flat, k, j):
-                    view = self._view(self.flat, k, j)
-                    view.copy_(p.detach())
-                    p.data = view
+            if self._starts(params) != self._addresses(self.flat, k):
+                for j, p in enumerate(params):
+                    if p.data_ptr() != self._addresses(self.flat, k)[j]:
+                        view = self._view(self.flat, k, j)
+                        view.copy_(p.detach())
+                        p.data = view
             self._adopt_state(k, m.optimizer, params)
         self._read_hparams()
 
@@ -245,8 +309,8 @@ class Stack:
         """Member k's optimizer state into its rows unless it is already views of them."""
         names = list(self.state)
         states = [optimizer.state.get(p, {}) for p in params]
-        if self.linked[k] and all(self._is_view(s.get(n), self.state[n], k, j)
-                                  for j, s in enumerate(states) for n in names):
+        if self.linked[k] and all(self._starts([s.get(n) for s in states]) == self._addresses(self.state[n], k)
+                                  for n in names):
             return
         self.has[k] = all(s.get(names[0]) is not None for s in states)
         if not self.has[k]:  # no state yet (or only part of one: start it afresh, as a new optimizer would)
@@ -376,7 +440,20 @@ class Stack:
         return torch.stack(keys, 1).to(self.device)
 
     def _losses_of(self) -> Callable[..., torch.Tensor]:
-        task, template, masks = self.members[0].task, self.template, self.masks
+        """(params, x, y, keys) -> every member's loss on its own batch, (K,)."""
+        task, template, masks, layers = self.members[0].task, self.template, self.masks, self.direct
+        if layers is not None:
+            loss_of = vmap(lambda out, y: task_loss(task, out, y))
+
+            def direct(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                       keys: torch.Tensor) -> torch.Tensor:
+                masks.key, masks.layer = keys, 0
+                out = _direct(layers, params, x, masks)
+                if getattr(task, "loss", None) is None and out.shape == y.shape:  # mean squared error
+                    return (out - y).square().flatten(1).mean(1)
+                return loss_of(out, y)
+
+            return direct
 
         def forward(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                     key: torch.Tensor) -> torch.Tensor:
@@ -427,8 +504,8 @@ class Stack:
                     index = orders[:, start:start + size]
                     self.masks.step = step
                     losses = losses_of(params, x_all[index], y_all[index], keys[epoch])
-                    grads = torch.autograd.grad(losses.sum(), self.leaves)
-                    self.step(torch.cat([g.reshape(k, -1) for g in grads], 1))
+                    torch._foreach_copy_(self.grads, torch.autograd.grad(losses.sum(), self.leaves))
+                    self.step(self.grad)
                     batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
                 epoch_means = (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
                 if on_epoch is not None:
