@@ -11,6 +11,7 @@ import torch
 from torch.func import vmap
 from torch.utils.data import Dataset
 
+from hsmpi import LogUniform, Uniform
 from hsmpi.engine import vectorize
 from hsmpi.engine.data import Data
 from hsmpi.engine.member import Member
@@ -181,7 +182,8 @@ def test_cli_says_once_why_it_falls_back(tmp_path: Any) -> None:
     assert result.stdout.count("vectorize: training one member at a time: vmap cannot batch the model") == 1
 
 
-def test_a_vectorised_run_matches_one_at_a_time(tmp_path: Any) -> None:
+@pytest.mark.parametrize("task", ["regression1d", "batchnorm"])
+def test_a_vectorised_run_matches_one_at_a_time(tmp_path: Any, task: str) -> None:
     """A whole run (4 members on this process, batched or not): the same winners, losses within 1e-3."""
     import hsmpi
     from hsmpi.parallel.comm import SerialComm
@@ -189,8 +191,8 @@ def test_a_vectorised_run_matches_one_at_a_time(tmp_path: Any) -> None:
     runs = {}
     for mode in ("on", "off"):
         lines: list[str] = []
-        result = hsmpi.run("regression1d", comm=SerialComm(), log=lines.append, population=4, epochs=4, sessions=2,
-                           vectorize=mode, threads=1, out=str(tmp_path / mode))
+        result = hsmpi.run(task if task == "regression1d" else Normed(), comm=SerialComm(), log=lines.append,
+                           population=4, epochs=4, sessions=2, vectorize=mode, threads=1, out=str(tmp_path / mode))
         assert not any("vectorize: training one member" in line for line in lines)
         runs[mode] = (np.array(result.history["val_loss"]), np.array(result.history["winner"]))
     torch.testing.assert_close(torch.from_numpy(runs["on"][0]), torch.from_numpy(runs["off"][0]), rtol=1e-3, atol=0)
@@ -203,6 +205,7 @@ class Normed(Plain):
     up, so the two paths would part there by more than rounding."""
 
     cnn = False
+    space = {"lr": LogUniform(1e-3, 1e-1), "beta1": Uniform(0.5, 0.95), "wd": LogUniform(1e-6, 1e-3)}
 
     def data(self, seed: int) -> Any:
         if not self.cnn:
@@ -371,3 +374,17 @@ def test_a_model_vmap_cannot_run_falls_back_with_its_reason() -> None:
     with pytest.raises(vectorize.Unbatchable, match="vmap cannot batch the model"):
         vectorize.Stack(members, data)
     assert all(torch.equal(a, b) for a, b in zip(before, members[0].model.parameters()))
+
+
+def test_the_direct_mlp_path_matches_vmap_masks_included() -> None:
+    """A Sequential MLP runs without vmap; with vmap it trains to the same weights, dropout masks included."""
+    torch.set_num_threads(1)
+    members, data = _dropped(3)
+    twins = copy.deepcopy(members)
+    direct, through_vmap = vectorize.Stack(members, data), vectorize.Stack(twins, data, direct=False)
+    assert direct.direct is not None and through_vmap.direct is None
+    assert direct.train(data, 2) == pytest.approx(through_vmap.train(data, 2), rel=1e-5)
+    for a, b in zip(members, twins):
+        for p, q in zip(a.model.parameters(), b.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert vectorize._direct_layers(Normed().model()) is None, "BatchNorm goes through vmap"

@@ -144,8 +144,8 @@ class _Masks:
         salt = (self.step * 0x9E3779B1 + self.layer * 0x85EBCA77) & _M32
         index = torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(shape)
         key = self.key.view(-1, *([1] * len(shape))) if self.key.dim() == 1 else self.key
-        seed = _mix((key & _M32) ^ salt)
-        bits = _mix(_mix(((index * 0x9E3779B1) & _M32) ^ seed) ^ ((key >> 32) & _M32))
+        seed = _mix(_mix((key & _M32) ^ salt) ^ ((key >> 32) & _M32))  # one number per member: cheap
+        bits = _mix(((index * 0x9E3779B1) & _M32) ^ seed)  # one round per element
         return (bits >> 8).to(torch.float32) * 2.0**-24
 
     def dropout(self, module: torch.nn.modules.dropout._DropoutNd, x: torch.Tensor) -> torch.Tensor:
