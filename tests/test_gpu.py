@@ -44,6 +44,27 @@ def test_vectorised_matches_one_at_a_time_on_cuda() -> None:
             torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
 
 
+def test_batchnorm_and_dropout_are_batched_on_cuda() -> None:
+    """BatchNorm's running statistics match one at a time on the GPU; dropout masks are each member's own."""
+    from test_vectorize import Dropped, Normed
+
+    for task in (Normed(), Dropped()):
+        data = Data(task.data(0)[0], CUDA)
+        members = [Member.create(task, i, {"lr": 0.01 / (i + 1), "beta1": 0.8, "wd": 0.0}, seed=1, device=CUDA,
+                                 default_batch_size=16) for i in range(4)]
+        twins = copy.deepcopy(members)
+        vectorize.Stack(members, data).train(data, 2)
+        if isinstance(task, Normed):
+            for m in twins:
+                m.train(data, 2)
+        else:  # the same members two at a time: the same weights
+            vectorize.Stack(twins[:2], data).train(data, 2)
+            vectorize.Stack(twins[2:], data).train(data, 2)
+        for a, b in zip(members, twins):
+            for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+                torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5, msg=name)
+
+
 def test_state_goes_through_pinned_host_buffer_and_training_continues() -> None:
     members, data = _members(2)
     members[0].train(data, 1)
