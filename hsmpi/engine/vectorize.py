@@ -260,8 +260,8 @@ class Stack:
         self.state: dict[str, torch.Tensor] = {}
         self.linked = [False] * k  # member's optimizer state is views of the matrices
         self.generators = [torch.Generator() for _ in members] if self.dropout else []
+        self._try(data)  # before the members become views of the rows: a model vmap cannot run is left as it is
         self.adopt()
-        self._try(data)
 
     def holds(self, members: list[Member]) -> bool:
         """Is this the stack of exactly these members and models?"""
