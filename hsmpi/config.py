@@ -92,8 +92,8 @@ class TaskSettings(_Group):
 
     task: str = _field(
         "regression1d",
-        "a built-in task (`regression1d`, `friedman1`, `diabetes`, `digits`, `digits-cnn`), `package.module:Class` or "
-        "`path/to/file.py:Class`",
+        "a built-in task (`regression1d`, `friedman1`, `diabetes`, `digits`, `digits-cnn`, `sparse-regression`, "
+        "`breast-cancer`, `moons-schedule`), `package.module:Class` or `path/to/file.py:Class`",
         metavar="TASK", expected="a name or module:Class", valid=_nonempty_str)
 
     def __post_init__(self) -> None:

@@ -3,7 +3,9 @@
 A trial is built exactly like an hsmpi member (`Member.create`): the same
 shared initial weights (seeded by the run seed), the same optimizer from the
 task, and the data-order stream of member `index`, so the only thing that
-differs between methods is how the hyperparameters are chosen.
+differs between methods is how the hyperparameters are chosen.  A task's
+learning-rate schedule (its `scheduler` hook) spans the run's M epochs, as an
+hsmpi member's does; a trial that stops early (pruned) stops partway along it.
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ def train_trial(problem: Problem, index: int, hp: HParams, epochs: int, report: 
     """Train trial `index` from the shared initial weights for up to `epochs` epochs."""
     check_hparams(problem.task.space, hp)
     start = time.perf_counter()
-    member = Member.create(problem.task, index, hp, problem.seed, torch.device("cpu"))
+    # The training split's size and M, as hsmpi gives its members: a task's scheduler hook spans the same steps.
+    member = Member.create(problem.task, index, hp, problem.seed, torch.device("cpu"),
+                           train_size=len(problem.data["train"]), epochs=problem.epochs)
     val: list[float] = []
     for epoch in range(1, epochs + 1):
         train_loss = member.train(problem.data["train"], 1)

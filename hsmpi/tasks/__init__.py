@@ -47,6 +47,9 @@ BUILTIN = {
     "diabetes": "hsmpi.tasks.diabetes:Diabetes",
     "digits": "hsmpi.tasks.digits:Digits",
     "digits-cnn": "hsmpi.tasks.digits_cnn:DigitsCNN",
+    "sparse-regression": "hsmpi.tasks.sparse_regression:SparseRegression",
+    "breast-cancer": "hsmpi.tasks.breast_cancer:BreastCancer",
+    "moons-schedule": "hsmpi.tasks.moons_schedule:MoonsSchedule",
 }
 
 REQUIRED = ("data", "model", "optimizer")

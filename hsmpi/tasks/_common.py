@@ -10,9 +10,17 @@ from torch.utils.data import TensorDataset
 def split(x: np.ndarray, y: np.ndarray, seed: int, fractions: tuple[float, float] = (0.6, 0.2),
           standardize_y: bool = True) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
     """Shuffle with `seed`, split train/val/test, standardise with the training split's statistics."""
-    order = np.random.default_rng(seed).permutation(len(x))
     n_train = int(round(fractions[0] * len(x)))
     n_val = int(round(fractions[1] * len(x)))
+    return split_sizes(x, y, seed, n_train, n_val, standardize_y)
+
+
+def split_sizes(x: np.ndarray, y: np.ndarray, seed: int, n_train: int, n_val: int,
+                standardize_y: bool = True) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """`split` with the sizes given: `n_train` and `n_val` samples, the rest for test."""
+    if n_train < 1 or n_val < 1 or n_train + n_val >= len(x):
+        raise ValueError(f"cannot split {len(x)} samples into {n_train} train, {n_val} val and a test split")
+    order = np.random.default_rng(seed).permutation(len(x))
     parts = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
     mean, std = x[parts[0]].mean(0), x[parts[0]].std(0) + 1e-8
     x = (x - mean) / std
