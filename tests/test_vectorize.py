@@ -388,3 +388,62 @@ def test_the_direct_mlp_path_matches_vmap_masks_included() -> None:
         for p, q in zip(a.model.parameters(), b.model.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert vectorize._direct_layers(Normed().model()) is None, "BatchNorm goes through vmap"
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_a_shared_state_reaches_the_stacks_members_as_row_copies(opt: str) -> None:
+    """Step 4 inside a stack: the first receiver loads the state, the others copy its rows; the same as
+    every receiver loading it, and the receivers' optimizer state stays views of their rows."""
+    from hsmpi.parallel import flatstate
+    from hsmpi.parallel.comm import SerialComm
+    from hsmpi.parallel.share import share_state
+
+    torch.set_num_threads(1)
+    members, data = _members(opt, trained_first=True)
+    members.append(copy.deepcopy(members[1]))  # four members: one donor, three receivers
+    members[3].index = 3
+    twins = copy.deepcopy(members)
+    stack = vectorize.Stack(members, data)
+    stack.train(data, 1)
+    for m in twins:
+        m.train(data, 1)
+    before = {id(m): [id(m.optimizer.state[p]) for p in m.model.parameters()] for m in members[2:]
+              if stack.linked[stack.row[id(m)]]}  # the receivers after the first, which loads the state itself
+    share_state(SerialComm(), flatstate.Buffer(CPU), 0, members[0], [vectorize.RowCopies(stack, members[1:])])
+    share_state(SerialComm(), flatstate.Buffer(CPU), 0, twins[0], twins[1:])
+    for a, b in zip(members, twins):
+        _assert_same_members(a, b)
+    key = "momentum_buffer" if opt == "sgd" else "exp_avg"
+    for m in members[1:]:
+        r = stack.row[id(m)]
+        assert [m.optimizer.state[p][key].data_ptr() for p in m.model.parameters()] == \
+            stack._addresses(stack.state[key], r), "every receiver's state is views of its rows"
+        if id(m) in before:
+            assert [id(m.optimizer.state[p]) for p in m.model.parameters()] == before[id(m)], \
+                "a receiver that was a view of its rows stays one: no new tensors"
+    assert before, "some receivers were views before the share"
+    new = HPS["sgd" if opt == "sgd" else "adam"][2]
+    for group in (members, twins):
+        for m in group[1:]:
+            m.set_hparams(new)
+    stack.train(data, 2)
+    for m in twins:
+        m.train(data, 2)
+    for a, b in zip(members, twins):
+        _assert_same_members(a, b)
+
+
+def test_row_copies_fall_back_to_loading_each_member_for_another_optimizer() -> None:
+    members, data = _members("adam", trained_first=True)
+    stack = vectorize.Stack(members, data)
+    donor = Member.create(Plain(), 9, HPS["adam"][0], seed=1, device=CPU, default_batch_size=16)
+    donor.optimizer = torch.optim.SGD(donor.model.parameters(), lr=0.1, momentum=0.9)
+    donor.train(data, 1)
+    header = donor.header()
+    flat = torch.zeros(header.nbytes, dtype=torch.uint8)
+    donor.pack(header, flat)
+    vectorize.RowCopies(stack, members[1:]).load_state(header, flat)
+    for m in members[1:]:  # the SGD state is carried for set_hparams, the weights are the donor's
+        assert m._carried is not None and m._carried[0] == "SGD"
+        for p, q in zip(m.model.parameters(), donor.model.parameters()):
+            assert torch.equal(p, q)

@@ -107,6 +107,14 @@ class Population:
         return [v if math.isfinite(t) else {n: math.inf if n == "loss" else math.nan for n in v}
                 for v, t in zip(values, train_loss)]
 
+    def receivers(self, indices: Sequence[int]) -> list[Any]:
+        """Members here that receive one shared state (step 4): one holder that loads the first and copies
+        its rows to the others where a stack holds them, else each member."""
+        members = [self.local[i] for i in indices]
+        if len(members) > 1 and isinstance(self._stack, vectorize.Stack) and self._stack.holds(self.members):
+            return [vectorize.RowCopies(self._stack, members)]
+        return members
+
     def stacked(self) -> vectorize.Stack | None:
         """This session's members as one batched model (None: one at a time).  Says once (rank 0) why
         not, when asked for."""

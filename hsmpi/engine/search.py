@@ -253,7 +253,7 @@ class Search:
         pop = self.population
         root = pop.owner(self.best.member if donor == BEST_EVER else donor)
         source = self.best.state if donor == BEST_EVER else pop.local.get(donor)
-        receivers = [pop.local[i] for i, s in enumerate(sources) if s == donor and i in pop.local and i != donor]
+        receivers = pop.receivers([i for i, s in enumerate(sources) if s == donor and i in pop.local and i != donor])
         return share_state(self.comm, pop.buffer, root, source, receivers, keep_on)
 
     def _holdout_of(self, member: int) -> float:

@@ -37,6 +37,7 @@ from torch.func import functional_call, vmap
 
 from hsmpi.engine.data import Data, epoch_sum
 from hsmpi.engine.member import Member
+from hsmpi.parallel import flatstate
 from hsmpi.tasks import task_loss, task_metrics
 
 SUPPORTED = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
@@ -232,6 +233,7 @@ class Stack:
     def __init__(self, members: list[Member], data: Data, direct: bool = True) -> None:
         self.members = list(members)
         self.models = [m.model for m in members]
+        self.row = {id(m): k for k, m in enumerate(members)}
         first = members[0].model
         self.masks = _Masks()
         self.template = _template(first, self.masks)
@@ -389,6 +391,38 @@ class Stack:
             if now[k] and not self.linked[k]:
                 self.has[k] = True
                 self._link(k, m.optimizer, list(m.model.parameters()))
+
+    # ---- step 4: a state to several members of the stack ------------------------------------------------
+    @torch.no_grad()
+    def spread(self, source: Member, targets: Sequence[Member]) -> bool:
+        """Make `targets` copies of `source` (which has just loaded a shared state) by copying its rows:
+        one indexed copy per matrix, whatever the number of targets.  False, with nothing done, where
+        rows cannot carry the state (another optimizer class than the stack trains, or a member whose
+        parameters are not views of its rows)."""
+        rows = [self.row[id(m)] for m in [source, *targets]]
+        if source._carried is not None or _kind(source.optimizer) != self.kind or any(
+                self._starts(list(m.model.parameters())) != self._addresses(self.flat, r)
+                for m, r in zip([source, *targets], rows)):
+            return False
+        k, rest = rows[0], rows[1:]
+        self._adopt_state(k, source.optimizer, list(source.model.parameters()))  # its fresh tensors into its rows
+        index = torch.tensor(rest, device=self.device)
+        for matrix in (self.flat, *self.state.values()):
+            matrix[index] = matrix[k].clone()  # one row, copied out first: source and targets share the matrix
+        self.steps[rest] = self.steps[k].clone()
+        own = dict(source.model.named_buffers())
+        for m, r in zip(targets, rest):
+            if own:
+                theirs = dict(m.model.named_buffers())
+                torch._foreach_copy_([theirs[n] for n in own], list(own.values()))
+            m.steps, m._carried = source.steps, None
+            self.has[r] = self.has[k]
+            if not self.has[r]:
+                m.optimizer.state.clear()
+                self.linked[r] = False
+            elif not self.linked[r]:
+                self._link(r, m.optimizer, list(m.model.parameters()))
+        return True
 
     # ---- the batched optimizer ---------------------------------------------------------------------
     @torch.no_grad()
@@ -556,3 +590,25 @@ def train(members: list[Member], data: Data, epochs: int,
 def evaluate(members: list[Member], data: Data) -> list[dict[str, float]]:
     """Every member's loss and metrics on `data`, batched (in a stack of their own)."""
     return Stack(members, data).evaluate(data)
+
+
+class RowCopies:
+    """Members of one stack that receive the same state (step 4): the first loads it, the others copy
+    the first's rows (or, where rows cannot carry it, load it themselves)."""
+
+    def __init__(self, stack: Stack, members: Sequence[Member]) -> None:
+        self.stack = stack
+        self.members = list(members)
+
+    def header(self) -> flatstate.Header:
+        return self.members[0].header()
+
+    def pack(self, header: flatstate.Header, flat: torch.Tensor) -> None:
+        self.members[0].pack(header, flat)
+
+    def load_state(self, header: flatstate.Header, flat: torch.Tensor, host: torch.Tensor | None = None) -> None:
+        first, rest = self.members[0], self.members[1:]
+        first.load_state(header, flat, host)
+        if not self.stack.spread(first, rest):
+            for m in rest:
+                m.load_state(header, flat, host)
