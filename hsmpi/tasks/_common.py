@@ -44,3 +44,20 @@ def mlp(sizes: list[int], activation: type[torch.nn.Module] = torch.nn.ReLU,
             if dropout > 0:
                 layers.append(torch.nn.Dropout(dropout))
     return torch.nn.Sequential(*layers)
+
+
+class Classification:
+    """The hooks of a classification task trained on cross-entropy: accuracy as a metric, and the
+    population average taken over class probabilities."""
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(output, target)
+
+    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"accuracy": (output.argmax(dim=-1) == target).float().mean()}
+
+    def ensemble_in(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(output, dim=-1)
+
+    def ensemble_out(self, mean: torch.Tensor) -> torch.Tensor:
+        return torch.log(mean.clamp_min(1e-12))

@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from hsmpi.algorithm.space import LogUniform, Uniform
-from hsmpi.tasks._common import mlp, split_sizes
+from hsmpi.tasks._common import Classification, mlp, split_sizes
 
 
-class BreastCancer:
+class BreastCancer(Classification):
     """569 samples of 30 features, split 355 train / 100 validation / 114 test with the run seed and
     standardised with the training split's statistics; a 30-32-32-2 ReLU MLP, Adam, cross-entropy.
 
@@ -43,15 +43,3 @@ class BreastCancer:
 
     def optimizer(self, params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], 0.999), weight_decay=hp["weight_decay"])
-
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(output, target)
-
-    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"accuracy": (output.argmax(dim=-1) == target).float().mean()}
-
-    def ensemble_in(self, output: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(output, dim=-1)
-
-    def ensemble_out(self, mean: torch.Tensor) -> torch.Tensor:
-        return torch.log(mean.clamp_min(1e-12))

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from hsmpi.algorithm.space import LogUniform, Uniform
-from hsmpi.tasks._common import mlp, split
+from hsmpi.tasks._common import Classification, mlp, split
 
 
 def lr_factor(step: int, warm: int, total: int, decay: float) -> float:
@@ -31,7 +31,7 @@ def lr_factor(step: int, warm: int, total: int, decay: float) -> float:
     return float(decay ** (min(step - peak, span) / span))
 
 
-class MoonsSchedule:
+class MoonsSchedule(Classification):
     """1,000 noisy two-moons points, SGD with momentum under a warm-up then exponential-decay schedule."""
 
     space = {
@@ -61,15 +61,3 @@ class MoonsSchedule:
         warm = int(round(hp["warmup"] * total))
         decay = float(hp["decay"])
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warm, total, decay))
-
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(output, target)
-
-    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"accuracy": (output.argmax(dim=-1) == target).float().mean()}
-
-    def ensemble_in(self, output: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(output, dim=-1)
-
-    def ensemble_out(self, mean: torch.Tensor) -> torch.Tensor:
-        return torch.log(mean.clamp_min(1e-12))
