@@ -36,6 +36,7 @@ SelectName = Literal["winner", "truncation"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 VectorizeMode = Literal["auto", "on", "off"]
 DirectionName = Literal["minimize", "maximize"]
+ReturnsName = Literal["member", "average", "auto"]
 
 DEVICES: tuple[str, ...] = get_args(DeviceName)
 VECTORIZE: tuple[str, ...] = get_args(VectorizeMode)
@@ -137,6 +138,14 @@ class Search(_Group):
         "with `--elitism`: hold back this fraction of the validation split to judge the returned model only "
         "(the sessions select on the rest)",
         metavar="F", expected="a fraction in [0, 1)", valid=_fraction)
+    returns: ReturnsName = _field(
+        "member",
+        "what the run returns: `member` (the best member, as in the paper), `average` (the final population's "
+        "averaged prediction, one model holding the averaged members: each rank then holds them all) or `auto` "
+        "(the average when it scores better on validation than the best member, else the member)")
+    average_top: int | None = _field(
+        None, "`average`/`auto`: average the final population's best K on validation only", metavar="K",
+        means="every member with a finite validation score", minimum=1)
     independent_init: bool = _field(
         False,
         "each member its own initial weights; `--no-independent-init`: all start from the same weights, "

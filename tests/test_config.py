@@ -35,7 +35,8 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, see
                 independent_init=False, batch_size=64, threads=0, resume=None, keep_checkpoints=1,
                 checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto",
                 objective=None, direction=None, workers=0,  # these three came with the task hooks
-                checkpoint_async=True)  # and this one with sharded checkpoints
+                checkpoint_async=True,  # and this one with sharded checkpoints
+                returns="member", average_top=None)  # and these with the returned average
 
 
 def test_defaults_are_valid() -> None:

@@ -37,8 +37,10 @@ def _world() -> Any:
 def _same_files(a: Path, b: Path) -> None:
     with h5py.File(a, "r") as f, h5py.File(b, "r") as g:
         for key in ("history/train_loss", "history/val_loss", "history/winner", "history/sources",
-                    "test/best_loss", "test/ensemble_loss"):
+                    "test/best_loss", "test/ensemble_loss", "test/ensemble_val_loss", "test/member_val_cv",
+                    "test/returned_loss"):
             assert np.array_equal(f[key][()], g[key][()], equal_nan=True), key
+        assert f["test/returned"][()] == g["test/returned"][()]
         for group in ("population/weights", "history/hparams", "best/weights"):
             for name in f[group]:
                 assert np.array_equal(f[f"{group}/{name}"][()], g[f"{group}/{name}"][()]), f"{group}/{name}"
@@ -53,6 +55,8 @@ LAYOUT_CASES = {
     "truncation-perturb": (Tiny(), dict(select="truncation", sampler="perturb")),
     "independent-init": (Tiny(), dict(select="winner", independent_init=True)),
     "holdout-elitism": (TinyAdam(), dict(select="truncation", holdout=0.4, elitism=True)),
+    "returns-average": (TinyAdam(), dict(select="truncation", returns="average")),
+    "returns-auto-top": (NegLoss(), dict(select="truncation", returns="auto", average_top=3)),
 }
 
 
@@ -64,8 +68,9 @@ def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Pa
     mine = hsmpi.run(task, comm=world, out=str(mpi_tmp_path / f"world-{case}"), **options)
     if world.rank == 0:  # one process, the same seed: rank 0 alone, while the others wait
         alone = hsmpi.run(task, comm=SerialComm(), out=str(mpi_tmp_path / f"alone-{case}"), **options)
-        assert (alone.test_loss, alone.best_member, alone.best_session, alone.best_val_loss) == \
-            (mine.test_loss, mine.best_member, mine.best_session, mine.best_val_loss)
+        assert (alone.test_loss, alone.best_member, alone.best_session, alone.best_val_loss, alone.returned,
+                alone.averaged) == (mine.test_loss, mine.best_member, mine.best_session, mine.best_val_loss,
+                                    mine.returned, mine.averaged)
         _same_files(mpi_tmp_path / f"world-{case}" / "results.h5", mpi_tmp_path / f"alone-{case}" / "results.h5")
         # each rank wrote its members' weights to its own file; results.h5 reads them, also once moved
         moved = mpi_tmp_path / "elsewhere" / case

@@ -203,8 +203,10 @@ OLD_VALUES = dict(task="friedman1", population=8, epochs=12, sessions=4, seed=3,
 
 
 NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2",  # added with the task hooks
-             "--no-checkpoint-async"]  # added with sharded checkpoints
-NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False)
+             "--no-checkpoint-async",  # added with sharded checkpoints
+             "--returns", "auto", "--average-top", "4"]  # added with the returned average
+NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False, returns="auto",
+                  average_top=4)
 
 
 def test_every_old_flag_still_parses_to_the_same_value() -> None:

@@ -1,4 +1,5 @@
-"""`mpirun -n 2 python -m benchmarks.quality [--quick] [--ablation] [--sweep-m TASK]`: the quality benchmark.
+"""`mpirun -n 2 python -m benchmarks.quality [--quick] [--ablation [--variants ...]] [--sweep-m TASK]`: the
+quality benchmark.
 
 Runs every (task, seed, method) cell not stored yet in OUT/cells, then writes
 OUT/results.md (tables) and OUT/*.png (curves, the paper's Fig. 1b).
@@ -34,6 +35,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("-m", "--sessions", type=int, help="hsmpi's sessions (default 6)")
     p.add_argument("--methods", nargs="+", help="labels to run (default: all of the main table)")
     p.add_argument("--ablation", action="store_true", help="also run hsmpi's ablation variants")
+    p.add_argument("--variants", nargs="+", choices=list(ablation.VARIANTS),
+                   help="with --ablation: only these variants (default: all)")
     p.add_argument("--sweep-m", metavar="TASK", help="also sweep hsmpi's sessions m at fixed M on TASK")
     ns = p.parse_args(argv)
     base = QUICK if ns.quick else FULL
@@ -46,6 +49,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error("--first-seed must be at least 0")
     if ns.sessions > ns.epochs:
         p.error(f"-m ({ns.sessions}) must not exceed -M ({ns.epochs})")
+    if ns.variants and not ns.ablation:
+        p.error("--variants needs --ablation")
     if ns.sweep_m is not None and ns.sweep_m not in BUILTIN:
         p.error(f"--sweep-m: unknown task {ns.sweep_m!r}; expected one of {list(BUILTIN)}")
     return ns
@@ -63,7 +68,7 @@ def plan(ns: argparse.Namespace) -> tuple[list[Cell], list[Method], list[Method]
         main = [m for m in main if m.label in ns.methods]
     seeds = range(ns.first_seed, ns.first_seed + ns.seeds)
     cells = [Cell(t, s, m) for t in ns.tasks for s in seeds for m in main]
-    abl = ablation.variants() if ns.ablation else []
+    abl = ablation.variants(ns.variants) if ns.ablation else []
     cells += [Cell(t, s, m) for t in ns.tasks for s in seeds for m in abl]
     sweep = ablation.sweep(ns.epochs) if ns.sweep_m else []
     cells += [Cell(ns.sweep_m, s, m) for s in seeds for m in sweep]

@@ -14,12 +14,17 @@ VARIANTS: dict[str, dict[str, object]] = {
     "radius-0.15": {"radius": 0.15},  # the paper's box
     "shrink-radius": {"radius_final": 0.05},  # the box shrinks from 0.3 to 0.05 over the sessions
     "fraction-0.5": {"truncation_fraction": 0.5},  # the bottom half copies the top half
+    "average": {"returns": "average"},  # return the final population's averaged prediction
+    "average-top4": {"returns": "average", "average_top": 4},  # ... of its best 4 on validation
+    "auto": {"returns": "auto"},  # the average when it validates better than the best member
+    "auto-top4": {"returns": "auto", "average_top": 4},
 }
 
 
-def variants() -> list[Method]:
+def variants(names: list[str] | None = None) -> list[Method]:
+    """The ablation's methods: every variant, or those `names` (checked by the command line)."""
     return [Method(f"hsmpi/{name}", methods.hsmpi_method, hsmpi_defaults(**opts), parallel=True)
-            for name, opts in VARIANTS.items()]
+            for name, opts in VARIANTS.items() if names is None or name in names]
 
 
 def sweep(epochs: int) -> list[Method]:

@@ -309,5 +309,6 @@ def hsmpi_method(problem: Problem, comm: SerialComm, options: dict[str, Any]) ->
             prediction = result.best_model.cpu().eval()(x).reshape(-1).tolist()
     return Outcome(result.test_loss, result.best_val_loss, result.best_hparams, int(epochs[-1]), seconds, comm.size,
                    [[float(e), float(b)] for e, b in zip(epochs, best)],
-                   {"ensemble_test": result.ensemble_test_loss, "best_session": result.best_session,
+                   {"ensemble_test": result.ensemble_test_loss, "member_test": result.member_test_loss,
+                    "returned": result.returned, "best_session": result.best_session,
                     "results": os.path.join(out, "results.h5")}, prediction)

@@ -1,14 +1,19 @@
 """After the last session: the returned model on every rank, test losses, the results file, exports.
 
-The paper's step 6, "return the best neural network(s)": the model the run
-returns (the last session's best, or with elitism the best ever) goes from
-the rank that keeps it to every rank with `share_state`; rank 0 evaluates it
-on the test split, and every rank adds its members' predictions to the
-population's average.  Nothing large is gathered: every rank writes its own
-members' final weights to its own file, rank 0 writes the results file (with
-virtual datasets over those files) and best.pt, each top-K member's owner its
-file, while every rank's shard of the last checkpoint is written in the
-background (hsmpi.engine.observers.Checkpoints), complete before the run ends.
+The paper's step 6, "return the best neural network(s)": the best member
+(the last session's best, or with elitism the best ever) goes from the rank
+that keeps it to every rank with `share_state`; rank 0 evaluates it on the
+test split, and every rank adds its members' predictions to the population's
+average, on the validation split (or the held-back part) and the test split.
+With `--returns average`, or `auto` when the average scores better on
+validation than the best-member rule (cross-validated), the run returns the
+average instead: an `Average` module holding the averaged members' weights,
+sent to every rank, so each rank then holds every averaged member.  Nothing
+else large is gathered: every rank writes its own members' final weights to
+its own file, rank 0 writes the results file (with virtual datasets over
+those files) and best.pt, each top-K member's owner its file, while every
+rank's shard of the last checkpoint is written in the background
+(hsmpi.engine.observers.Checkpoints), complete before the run ends.
 """
 
 from __future__ import annotations
@@ -36,25 +41,28 @@ from hsmpi.io.files import DiskError, disk_error, fresh_folder_name
 from hsmpi.io.results import hparam_array, part_file, write_part, write_results
 from hsmpi.parallel import flatstate
 from hsmpi.parallel.share import share_state
-from hsmpi.tasks import task_loss
+from hsmpi.tasks import task_loss, task_metrics
 
 
 @dataclass
 class Result:
     """What a run hands back (on every rank)."""
 
-    best_model: torch.nn.Module
-    best_hparams: HParams
-    best_val_loss: float
+    best_model: torch.nn.Module  # the returned model: the best member, or an `Average` (see `returned`)
+    best_hparams: HParams  # the best member's
+    best_val_loss: float  # the returned model's validation loss (with --holdout: on the held-back part)
     best_session: int  # 0-based session in which the best member was evaluated (-1: the initial weights)
     best_member: int
-    test_loss: float  # the best member's
+    test_loss: float  # the returned model's
     ensemble_test_loss: float  # the final population's averaged prediction
     history: dict[str, Any]  # the results file's `history/` group, on rank 0 (empty elsewhere)
     path: str | None  # the results file, on rank 0
     finite_model: bool = True  # False: no member ever had a finite validation loss (or objective)
     best_objective: float = math.nan  # the objective's value the returned member was judged on
     test_metrics: dict[str, float] = field(default_factory=dict)  # the task's metrics of it on the test split
+    returned: str = "member"  # "member" (the best member) or "average" (the population's averaged prediction)
+    member_test_loss: float = math.nan  # the best member's test loss, whichever was returned
+    averaged: list[int] = field(default_factory=list)  # the members the average holds
 
 
 def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None], start: float,
@@ -80,9 +88,12 @@ def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None],
         raise final_error
     if comm.is_root:
         metrics = "".join(f" | test {n} {v:.5g}" for n, v in result.test_metrics.items())
-        log(f"test loss: best member {result.test_loss:.5g} (member {result.best_member}, "
-            f"session {result.best_session + 1}) | population average {result.ensemble_test_loss:.5g} "
-            f"({record['test']['ensemble_members']} members){metrics}")
+        mark = {w: " (returned)" if config.returns != "member" and result.returned == w else ""
+                for w in ("member", "average")}
+        log(f"test loss: best member {result.member_test_loss:.5g} (member {result.best_member}, "
+            f"session {result.best_session + 1}){mark['member']} | population average "
+            f"{result.ensemble_test_loss:.5g} ({record['test']['ensemble_members']} members){mark['average']}"
+            f"{metrics}")
         log(time_summary(record["history"]["time"], search.next_session, time.perf_counter() - start, startup))
         log(f"results: {path} ({time.perf_counter() - start:.1f}s in all)")
     return result
@@ -141,74 +152,234 @@ def _write_outputs(search: Search, record: dict[str, Any], path: str, start: flo
 
 
 def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
-    """The best model to every rank, its test loss and the population's; on rank 0 the results record."""
+    """The returned model to every rank, its test loss and the population's; on rank 0 the results record."""
     comm, pop, best = search.comm, search.population, search.best
     hp = comm.bcast(best.hparams if comm.is_root else None)
     session, member = best.session, best.member
     c = pop.config
     champion = Member.create(pop.task, member, hp, c.seed, pop.device, c.independent_init, c.batch_size)
     pop.writer.hold_buffer()  # the last checkpoint's writer takes the members' states through it first
-    share_state(comm, pop.buffer, pop.owner(member), best.state, [_WeightsOf(champion)])
+    share_state(comm, pop.buffer, pop.owner(member), best.state, [_Weights(champion.model)])
     tested = comm.bcast(champion.evaluate_all(pop.data["test"]) if comm.is_root else None)
-    test_loss = tested.pop("loss")
-    ensemble_loss, count = _ensemble_loss(search)
+    member_test = tested.pop("loss")
+    average = population_average(search)
+    judged = comm.bcast(record_val(search) if comm.is_root else None)
+    returns_average = c.returns == "average" or (c.returns == "auto" and average.beats_member())
+    returns_average = returns_average and bool(average.members)
+    model, val_loss, test_loss, metrics = champion.model, judged, member_test, tested
+    if returns_average:
+        model = average.model(search)
+        val_loss, test_loss = average.judged["loss"], average.test["loss"]
+        metrics = {n: v for n, v in average.test.items() if n != "loss"}
     record: dict[str, Any] = {}
     if comm.is_root:
-        record = _record(search, champion, test_loss, tested, ensemble_loss, count)
-    val_loss = comm.bcast(record["best"]["val_loss"] if comm.is_root else None)
-    result = Result(champion.model, dict(hp), float(val_loss), int(session), int(member), float(test_loss),
-                    float(ensemble_loss), record.get("history", {}), None,
-                    best_objective=search.objective.value(best.score), test_metrics=tested)
+        record = _record(search, champion, member_test, tested, average)
+        record["test"].update({"returned": "average" if returns_average else "member", "returned_loss": test_loss})
+        if returns_average:
+            record["test"].update({"returned_metrics": metrics, "average_members": np.array(average.members)})
+            record["average"] = {"members": list(average.members), "val_loss": float(val_loss),
+                                 "weights": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}}
+    result = Result(model, dict(hp), float(val_loss), int(session), int(member), float(test_loss),
+                    float(average.test.get("loss", math.nan)), record.get("history", {}), None,
+                    best_objective=search.objective.value(average.score if returns_average else best.score),
+                    test_metrics=metrics, returned="average" if returns_average else "member",
+                    member_test_loss=float(member_test), averaged=list(average.members))
     return result, record
 
 
-class _WeightsOf:
-    """A receiver of a shared state that takes only its weights and buffers: the returned model is for
+def record_val(search: Search) -> float:
+    """Rank 0: the best member's validation loss as the results file states it."""
+    best = search.best
+    if search.objective.is_loss:
+        return float(best.score)
+    return float(search.history.val_loss[best.session][best.member]) if best.session >= 0 else math.nan
+
+
+class _Weights:
+    """A model as the sender or receiver of a state's weights and buffers only: the returned model is for
     evaluating and using, so it gets no optimizer state (two more copies of its weights, with Adam)."""
 
-    def __init__(self, member: Member) -> None:
-        self.member = member
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
 
     def header(self) -> flatstate.Header:
-        return self.member.header()
+        return flatstate.make_header(self.model, None)
 
     def pack(self, header: flatstate.Header, flat: torch.Tensor) -> None:
-        self.member.pack(header, flat)
+        flatstate.pack(self.model, None, header, flat)
 
     def load_state(self, header: flatstate.Header, flat: torch.Tensor, host: torch.Tensor | None) -> None:
-        flatstate.unpack_weights(header, flat, self.member.model)
+        flatstate.unpack_weights(header, flat, self.model)
 
 
-def _ensemble_loss(search: Search) -> tuple[float, int]:
-    """Test loss of the population's averaged prediction (non-finite members left out)."""
-    pop = search.population
-    task, test = pop.task, pop.data["test"]
+class Average(torch.nn.Module):
+    """The population's averaged prediction as one model: each member's output mapped by the task's
+    `ensemble_in` (e.g. softmax), averaged, and mapped back by its `ensemble_out` (e.g. log).
+
+    `members[j]` is member `indices[j]` of the final population; its state dict
+    (`members.<j>.<tensor>`) is what `average.pt` holds.
+    """
+
+    def __init__(self, members: list[torch.nn.Module], indices: list[int], task: Any) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.indices = list(indices)
+        self._into = getattr(task, "ensemble_in", None)
+        self._back = getattr(task, "ensemble_out", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for m in self.members:
+            out = m(x)
+            out = self._into(out) if self._into is not None else out
+            total = out if total is None else total + out
+        assert total is not None
+        mean = total / len(self.members)
+        return self._back(mean) if self._back is not None else mean
+
+
+FOLDS = 5  # --returns auto: folds of the validation split the best-member rule is cross-validated on
+# --returns auto: the average must beat the cross-validated best-member rule by this fraction of its score.
+# Both estimates are noisy; on moons-schedule (seeds 0-19) the average won by less than 4% on 7 of 20 seeds and
+# was worse on test on 6 of those 7, while on breast-cancer it won by more on 13 and was better on 11
+# (docs/benchmarks.md, "Returning the average").
+AUTO_MARGIN = 0.05
+
+
+@dataclass
+class PopulationAverage:
+    """The final population's averaged prediction, evaluated on the split the returned model is judged on
+    (validation, or with --holdout the held-back part) and on the test split; the same on every rank."""
+
+    members: list[int]  # averaged (finite everywhere), in order; empty: none was
+    judged: dict[str, float]  # loss and metrics
+    test: dict[str, float]
+    score: float  # the objective's lower-is-better score on the judged split (+inf: no average)
+    member_cv: float = math.inf  # the best-member rule's cross-validated score there (what `auto` compares)
+
+    def beats_member(self) -> bool:
+        """`--returns auto`'s choice: the average, when it scores better than the best-member rule by more
+        than AUTO_MARGIN of that rule's score (scores are lower-is-better; a metric's can be negative)."""
+        if not self.members or not math.isfinite(self.score):
+            return False
+        if not math.isfinite(self.member_cv):
+            return True
+        return self.score < self.member_cv - AUTO_MARGIN * abs(self.member_cv)
+
+    def model(self, search: Search) -> Average:
+        """The average as a module on every rank: each averaged member's weights from its owner (collective)."""
+        pop = search.population
+        models = []
+        with torch.random.fork_rng(devices=[]):  # building a model draws its initial weights
+            for i in self.members:
+                model = pop.task.model().to(pop.device)
+                share_state(search.comm, pop.buffer, pop.owner(i),
+                            _Weights(pop.local[i].model) if i in pop.local else None, [_Weights(model)])
+                models.append(model.eval())
+        return Average(models, self.members, pop.task)
+
+
+def population_average(search: Search) -> PopulationAverage:
+    """The averaged prediction of the final population's members with a finite validation score (with
+    --average-top the best K of them) whose outputs are finite (collective: one allreduce).
+
+    Beside it, what `--returns auto` weighs it against.  The best member's own
+    validation score is the lowest of S noisy ones, so it looks better than it
+    is and would nearly always win; instead the rule "take the member that
+    scores best" is cross-validated on the judged split: on each of 5 folds,
+    the member best on the other 4 is scored on it.  With --holdout the
+    member's held-back score is not biased that way and is compared as it is.
+    """
+    comm, pop, objective = search.comm, search.population, search.objective
+    task, c = pop.task, pop.config
+    splits = ("holdout" if "holdout" in pop.data else "val", "test")
+    picked = None
+    if comm.is_root:
+        scores = search.history.last_scores()
+        picked = (_averaged(scores, c.average_top), set(_averaged(scores, None)))
+    chosen, finite = comm.bcast(picked)
     into = getattr(task, "ensemble_in", lambda out: out)
     back = getattr(task, "ensemble_out", lambda mean: mean)
-    total: torch.Tensor | None = None
-    count = 0
+    targets = [torch.cat([y for _, y in pop.data[s].in_order()]) for s in splits]
+    folds = [torch.arange(f, len(targets[0]), FOLDS, device=targets[0].device) for f in range(FOLDS)]
+    folds = [f for f in folds if len(f)]
+    shapes = [tuple(pop.members[0].predict(pop.data[s]).shape) if pop.members else () for s in splits]
+    shapes = comm.bcast(shapes if comm.is_root else None)
+    total = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+    averaged = np.zeros(pop.size)
+    fold_scores = np.zeros((pop.size, len(folds)))  # every finite member's, for the cross-validation
     for m in pop.members:
-        out = into(m.predict(test)).double()
-        if torch.isfinite(out).all():
-            total = out if total is None else total + out
-            count += 1
-    shape = tuple(pop.members[0].predict(test).shape) if total is None else tuple(total.shape)
-    local = np.zeros(int(np.prod(shape)) + 1)
-    if total is not None:
-        local[:-1] = total.cpu().numpy().ravel()
-    local[-1] = count
-    summed = search.comm.allreduce_sum(local)
-    count = int(summed[-1])
-    if count == 0:
-        return math.nan, 0
-    mean = torch.from_numpy(summed[:-1].reshape(shape) / count).float().to(pop.device)
+        if m.index not in finite:
+            continue
+        outs = [m.predict(pop.data[s]) for s in splits]
+        fold_scores[m.index] = [_score(task, objective, outs[0][f], targets[0][f]) for f in folds]
+        mapped = [into(o).double().cpu() for o in outs]
+        if m.index in chosen and all(bool(torch.isfinite(o).all()) for o in mapped):
+            for t, o in zip(total, mapped):
+                t += o
+            averaged[m.index] = 1.0
+    summed = comm.allreduce_sum(np.concatenate([t.numpy().ravel() for t in total] + [averaged,
+                                                                                     fold_scores.ravel()]))
+    offset = sum(int(np.prod(shape)) for shape in shapes)
+    members = [int(i) for i in np.flatnonzero(summed[offset:offset + pop.size])]
+    cv = _cross_validated(summed[offset + pop.size:].reshape(fold_scores.shape)[sorted(finite)],
+                          np.array([len(f) for f in folds]))
+    if "holdout" in pop.data:
+        cv = search.best.score
+    if not members:
+        return PopulationAverage([], {}, {}, math.inf, cv)
+    values, offset = [], 0
+    for target, shape in zip(targets, shapes):
+        size = int(np.prod(shape))
+        mean = torch.from_numpy(summed[offset:offset + size].reshape(shape) / len(members)).float().to(pop.device)
+        offset += size
+        with torch.no_grad():
+            output = back(mean)
+            value = {"loss": task_loss(task, output, target), **task_metrics(task, output, target)}
+        values.append({n: float(v) for n, v in value.items()})
+    judged, test = values
+    key = "loss" if objective.is_loss else objective.name
+    score = objective.score(judged[key]) if key in judged else math.inf
+    return PopulationAverage(members, judged, test, score if math.isfinite(score) else math.inf, cv)
+
+
+def _score(task: Any, objective: Any, output: torch.Tensor, target: torch.Tensor) -> float:
+    """The objective's lower-is-better score of one member's outputs on part of a split (+inf: not finite)."""
     with torch.no_grad():
-        target = torch.cat([y for _, y in test.in_order()])
-        return float(task_loss(task, back(mean), target)), count
+        if objective.is_loss:
+            value = float(task_loss(task, output, target))
+        else:
+            value = float(task_metrics(task, output, target).get(objective.name, math.nan))
+    score = objective.score(value)
+    return score if math.isfinite(score) else math.inf
+
+
+def _cross_validated(scores: np.ndarray, sizes: np.ndarray) -> float:
+    """The rule "return the member with the best score" cross-validated over folds: on each fold, the
+    member best on the others, scored on it; weighted by fold size (members x folds of fold means)."""
+    if not len(scores):
+        return math.inf
+    with np.errstate(invalid="ignore"):
+        sums = scores * sizes
+        total = sums.sum(axis=1)
+        picked = 0.0
+        for f in range(len(sizes)):
+            rest = np.where(np.isfinite(total), total - sums[:, f], np.inf)
+            picked += sums[int(np.argmin(rest)), f]
+    value = picked / sizes.sum()
+    return float(value) if math.isfinite(value) else math.inf
+
+
+def _averaged(scores: np.ndarray, top: int | None) -> list[int]:
+    """Rank 0: who is averaged: finite last scores, the best `top` of them when given."""
+    scores = np.asarray(scores, dtype=float)
+    finite = [int(i) for i in np.argsort(np.where(np.isfinite(scores), scores, np.inf), kind="stable")
+              if math.isfinite(scores[i])]
+    return sorted(finite[:top] if top is not None else finite)
 
 
 def _record(search: Search, champion: Member, test_loss: float, test_metrics: dict[str, float],
-            ensemble_loss: float, count: int) -> dict[str, Any]:
+            average: PopulationAverage) -> dict[str, Any]:
     """Rank 0: the results file's content as plain dicts of arrays (the population's weights are written
     by their owners; `shapes` says what one member's look like)."""
     h, names, best, objective = search.history, list(search.space), search.best, search.objective
@@ -223,7 +394,9 @@ def _record(search: Search, champion: Member, test_loss: float, test_metrics: di
             "val_loss": h.val_loss[-1],
             "score": h.last_scores(),  # the order of the top-K exports; not a dataset of its own
         },
-        "test": {"best_loss": test_loss, "ensemble_loss": ensemble_loss, "ensemble_members": count},
+        "test": {"best_loss": test_loss, "ensemble_loss": average.test.get("loss", math.nan),
+                 "ensemble_members": len(average.members), "ensemble_val_loss": average.judged.get("loss", math.nan),
+                 "member_val_cv": search.objective.value(average.member_cv)},
         "finite_model": any(math.isfinite(v) for v in h.winner_score),
     }
     if test_metrics:

@@ -26,7 +26,11 @@ Layout (S members, m sessions, R ranks):
   names the tag folder;
 - `test/`: `best_loss` (the best member's test loss), `ensemble_loss` (the
   population's averaged prediction), `ensemble_members` (how many finite
-  members were averaged), `metrics/<name>` (the best member's, for a task with metrics).
+  members were averaged), `ensemble_val_loss` (the average's validation loss,
+  with --holdout on the held-back part), `metrics/<name>` (the best member's,
+  for a task with metrics), `returned` ("member" or "average": what the run
+  returned, --returns), `returned_loss` (its test loss), and when the average
+  was returned `returned_metrics/<name>` and `average_members` (who it holds).
 """
 
 from __future__ import annotations
@@ -177,9 +181,9 @@ def write_results(path: str, meta: Mapping[str, Any], config: Mapping[str, Any],
         if "objective" in population:
             hdf5.dataset(f, "population/objective", population["objective"])
         for key, value in test.items():
-            if key == "metrics":
+            if isinstance(value, Mapping):  # metrics, returned_metrics
                 for name, metric in value.items():
-                    hdf5.dataset(f, f"test/metrics/{name}", metric)
+                    hdf5.dataset(f, f"test/{key}/{name}", metric)
             else:
                 hdf5.dataset(f, f"test/{key}", value)
     write_atomic(path, fill, array_bytes([history, best, population]), "the results file")

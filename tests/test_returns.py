@@ -1,0 +1,209 @@
+"""--returns: the run hands back the best member, the population's averaged prediction, or whichever of the
+two scores better on validation (`auto`); --average-top averages the best K only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import hsmpi
+from hsmpi.config import Config, ConfigError
+from hsmpi.engine.data import Data
+from hsmpi.engine.finish import AUTO_MARGIN, Average
+from hsmpi.engine.member import Member
+from hsmpi.tasks import load_task, task_loss
+
+from tasks_for_tests import NegLoss, TinyAdam
+
+BASE = dict(population=6, epochs=6, sessions=3, seed=3, threads=1, log=None)
+
+
+def _run(tmp_path: Path, name: str, task: Any = None, **options: Any) -> tuple[hsmpi.Result, Path]:
+    out = tmp_path / name
+    result = hsmpi.run(task if task is not None else TinyAdam(), out=str(out), **{**BASE, **options})
+    return result, out
+
+
+def _test_split(task: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _, _, test = task.data(seed)
+    return test.tensors
+
+
+def _members(out: Path, task: Any) -> list[torch.nn.Module]:
+    """The final population's models, rebuilt from results.h5's population weights."""
+    with h5py.File(out / "results.h5", "r") as f:
+        weights = {name: f[f"population/weights/{name}"][()] for name in f["population/weights"]}
+    models = []
+    for i in range(next(iter(weights.values())).shape[0]):
+        model = task.model()
+        model.load_state_dict({k: torch.from_numpy(v[i]) for k, v in weights.items()})
+        models.append(model.eval())
+    return models
+
+
+def test_member_is_the_default_and_returns_the_best_member(tmp_path: Path) -> None:
+    result, out = _run(tmp_path, "member")
+    assert Config().returns == "member" and result.returned == "member"
+    assert not isinstance(result.best_model, Average)
+    assert result.test_loss == result.member_test_loss
+    with h5py.File(out / "results.h5", "r") as f:
+        assert f["test/returned"][()].decode() == "member"
+        assert f["test/returned_loss"][()] == f["test/best_loss"][()] == result.test_loss
+        assert np.isfinite(f["test/ensemble_val_loss"][()])
+    assert not (out / "average.pt").exists()
+    assert json.loads((out / "top.json").read_text())["returned"] == "member"
+
+
+def test_average_returns_a_model_that_averages_the_final_population(tmp_path: Path) -> None:
+    task = TinyAdam()
+    member, _ = _run(tmp_path, "member")
+    result, out = _run(tmp_path, "average", returns="average")
+    # the training is the same: only what is handed back differs
+    assert result.member_test_loss == member.test_loss and result.ensemble_test_loss == member.ensemble_test_loss
+    assert isinstance(result.best_model, Average) and result.returned == "average"
+    assert result.averaged == list(range(BASE["population"]))
+    assert result.test_loss == pytest.approx(result.ensemble_test_loss, rel=1e-6)
+    x, y = _test_split(task, BASE["seed"])
+    with torch.no_grad():
+        by_hand = torch.stack([m(x) for m in _members(out, task)]).mean(0)
+        returned = result.best_model(x)
+    assert torch.allclose(returned, by_hand, atol=1e-6)
+    assert float(task_loss(task, returned, y)) == pytest.approx(result.test_loss, rel=1e-5)
+    assert result.test_loss != member.test_loss
+    # average.pt rebuilds the same module from plain tensors
+    state = torch.load(out / "average.pt", weights_only=True)
+    rebuilt = Average([task.model() for _ in result.averaged], result.averaged, task)
+    rebuilt.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), returned)
+    described = json.loads((out / "top.json").read_text())
+    assert described["returned"] == "average" and described["average"]["members"] == result.averaged
+    with h5py.File(out / "results.h5", "r") as f:
+        assert f["test/returned"][()].decode() == "average"
+        assert f["test/returned_loss"][()] == result.test_loss
+        assert list(f["test/average_members"][()]) == result.averaged
+        assert f["test/ensemble_val_loss"][()] == result.best_val_loss
+
+
+def test_average_of_a_classifier_averages_probabilities(tmp_path: Path) -> None:
+    """A task's ensemble hooks shape the returned model: breast-cancer averages softmax, returns log-probs."""
+    task = load_task("breast-cancer")
+    result, _ = _run(tmp_path, "bc", task="breast-cancer", returns="average", population=4, epochs=4, sessions=2)
+    x, y = _test_split(task, BASE["seed"])
+    assert isinstance(result.best_model, Average)
+    with torch.no_grad():
+        members = [m(x) for m in result.best_model.members]
+        out = result.best_model(x)
+    assert torch.allclose(out, torch.log(torch.stack([m.softmax(-1) for m in members]).mean(0)), atol=1e-5)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(len(x)), atol=1e-5)
+    assert float(task_loss(task, out, y)) == pytest.approx(result.test_loss, rel=1e-5)
+    assert "accuracy" in result.test_metrics
+
+
+def test_auto_weighs_the_average_against_the_best_member_rule_cross_validated(tmp_path: Path) -> None:
+    seen = set()
+    for seed in range(6):
+        result, out = _run(tmp_path, f"auto{seed}", returns="auto", seed=seed)
+        with h5py.File(out / "results.h5", "r") as f:
+            average_val, member_val = f["test/ensemble_val_loss"][()], f["best"].attrs["val_loss"]
+            member_cv = f["test/member_val_cv"][()]
+            val = f["history/val_loss"][-1]
+        # the winner's own score is the lowest of S: the cross-validated rule can only be worse or equal
+        assert member_val == val.min() and member_cv >= member_val * (1 - 1e-6)
+        expected = "average" if average_val < member_cv * (1 - AUTO_MARGIN) else "member"
+        assert result.returned == expected, seed
+        assert result.best_val_loss == (average_val if expected == "average" else member_val)
+        seen.add(expected)
+    assert seen == {"average", "member"}  # the seeds cover both outcomes, so both branches ran
+
+
+def test_the_cross_validation_of_the_best_member_rule() -> None:
+    from hsmpi.engine.finish import _cross_validated
+
+    sizes = np.array([2, 2, 1])
+    # fold means; as sums member 0 has [6, 0, 0] and member 1 [2, 4, 2]. Each fold is judged by the member
+    # best on the other folds: fold 0 by member 0 (0 against 6): 6; fold 1 by member 1 (6 against 4): 4;
+    # fold 2 by member 0 (a tie, 6 and 6: the first): 0
+    scores = np.array([[3.0, 0.0, 0.0], [1.0, 2.0, 2.0]])
+    assert _cross_validated(scores, sizes) == pytest.approx((6 + 4 + 0) / 5)
+    assert (scores * sizes).sum(1).min() / 5 < 2.0  # the winner's own score looks better than the rule is
+    assert _cross_validated(np.array([[1.0, 1.0, 1.0]]), sizes) == pytest.approx(1.0)
+    assert _cross_validated(np.array([[np.inf] * 3, [1.0, 2.0, 3.0]]), sizes) == pytest.approx((2 + 4 + 3) / 5)
+    assert _cross_validated(np.zeros((0, 3)), sizes) == np.inf
+
+
+def test_auto_follows_a_maximised_objective_as_it_would_the_loss(tmp_path: Path) -> None:
+    """NegLoss's objective is minus the loss, maximised: auto must choose exactly as it does on the loss."""
+    for seed in range(4):
+        by_loss, _ = _run(tmp_path, f"loss{seed}", returns="auto", seed=seed)
+        by_metric, _ = _run(tmp_path, f"metric{seed}", task=NegLoss(), returns="auto", seed=seed)
+        assert by_metric.returned == by_loss.returned, seed
+        assert by_metric.test_loss == by_loss.test_loss
+
+
+def test_average_top_averages_the_best_k_on_validation(tmp_path: Path) -> None:
+    result, out = _run(tmp_path, "top", returns="average", average_top=2)
+    with h5py.File(out / "results.h5", "r") as f:
+        last = f["population/val_loss"][()]
+    assert result.averaged == sorted(int(i) for i in np.argsort(last)[:2])
+    task = TinyAdam()
+    x, _ = _test_split(task, BASE["seed"])
+    models = _members(out, task)
+    with torch.no_grad():
+        by_hand = (models[result.averaged[0]](x) + models[result.averaged[1]](x)) / 2
+        assert torch.allclose(result.best_model(x), by_hand, atol=1e-6)
+
+
+def test_the_average_leaves_out_a_member_that_diverged(tmp_path: Path) -> None:
+    result, out = _run(tmp_path, "diverged", task=_Diverges(), returns="average")
+    with h5py.File(out / "results.h5", "r") as f:
+        last = f["population/val_loss"][()]
+    assert not np.isfinite(last).all() and np.isfinite(last).any()
+    assert result.averaged == [int(i) for i in np.flatnonzero(np.isfinite(last))]
+    assert np.isfinite(result.test_loss)
+
+
+class _Diverges(TinyAdam):
+    """Member 1's outputs go to NaN in the last session (its weights are poisoned after 4 epochs)."""
+
+    def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
+        return _PoisonAfter(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+
+
+class _PoisonAfter(torch.optim.Adam):
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        out = super().step(closure)
+        if self.param_groups[0]["lr"] > 0.02:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("nan"))
+        return out
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"returns": "mean"}, "returns must be one of ['member', 'average', 'auto']"),
+    ({"returns": "average", "average_top": 0}, "average-top must be at least 1"),
+    ({"average_top": 2.5}, "average-top must be an integer"),
+])
+def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Config(**settings)
+
+
+def test_the_averaged_members_come_from_their_weights_not_their_optimizer() -> None:
+    """The returned models are sent without optimizer state: a header of weights and buffers only."""
+    from hsmpi.parallel import flatstate
+
+    member = Member.create(TinyAdam(), 0, {"lr": 0.01, "beta1": 0.9}, 0, torch.device("cpu"))
+    member.train(Data(TinyAdam().data(0)[0], torch.device("cpu")), 1)
+    full = flatstate.make_header(member.model, member.optimizer)
+    weights = flatstate.make_header(member.model, None)
+    assert {e.key[0] for e in full.entries} == {"model", "opt"}
+    assert {e.key[0] for e in weights.entries} == {"model"} and weights.nbytes < full.nbytes
