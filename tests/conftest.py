@@ -85,8 +85,36 @@ def run_hsmpi(args: list[str], ranks: int = 1, timeout: float = 120, cwd: Path |
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
-    cmd = [*mpirun_cmd(ranks), sys.executable, "-m", "hsmpi", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=full_env)
+    rank_cmd = [sys.executable, "-m", "hsmpi", *args]
+    try:
+        return subprocess.run([*mpirun_cmd(ranks), *rank_cmd], capture_output=True, text=True, timeout=timeout,
+                              cwd=cwd or ROOT, env=full_env)
+    finally:
+        _no_rank_left(rank_cmd)
+
+
+def _no_rank_left(rank_cmd: list[str], grace: float = 10.0) -> None:
+    """Fail (and kill them) if ranks of this exact command line outlive their mpirun by `grace` seconds:
+    an orphaned rank spins on a core, and every test after it slows down or times out."""
+    wanted = [a.encode() for a in rank_cmd]
+    deadline = time.monotonic() + grace
+    while True:
+        left = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1] == wanted:
+                    left.append(int(pid))
+            except OSError:
+                continue
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for pid in left:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    assert not left, f"{len(left)} rank(s) of `{' '.join(rank_cmd)}` outlived mpirun by {grace:.0f} s (killed)"
 
 
 def task_spec(name: str) -> str:

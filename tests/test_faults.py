@@ -90,3 +90,19 @@ def test_kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes(reference: P
     assert resumed.returncode == 0, resumed.stderr
     assert "sessions done" in resumed.stdout
     _same_results(reference, tmp_path)
+
+
+def test_a_rank_left_running_after_its_mpirun_fails_the_test_and_is_killed() -> None:
+    """run_hsmpi's guard against orphaned ranks (seen once in CI: three ranks spun for an hour and slowed
+    every test after them): a process with the rank's exact command line that outlives mpirun is an error."""
+    from conftest import _no_rank_left
+
+    cmd = [sys.executable, "-c", "import time; time.sleep(120)", "orphan-guard-test"]
+    proc = subprocess.Popen(cmd)
+    try:
+        with pytest.raises(AssertionError, match=r"1 rank\(s\) of .* outlived mpirun by 1 s \(killed\)"):
+            _no_rank_left(cmd, grace=1.0)
+        assert proc.wait(timeout=10) == -9
+    finally:
+        proc.kill()
+    _no_rank_left(cmd, grace=1.0)  # none left now: no error
