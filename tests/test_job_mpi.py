@@ -66,6 +66,8 @@ def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Pa
     task, options = LAYOUT_CASES[case]
     options = dict(population=8, **options, **BASE)
     mine = hsmpi.run(task, comm=world, out=str(mpi_tmp_path / f"world-{case}"), **options)
+    returned = mine.returned_model()  # an average: each rank reads it from the results file (moved below)
+    world.Barrier()
     if world.rank == 0:  # one process, the same seed: rank 0 alone, while the others wait
         alone = hsmpi.run(task, comm=SerialComm(), out=str(mpi_tmp_path / f"alone-{case}"), **options)
         assert (alone.test_loss, alone.best_member, alone.best_session, alone.best_val_loss, alone.returned,
@@ -86,9 +88,10 @@ def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Pa
             if "batch_size" in f["history/hparams"]:
                 assert len(np.unique(f["history/hparams/batch_size"][()])) > 1
     world.Barrier()
-    # every rank returns the same model
-    flat = np.concatenate([p.detach().numpy().ravel() for p in mine.best_model.parameters()])
-    assert all(np.array_equal(flat, other) for other in world.allgather(flat))
+    # every rank returns the same model (an average: each rank reads it from the results file)
+    for model in (mine.best_model, returned):
+        flat = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+        assert all(np.array_equal(flat, other) for other in world.allgather(flat))
 
 
 @pytest.mark.parametrize("select", ["truncation", "winner"])

@@ -50,14 +50,15 @@ def _members(out: Path, task: Any) -> list[torch.nn.Module]:
 def test_member_is_the_default_and_returns_the_best_member(tmp_path: Path) -> None:
     result, out = _run(tmp_path, "member")
     assert Config().returns == "member" and result.returned == "member"
-    assert not isinstance(result.best_model, Average)
+    assert not isinstance(result.best_model, Average) and result.returned_model() is result.best_model
     assert result.test_loss == result.member_test_loss
     with h5py.File(out / "results.h5", "r") as f:
         assert f["test/returned"][()].decode() == "member"
         assert f["test/returned_loss"][()] == f["test/best_loss"][()] == result.test_loss
         assert np.isfinite(f["test/ensemble_val_loss"][()])
-    assert not (out / "average.pt").exists()
     assert json.loads((out / "top.json").read_text())["returned"] == "member"
+    with pytest.raises(ValueError, match="returned its best member, not the average"):
+        Average.from_results(str(out / "results.h5"))
 
 
 def test_average_returns_a_model_that_averages_the_final_population(tmp_path: Path) -> None:
@@ -66,22 +67,27 @@ def test_average_returns_a_model_that_averages_the_final_population(tmp_path: Pa
     result, out = _run(tmp_path, "average", returns="average")
     # the training is the same: only what is handed back differs
     assert result.member_test_loss == member.test_loss and result.ensemble_test_loss == member.ensemble_test_loss
-    assert isinstance(result.best_model, Average) and result.returned == "average"
+    assert result.returned == "average" and not isinstance(result.best_model, Average)
     assert result.averaged == list(range(BASE["population"]))
     assert result.test_loss == pytest.approx(result.ensemble_test_loss, rel=1e-6)
+    model = result.returned_model()
+    assert isinstance(model, Average) and model.indices == result.averaged
     x, y = _test_split(task, BASE["seed"])
     with torch.no_grad():
         by_hand = torch.stack([m(x) for m in _members(out, task)]).mean(0)
-        returned = result.best_model(x)
+        returned = model(x)
     assert torch.allclose(returned, by_hand, atol=1e-6)
     assert float(task_loss(task, returned, y)) == pytest.approx(result.test_loss, rel=1e-5)
     assert result.test_loss != member.test_loss
-    # average.pt rebuilds the same module from plain tensors
-    state = torch.load(out / "average.pt", weights_only=True)
-    rebuilt = Average([task.model() for _ in result.averaged], result.averaged, task)
-    rebuilt.load_state_dict(state)
+    # the results file alone rebuilds it, after the folder is moved, with the task found by its name
+    moved = tmp_path / "moved"
+    out.rename(moved)
     with torch.no_grad():
-        assert torch.equal(rebuilt.eval()(x), returned)
+        assert torch.equal(Average.from_results(str(moved / "results.h5"), TinyAdam())(x), returned)
+        some = Average.from_results(str(moved / "results.h5"), TinyAdam(), members=[0, 2])
+        outputs = [m(x) for m in _members(moved, task)]
+        assert torch.allclose(some(x), (outputs[0] + outputs[2]) / 2, atol=1e-6)
+    out = moved
     described = json.loads((out / "top.json").read_text())
     assert described["returned"] == "average" and described["average"]["members"] == result.averaged
     with h5py.File(out / "results.h5", "r") as f:
@@ -94,12 +100,13 @@ def test_average_returns_a_model_that_averages_the_final_population(tmp_path: Pa
 def test_average_of_a_classifier_averages_probabilities(tmp_path: Path) -> None:
     """A task's ensemble hooks shape the returned model: breast-cancer averages softmax, returns log-probs."""
     task = load_task("breast-cancer")
-    result, _ = _run(tmp_path, "bc", task="breast-cancer", returns="average", population=4, epochs=4, sessions=2)
+    result, path = _run(tmp_path, "bc", task="breast-cancer", returns="average", population=4, epochs=4,
+                        sessions=2)
     x, y = _test_split(task, BASE["seed"])
-    assert isinstance(result.best_model, Average)
+    model = Average.from_results(str(path / "results.h5"))  # the task by the name the file holds
     with torch.no_grad():
-        members = [m(x) for m in result.best_model.members]
-        out = result.best_model(x)
+        members = [m(x) for m in model.members]
+        out = model(x)
     assert torch.allclose(out, torch.log(torch.stack([m.softmax(-1) for m in members]).mean(0)), atol=1e-5)
     assert torch.allclose(out.exp().sum(-1), torch.ones(len(x)), atol=1e-5)
     assert float(task_loss(task, out, y)) == pytest.approx(result.test_loss, rel=1e-5)
@@ -157,7 +164,7 @@ def test_average_top_averages_the_best_k_on_validation(tmp_path: Path) -> None:
     models = _members(out, task)
     with torch.no_grad():
         by_hand = (models[result.averaged[0]](x) + models[result.averaged[1]](x)) / 2
-        assert torch.allclose(result.best_model(x), by_hand, atol=1e-6)
+        assert torch.allclose(result.returned_model()(x), by_hand, atol=1e-6)
 
 
 def test_the_average_leaves_out_a_member_that_diverged(tmp_path: Path) -> None:
@@ -197,8 +204,8 @@ def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> Non
         Config(**settings)
 
 
-def test_the_averaged_members_come_from_their_weights_not_their_optimizer() -> None:
-    """The returned models are sent without optimizer state: a header of weights and buffers only."""
+def test_the_returned_member_is_sent_without_its_optimizer_state() -> None:
+    """The best member goes to every rank as weights and buffers only: a header without optimizer entries."""
     from hsmpi.parallel import flatstate
 
     member = Member.create(TinyAdam(), 0, {"lr": 0.01, "beta1": 0.9}, 0, torch.device("cpu"))

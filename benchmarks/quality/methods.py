@@ -306,7 +306,7 @@ def hsmpi_method(problem: Problem, comm: SerialComm, options: dict[str, Any]) ->
     if _one_d(problem):
         with torch.no_grad():
             x = problem.data["test"].tensors[0]  # type: ignore[index]
-            prediction = result.best_model.cpu().eval()(x).reshape(-1).tolist()
+            prediction = result.returned_model().cpu().eval()(x).reshape(-1).tolist()
     return Outcome(result.test_loss, result.best_val_loss, result.best_hparams, int(epochs[-1]), seconds, comm.size,
                    [[float(e), float(b)] for e, b in zip(epochs, best)],
                    {"ensemble_test": result.ensemble_test_loss, "member_test": result.member_test_loss,

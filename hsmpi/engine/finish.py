@@ -7,12 +7,12 @@ test split, and every rank adds its members' predictions to the population's
 average, on the validation split (or the held-back part) and the test split.
 With `--returns average`, or `auto` when the average scores better on
 validation than the best-member rule (cross-validated), the run returns the
-average instead: an `Average` module holding the averaged members' weights,
-sent to every rank, so each rank then holds every averaged member.  Nothing
-else large is gathered: every rank writes its own members' final weights to
-its own file, rank 0 writes the results file (with virtual datasets over
-those files) and best.pt, each top-K member's owner its file, while every
-rank's shard of the last checkpoint is written in the background
+average instead: its losses are the average's, and `Result.returned_model()`
+reads it from the results file on the rank that asks.  Nothing large is
+gathered: every rank writes its own members' final weights to its own file,
+rank 0 writes the results file (with virtual datasets over those files) and
+best.pt, each top-K member's owner its file, while every rank's shard of the
+last checkpoint is written in the background
 (hsmpi.engine.observers.Checkpoints), complete before the run ends.
 """
 
@@ -48,7 +48,7 @@ from hsmpi.tasks import task_loss, task_metrics
 class Result:
     """What a run hands back (on every rank)."""
 
-    best_model: torch.nn.Module  # the returned model: the best member, or an `Average` (see `returned`)
+    best_model: torch.nn.Module  # the best member (what `returned_model()` is unless the average was returned)
     best_hparams: HParams  # the best member's
     best_val_loss: float  # the returned model's validation loss (with --holdout: on the held-back part)
     best_session: int  # 0-based session in which the best member was evaluated (-1: the initial weights)
@@ -63,6 +63,17 @@ class Result:
     returned: str = "member"  # "member" (the best member) or "average" (the population's averaged prediction)
     member_test_loss: float = math.nan  # the best member's test loss, whichever was returned
     averaged: list[int] = field(default_factory=list)  # the members the average holds
+    results_file: str = ""  # results.h5, on every rank: where `returned_model()` reads an average from
+    task: Any = None
+
+    def returned_model(self) -> torch.nn.Module:
+        """The model the run returns: the best member, or (`returned == "average"`) the `Average` of the
+        final population, read by this rank from the results file's population weights (nothing is
+        gathered for it; it holds every averaged member, so it is built only when asked for)."""
+        if self.returned == "member":
+            return self.best_model
+        device = next(self.best_model.parameters()).device
+        return Average.from_results(self.results_file, self.task, device)
 
 
 def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None], start: float,
@@ -166,9 +177,8 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     judged = comm.bcast(record_val(search) if comm.is_root else None)
     returns_average = c.returns == "average" or (c.returns == "auto" and average.beats_member())
     returns_average = returns_average and bool(average.members)
-    model, val_loss, test_loss, metrics = champion.model, judged, member_test, tested
+    val_loss, test_loss, metrics = judged, member_test, tested
     if returns_average:
-        model = average.model(search)
         val_loss, test_loss = average.judged["loss"], average.test["loss"]
         metrics = {n: v for n, v in average.test.items() if n != "loss"}
     record: dict[str, Any] = {}
@@ -177,13 +187,13 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
         record["test"].update({"returned": "average" if returns_average else "member", "returned_loss": test_loss})
         if returns_average:
             record["test"].update({"returned_metrics": metrics, "average_members": np.array(average.members)})
-            record["average"] = {"members": list(average.members), "val_loss": float(val_loss),
-                                 "weights": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}}
-    result = Result(model, dict(hp), float(val_loss), int(session), int(member), float(test_loss),
+            record["average"] = {"members": list(average.members), "val_loss": float(val_loss)}
+    result = Result(champion.model, dict(hp), float(val_loss), int(session), int(member), float(test_loss),
                     float(average.test.get("loss", math.nan)), record.get("history", {}), None,
                     best_objective=search.objective.value(average.score if returns_average else best.score),
                     test_metrics=metrics, returned="average" if returns_average else "member",
-                    member_test_loss=float(member_test), averaged=list(average.members))
+                    member_test_loss=float(member_test), averaged=list(average.members),
+                    results_file=os.path.join(c.out, "results.h5"), task=pop.task)
     return result, record
 
 
@@ -216,8 +226,10 @@ class Average(torch.nn.Module):
     """The population's averaged prediction as one model: each member's output mapped by the task's
     `ensemble_in` (e.g. softmax), averaged, and mapped back by its `ensemble_out` (e.g. log).
 
-    `members[j]` is member `indices[j]` of the final population; its state dict
-    (`members.<j>.<tensor>`) is what `average.pt` holds.
+    `members[j]` is member `indices[j]` of the final population.  A run that
+    returned the average names them in its results file (`test/average_members`),
+    beside every member's weights (`population/weights`): `Average.from_results`
+    rebuilds it from there.
     """
 
     def __init__(self, members: list[torch.nn.Module], indices: list[int], task: Any) -> None:
@@ -226,6 +238,31 @@ class Average(torch.nn.Module):
         self.indices = list(indices)
         self._into = getattr(task, "ensemble_in", None)
         self._back = getattr(task, "ensemble_out", None)
+
+    @classmethod
+    def from_results(cls, path: str, task: Any = None, device: torch.device | str = "cpu",
+                     members: list[int] | None = None) -> Average:
+        """The average a results file says its run returned (or of `members`), each member's weights read
+        from the file's population (`task`: the run's task object; None: the file's task by name)."""
+        import h5py
+
+        from hsmpi.tasks import load_task
+
+        with h5py.File(path, "r") as f:
+            if members is None:
+                if "test/average_members" not in f:
+                    raise ValueError(f"{path}: the run returned its best member, not the average "
+                                     "(pass members=[...] to average some of them)")
+                members = [int(i) for i in f["test/average_members"][()]]
+            task = task if task is not None else load_task(str(f.attrs["task"]))
+            weights = f["population/weights"]
+            models = []
+            with torch.random.fork_rng(devices=[]):  # building a model draws its initial weights
+                for i in members:
+                    model = task.model()
+                    model.load_state_dict({n: torch.from_numpy(np.asarray(weights[n][i])) for n in weights})
+                    models.append(model.to(device).eval())
+        return cls(models, members, task)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total: torch.Tensor | None = None
@@ -265,18 +302,6 @@ class PopulationAverage:
         if not math.isfinite(self.member_cv):
             return True
         return self.score < self.member_cv - AUTO_MARGIN * abs(self.member_cv)
-
-    def model(self, search: Search) -> Average:
-        """The average as a module on every rank: each averaged member's weights from its owner (collective)."""
-        pop = search.population
-        models = []
-        with torch.random.fork_rng(devices=[]):  # building a model draws its initial weights
-            for i in self.members:
-                model = pop.task.model().to(pop.device)
-                share_state(search.comm, pop.buffer, pop.owner(i),
-                            _Weights(pop.local[i].model) if i in pop.local else None, [_Weights(model)])
-                models.append(model.eval())
-        return Average(models, self.members, pop.task)
 
 
 def population_average(search: Search) -> PopulationAverage:

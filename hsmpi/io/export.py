@@ -1,9 +1,9 @@
 """Plain PyTorch state dicts of the best networks, beside the results file.
 
 `best.pt` is the best member (the last session's best, or the best ever with elitism; what
-`test/best_loss` reports), written by rank 0; when the run returns the population's average
-(`--returns`), rank 0 also writes `average.pt`, the state dict of that `hsmpi.engine.finish.Average`
-(`members.<j>.<tensor>`; top.json's `average` says which members it holds).  `top1.pt` ... `topK.pt`
+`test/best_loss` reports), written by rank 0.  When the run returns the population's average
+(`--returns`), top.json's `average` names the members it holds, whose weights are in results.h5
+(`hsmpi.engine.finish.Average.from_results` builds it).  `top1.pt` ... `topK.pt`
 are the final population's K best
 members by their last validation loss (or, for a task that selects on a metric, by that objective), each
 written by the rank that owns it, and described in `top.json` (rank 0).  Load one with
@@ -61,18 +61,13 @@ def describe(record: dict[str, Any], order: list[int]) -> dict[str, Any]:
         best[record["best"]["objective"]] = float(record["best"]["objective_value"])
     described_all: dict[str, Any] = {"returned": "average" if "average" in record else "member", "best": best}
     if "average" in record:
-        described_all["average"] = {"file": "average.pt", "members": record["average"]["members"],
+        described_all["average"] = {"file": "results.h5", "members": record["average"]["members"],
                                     "val_loss": record["average"]["val_loss"]}
     return {**described_all, "top": described}
 
 
 def write_described(out: str, record: dict[str, Any], order: list[int]) -> None:
-    """Rank 0: best.pt, average.pt when the average is returned, and top.json."""
+    """Rank 0: best.pt and top.json."""
     save_weights(os.path.join(out, "best.pt"), record["best"]["weights"])
-    average = os.path.join(out, "average.pt")
-    if "average" in record:
-        save_weights(average, record["average"]["weights"])
-    elif os.path.exists(average):  # an earlier run's in this folder: it would be taken for this run's
-        os.remove(average)
     with open(os.path.join(out, "top.json"), "w") as f:
         f.write(text.dumps(describe(record, order), indent=1))
