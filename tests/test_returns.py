@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import hsmpi
+from hsmpi.cli.report import load_history, summary
 from hsmpi.config import Config, ConfigError
 from hsmpi.engine.data import Data
 from hsmpi.engine.finish import AUTO_MARGIN, Average
@@ -88,6 +89,7 @@ def test_average_returns_a_model_that_averages_the_final_population(tmp_path: Pa
         outputs = [m(x) for m in _members(moved, task)]
         assert torch.allclose(some(x), (outputs[0] + outputs[2]) / 2, atol=1e-6)
     out = moved
+    assert "(the run returned the average)" in summary(load_history(str(out / "results.h5")))
     described = json.loads((out / "top.json").read_text())
     assert described["returned"] == "average" and described["average"]["members"] == result.averaged
     with h5py.File(out / "results.h5", "r") as f:

@@ -42,6 +42,8 @@ def load_history(path: str) -> dict[str, Any]:
         if f.attrs.get("format") == "hsmpi-results":
             out = _arrays(hdf5.read_group(f["history"]))
             out["test"] = {k: float(f[f"test/{k}"][()]) for k in ("best_loss", "ensemble_loss")}
+            if "test/returned" in f:  # written since --returns
+                out["test"]["returned"] = f["test/returned"][()].decode()
             out["task"], out["source"] = str(f.attrs["task"]), "results"
             return out
     return _from_checkpoint(path)
@@ -75,8 +77,9 @@ def summary(h: dict[str, Any]) -> str:
     names = list(h["hparams"])
     lines = [f"# hsmpi run: {h['task']} ({h['source']})", ""]
     if h["test"]:
+        returned = h["test"].get("returned", "member")
         lines += [f"test loss: best member {h['test']['best_loss']:.5g}, population average "
-                  f"{h['test']['ensemble_loss']:.5g}", ""]
+                  f"{h['test']['ensemble_loss']:.5g} (the run returned the {returned})", ""]
     objective: Objective = h.get("objective") or Objective()
     by_metric = not objective.is_loss
     chosen = np.array([objective.score(v) for v in h["winner_objective"]]) if by_metric else h["winner_loss"]
