@@ -138,6 +138,10 @@ class Search(_Group):
         "with `--elitism`: hold back this fraction of the validation split to judge the returned model only "
         "(the sessions select on the rest)",
         metavar="F", expected="a fraction in [0, 1)", valid=_fraction)
+    smooth: int = _field(
+        1, "select on the mean of each member's validation scores after each of a session's last N epochs "
+        "(all of them in a shorter session); `1`: the score after the session, as in the paper", metavar="N",
+        minimum=1)
     returns: ReturnsName = _field(
         "member",
         "what the run returns: `member` (the best member, as in the paper), `average` (the final population's "

@@ -56,6 +56,7 @@ LAYOUT_CASES = {
     "independent-init": (Tiny(), dict(select="winner", independent_init=True)),
     "holdout-elitism": (TinyAdam(), dict(select="truncation", holdout=0.4, elitism=True)),
     "returns-average": (TinyAdam(), dict(select="truncation", returns="average")),
+    "smooth": (Tiny(), dict(select="truncation", smooth=2)),
     "returns-auto-top": (NegLoss(), dict(select="truncation", returns="auto", average_top=3)),
 }
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from hsmpi.cli import UsageError, interval_arg, parse
@@ -102,6 +103,14 @@ def _objective_default() -> None:
     assert task_objective(Judged(), "loss", "minimize") == Objective("loss", "minimize")  # the flags win
 
 
+def _average_top_default() -> None:
+    from hsmpi.engine.finish import _averaged
+
+    scores = np.array([0.3, np.inf, 0.1, np.nan, 0.2])
+    assert _averaged(scores, None) == [0, 2, 4]  # every member with a finite validation score
+    assert _averaged(scores, 2) == [2, 4]
+
+
 # (radius-final, resume and stop-after: None is "not asked for"; the engine reads it as the text says.)
 COMPUTED: dict[str, tuple[str, Any]] = {
     "objective": ("the task's objective attribute, else loss", _objective_default),
@@ -109,6 +118,7 @@ COMPUTED: dict[str, tuple[str, Any]] = {
     "population": ("ranks x members-per-rank if that is given, else max(8, ranks)", _population_default),
     "members_per_rank": ("S spread over the ranks", _members_per_rank_default),
     "radius_final": ("a fixed box", None),
+    "average_top": ("every member with a finite validation score", _average_top_default),
     "resume": ("a new run", None),
     "stop_after": ("run to the end", None),
 }
@@ -204,9 +214,10 @@ OLD_VALUES = dict(task="friedman1", population=8, epochs=12, sessions=4, seed=3,
 
 NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2",  # added with the task hooks
              "--no-checkpoint-async",  # added with sharded checkpoints
-             "--returns", "auto", "--average-top", "4"]  # added with the returned average
+             "--returns", "auto", "--average-top", "4",  # added with the returned average
+             "--smooth", "2"]  # added with smoothed selection
 NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False, returns="auto",
-                  average_top=4)
+                  average_top=4, smooth=2)
 
 
 def test_every_old_flag_still_parses_to_the_same_value() -> None:

@@ -18,6 +18,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "average-top4": {"returns": "average", "average_top": 4},  # ... of its best 4 on validation
     "auto": {"returns": "auto"},  # the average when it validates better than the best member
     "auto-top4": {"returns": "auto", "average_top": 4},
+    "smooth-2": {"smooth": 2},  # select on the mean of the validation scores after a session's last 2 epochs
+    "smooth-3": {"smooth": 3},  # ... its last 3
 }
 
 

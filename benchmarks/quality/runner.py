@@ -44,7 +44,8 @@ class Method:
 # hsmpi's algorithm settings, written out in every hsmpi cell: a stored cell made
 # under other defaults is then never mistaken for one of the current defaults.
 ALGORITHM = ("sampler", "radius", "radius_final", "resample_probability", "select", "truncation_fraction",
-             "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top")
+             "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top",
+             "smooth")
 
 
 def hsmpi_defaults(**changes: Any) -> dict[str, Any]:

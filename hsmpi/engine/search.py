@@ -103,6 +103,16 @@ class Evaluation:
     metrics: dict[str, list[float]]
     score: list[float]
 
+    @classmethod
+    def mean(cls, evaluations: Sequence[Evaluation]) -> Evaluation:
+        """Each member's mean over several evaluations (--smooth); one that diverged in any stays +inf."""
+        def mean(rows: Sequence[Sequence[float]]) -> list[float]:
+            return [float(np.mean(column)) for column in zip(*rows)]
+        first = evaluations[0]
+        return cls(mean([e.loss for e in evaluations]),
+                   {n: mean([e.metrics[n] for e in evaluations]) for n in first.metrics},
+                   mean([e.score for e in evaluations]))
+
 
 class Observer(Protocol):
     def session_ended(self, search: Search, end: SessionEnd) -> None: ...
@@ -122,6 +132,7 @@ class Search:
     best: Best = field(default_factory=Best)  # its record everywhere, its values on rank 0, its state on its owner
     last_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     holdout_losses: dict[int, float] = field(default_factory=dict)  # this session's, of local members
+    earlier: list[Evaluation] = field(default_factory=list)  # --smooth: this session's evaluations so far
 
     def __post_init__(self) -> None:
         c = self.population.config
@@ -157,24 +168,38 @@ class Search:
         bar = None
         if pop.config.progress and self.comm.is_root and sys.stderr.isatty():
             bar = ProgressBar(k, len(self.schedule), len(pop.members) * self.schedule[k])
+        epochs = self.schedule[k]
+        smooth = min(pop.config.smooth, epochs)
+        self.earlier = []
         try:
-            return pop.train(self.schedule[k], bar)
+            train = pop.train(epochs - smooth + 1, bar)
+            for _ in range(smooth - 1):  # --smooth: evaluated after each of the last epochs too
+                self.earlier.append(self._evaluate(train))
+                train = pop.train(1, bar)
+            return train
         finally:
             if bar is not None:
                 bar.close()
 
     def evaluate(self, train: Sequence[float]) -> Evaluation:
-        """Step 2: the validation loss and metrics, and the objective's score (with --holdout also the
-        held-back part's score, kept for `share` to judge the winner on)."""
+        """Step 2: the validation loss and metrics, and the objective's score (with --smooth each member's
+        mean over the session's last evaluations; with --holdout also the held-back part's score after
+        the session, kept for `share` to judge the winner on)."""
         pop = self.population
-        values = pop.evaluate("val", train)
-        ev = Evaluation([v["loss"] for v in values], {n: [v[n] for v in values] for n in (values or [{}])[0]
-                                                       if n != "loss"}, self._scores(values, train))
+        ev = self._evaluate(train)
+        if self.earlier:  # --smooth: each member's mean over the session's last evaluations
+            ev = Evaluation.mean(self.earlier + [ev])
+            self.earlier = []
         if "holdout" in pop.data:
             held = pop.evaluate("holdout", train)
             self.holdout_losses = {i: h if math.isfinite(v) else math.inf
                                    for i, h, v in zip(pop.indices, self._scores(held, train), ev.score)}
         return ev
+
+    def _evaluate(self, train: Sequence[float]) -> Evaluation:
+        values = self.population.evaluate("val", train)
+        return Evaluation([v["loss"] for v in values], {n: [v[n] for v in values] for n in (values or [{}])[0]
+                                                        if n != "loss"}, self._scores(values, train))
 
     def _scores(self, values: Sequence[dict[str, float]], train: Sequence[float]) -> list[float]:
         """Lower-is-better scores of the objective; +inf for a member whose training diverged."""
