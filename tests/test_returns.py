@@ -15,9 +15,7 @@ import torch
 import hsmpi
 from hsmpi.cli.report import load_history, summary
 from hsmpi.config import Config, ConfigError
-from hsmpi.engine.data import Data
 from hsmpi.engine.finish import AUTO_MARGIN, Average
-from hsmpi.engine.member import Member
 from hsmpi.tasks import load_task, task_loss
 
 from tasks_for_tests import NegLoss, TinyAdam
@@ -204,15 +202,3 @@ class _PoisonAfter(torch.optim.Adam):
 def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         Config(**settings)
-
-
-def test_the_returned_member_is_sent_without_its_optimizer_state() -> None:
-    """The best member goes to every rank as weights and buffers only: a header without optimizer entries."""
-    from hsmpi.parallel import flatstate
-
-    member = Member.create(TinyAdam(), 0, {"lr": 0.01, "beta1": 0.9}, 0, torch.device("cpu"))
-    member.train(Data(TinyAdam().data(0)[0], torch.device("cpu")), 1)
-    full = flatstate.make_header(member.model, member.optimizer)
-    weights = flatstate.make_header(member.model, None)
-    assert {e.key[0] for e in full.entries} == {"model", "opt"}
-    assert {e.key[0] for e in weights.entries} == {"model"} and weights.nbytes < full.nbytes

@@ -170,7 +170,7 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     c = pop.config
     champion = Member.create(pop.task, member, hp, c.seed, pop.device, c.independent_init, c.batch_size)
     pop.writer.hold_buffer()  # the last checkpoint's writer takes the members' states through it first
-    share_state(comm, pop.buffer, pop.owner(member), best.state, [_Weights(champion.model)])
+    share_state(comm, pop.buffer, pop.owner(member), best.state, [_WeightsOf(champion)])
     tested = comm.bcast(champion.evaluate_all(pop.data["test"]) if comm.is_root else None)
     member_test = tested.pop("loss")
     average = population_average(search)
@@ -205,21 +205,21 @@ def record_val(search: Search) -> float:
     return float(search.history.val_loss[best.session][best.member]) if best.session >= 0 else math.nan
 
 
-class _Weights:
-    """A model as the sender or receiver of a state's weights and buffers only: the returned model is for
+class _WeightsOf:
+    """A receiver of a shared state that takes only its weights and buffers: the returned model is for
     evaluating and using, so it gets no optimizer state (two more copies of its weights, with Adam)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
+    def __init__(self, member: Member) -> None:
+        self.member = member
 
     def header(self) -> flatstate.Header:
-        return flatstate.make_header(self.model, None)
+        return self.member.header()
 
     def pack(self, header: flatstate.Header, flat: torch.Tensor) -> None:
-        flatstate.pack(self.model, None, header, flat)
+        self.member.pack(header, flat)
 
     def load_state(self, header: flatstate.Header, flat: torch.Tensor, host: torch.Tensor | None) -> None:
-        flatstate.unpack_weights(header, flat, self.model)
+        flatstate.unpack_weights(header, flat, self.member.model)
 
 
 class Average(torch.nn.Module):

@@ -65,12 +65,9 @@ Key = tuple[Any, ...]
 
 
 def _tensors(model: torch.nn.Module,
-             optimizer: torch.optim.Optimizer | None) -> tuple[list[tuple[Key, torch.Tensor]], dict[Key, Any]]:
-    """The state's tensors and scalars, in order (without an optimizer: the weights and buffers only)."""
+             optimizer: torch.optim.Optimizer) -> tuple[list[tuple[Key, torch.Tensor]], dict[Key, Any]]:
     tensors: list[tuple[Key, torch.Tensor]] = [(("model", k), v) for k, v in model.state_dict().items()]
     scalars: dict[Key, Any] = {}
-    if optimizer is None:
-        return tensors, scalars
     # The indexing of optimizer.state_dict() (parameters numbered across groups, those with state only),
     # read straight from the optimizer: state_dict() copies every group and runs hooks, twice per share.
     params = (p for group in optimizer.param_groups for p in group["params"])
@@ -86,16 +83,15 @@ def _tensors(model: torch.nn.Module,
     return tensors, scalars
 
 
-def make_header(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> Header:
-    """The layout of this member's state (it changes once the optimizer has stepped; None: the weights and
-    buffers only)."""
+def make_header(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Header:
+    """The layout of this member's state (it changes once the optimizer has stepped)."""
     tensors, scalars = _tensors(model, optimizer)
     entries, offset = [], 0
     for key, t in tensors:
         nbytes = t.numel() * t.element_size()
         entries.append(Entry(key, str(t.dtype), tuple(t.shape), offset, nbytes, t.device.type == "cpu"))
         offset += -(-nbytes // _ALIGN) * _ALIGN
-    return Header(entries, scalars, type(optimizer).__name__ if optimizer is not None else "", offset)
+    return Header(entries, scalars, type(optimizer).__name__, offset)
 
 
 def _view(flat: torch.Tensor, entry: Entry) -> torch.Tensor:
@@ -124,8 +120,7 @@ def views(flat: torch.Tensor, header: Header) -> list[torch.Tensor]:
     return found
 
 
-def pack(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, header: Header,
-         flat: torch.Tensor) -> None:
+def pack(model: torch.nn.Module, optimizer: torch.optim.Optimizer, header: Header, flat: torch.Tensor) -> None:
     """Copy the state into `flat` (a uint8 tensor of at least header.nbytes, on the model's device)."""
     tensors, _ = _tensors(model, optimizer)
     targets = views(flat, header)
