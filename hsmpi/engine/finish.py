@@ -276,10 +276,9 @@ class Average(torch.nn.Module):
 
 
 FOLDS = 5  # --returns auto: folds of the validation split the best-member rule is cross-validated on
-# --returns auto: the average must beat the cross-validated best-member rule by this fraction of its score.
-# Both estimates are noisy; on moons-schedule (seeds 0-19) the average won by less than 4% on 7 of 20 seeds and
-# was worse on test on 6 of those 7, while on breast-cancer it won by more on 13 and was better on 11
-# (docs/benchmarks.md, "Returning the average").
+# --returns auto: the average must beat the cross-validated best-member rule by this fraction of its score,
+# since both estimates are noisy: narrower wins switched to an average that was worse on test more often than
+# not (docs/benchmarks.md, "returning the population's average").
 AUTO_MARGIN = 0.05
 
 
