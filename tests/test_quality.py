@@ -130,8 +130,28 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
         assert cell["epochs"] <= 4 * 4 and cell["settings"]["population"] == 4
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert (tmp_path / "figure1b.png").stat().st_size > 10_000
+    # a cell of another budget (or other code) in the same folder is neither reused nor counted in the tables
+    stranger = json.loads((tmp_path / "cells/regression1d/hsmpi/seed0.json").read_text())
+    stranger["settings"].update(seed=7, population=99)
+    stranger["test"] = 123.0
+    (tmp_path / "cells/regression1d/hsmpi/seed7.json").write_text(json.dumps(stranger))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert again.returncode == 0 and "32 of 32 cells stored" in again.stdout
+    text = (tmp_path / "results.md").read_text()
+    assert "123" not in text and text.count("| hsmpi | 2 |") == 2  # both tasks' hsmpi rows: seeds 0 and 1
+
+
+def test_a_stored_cell_is_reused_only_under_the_same_code(tmp_path: Path) -> None:
+    from benchmarks.quality.runner import Cell, Method, code_fingerprint, load_cell, settings_of, write_json
+
+    cell = Cell("friedman1", 0, Method("random", lambda *_: None))
+    settings = settings_of(cell, 4, 4, 2)
+    assert settings["code"] == code_fingerprint() and len(code_fingerprint()) == 16
+    path = str(tmp_path / "cell.json")
+    write_json(path, {"settings": settings, "test": 1.0})
+    assert load_cell(path, settings_of(cell, 4, 4, 2)) is not None
+    write_json(path, {"settings": {**settings, "code": "0" * 16}, "test": 1.0})
+    assert load_cell(path, settings_of(cell, 4, 4, 2)) is None
 
 
 def test_benchmark_refuses_propulate_on_one_rank(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from benchmarks.quality import ablation, tables
-from benchmarks.quality.runner import Cell, Method, baselines, check_available, run_cells
+from benchmarks.quality.runner import Cell, Method, baselines, check_available, code_fingerprint, run_cells
 from hsmpi.parallel.comm import world
 from hsmpi.tasks import BUILTIN
 
@@ -78,7 +78,9 @@ def plan(ns: argparse.Namespace) -> tuple[list[Cell], list[Method], list[Method]
 def report(ns: argparse.Namespace, main: list[Method], abl: list[Method], sweep: list[Method],
            seconds: float, ranks: int) -> str:
     """OUT/results.md and the figures, from every stored cell."""
-    cells = tables.load_cells(ns.out)
+    # This run's cells only: another budget's, or one made by other code, in the same folder is left out.
+    same = (ns.population, ns.epochs, ns.sessions, code_fingerprint())
+    cells = tables.load_cells(ns.out, lambda s: (s["population"], s["epochs"], s["sessions"], s.get("code")) == same)
     names = [m.label for m in main]
     lines = [f"# hsmpi quality benchmark: S={ns.population}, M={ns.epochs}, m={ns.sessions}, "
              f"seeds {ns.first_seed}-{ns.first_seed + ns.seeds - 1}", "",

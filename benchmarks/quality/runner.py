@@ -11,6 +11,7 @@ benchmark continues where it left off and never redoes a cell it has.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -82,10 +83,31 @@ class Cell:
         return os.path.join(out, "cells", self.task, self.method.label, f"seed{self.seed}.json")
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the source that decides a cell's result: the hsmpi package and the benchmark's methods,
+    trials and runner.  A stored cell is reused only under the same code: a cell from an edited checkout
+    looks like a current one by its settings, and mixed into a table it changes a median unnoticed."""
+    import hashlib
+
+    import hsmpi
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.abspath(hsmpi.__file__))
+    files = sorted(os.path.relpath(os.path.join(d, f), package) for d, _, names in os.walk(package)
+                   for f in names if f.endswith(".py"))
+    digest = hashlib.sha256()
+    for name, path in [(f, os.path.join(package, f)) for f in files] + \
+            [(f, os.path.join(here, f)) for f in ("methods.py", "trial.py", "runner.py")]:
+        with open(path, "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def settings_of(cell: Cell, population: int, epochs: int, sessions: int) -> dict[str, Any]:
-    """What a stored cell must match to be reused."""
+    """What a stored cell must match to be reused (and to be counted in this run's tables)."""
     return {"task": cell.task, "seed": cell.seed, "method": cell.method.label, "options": cell.method.options,
-            "population": population, "epochs": epochs, "sessions": sessions}
+            "population": population, "epochs": epochs, "sessions": sessions, "code": code_fingerprint()}
 
 
 def load_cell(path: str, settings: dict[str, Any]) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,15 +14,17 @@ import numpy as np
 from hsmpi.cli.report import pyplot
 
 
-def load_cells(out: str) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
-    """(task, method) -> seed -> stored cell."""
+def load_cells(out: str, keep: Callable[[dict[str, Any]], bool] | None = None
+               ) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """(task, method) -> seed -> stored cell, of the cells whose settings `keep` accepts (None: all)."""
     cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     # Labels may hold a slash (hsmpi/m5), so cells sit one or two folders deep: search them all.
     for path in sorted(glob.glob(os.path.join(out, "cells", "**", "seed*.json"), recursive=True)):
         with open(path) as f:
             c = json.load(f)
         s = c["settings"]
-        cells.setdefault((s["task"], s["method"]), {})[int(s["seed"])] = c
+        if keep is None or keep(s):
+            cells.setdefault((s["task"], s["method"]), {})[int(s["seed"])] = c
     return cells
 
 
