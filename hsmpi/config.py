@@ -129,6 +129,11 @@ class Search(_Group):
         "near the donor's; chosen from the benchmark, docs/benchmarks.md) or `winner` (the paper: one winner, "
         "S-1 copies)")
     truncation_fraction: float = _field(0.25, "`truncation`: the fraction, at most 0.5", metavar="F")
+    islands: int = _field(
+        1, "sub-populations: member i lives on island i mod N, selection and copies stay within each island, "
+        "and every `--migrate-every` sessions the best member of all replaces each other island's worst",
+        metavar="N", minimum=1)
+    migrate_every: int = _field(2, "`--islands`: sessions between migrations", metavar="K", minimum=1)
     elitism: bool = _field(
         False,
         "return the best member ever seen on validation (any session); `--no-elitism`: the last session's best "
@@ -394,4 +399,6 @@ def resolve_population(config: Config, size: int) -> int:
             )
     if size > population:
         raise ConfigError(f"more ranks ({size}) than members (-S {population}); use -S {size} or fewer ranks")
+    if config.islands > population:
+        raise ConfigError(f"islands ({config.islands}) must not exceed the members (-S {population})")
     return population

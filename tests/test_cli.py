@@ -59,6 +59,7 @@ BAD_INPUTS = [
     (["--task", task_spec("RejectsHparams")], "rejected member 0's hyperparameters"),
     (["-S", "1"], "more ranks (2) than members (-S 1)"),
     (["-S", "6", "--members-per-rank", "2"], "must equal ranks x members-per-rank"),
+    (["-S", "4", "--islands", "5"], "islands (5) must not exceed the members (-S 4)"),
     (["--out", "/proc/hsmpi-cannot-write-here"], "cannot write to the output folder"),
     (["--device", "cuda"], "device cuda was asked for"),
     (["--task", task_spec("FailsOnRank1")], "on another rank: task"),

@@ -37,7 +37,8 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, see
                 objective=None, direction=None, workers=0,  # these three came with the task hooks
                 checkpoint_async=True,  # and this one with sharded checkpoints
                 returns="member", average_top=None,  # and these with the returned average
-                smooth=1)  # and this with smoothed selection
+                smooth=1,  # and this with smoothed selection
+                islands=1, migrate_every=2)  # and these with sub-populations
 
 
 def test_defaults_are_valid() -> None:
@@ -305,3 +306,9 @@ def test_resolve_population_more_ranks_than_members(population: int, size: int) 
     with pytest.raises(ConfigError, match=rf"more ranks \({size}\) than members \(-S {population}\); "
                                           rf"use -S {size} or fewer ranks"):
         resolve_population(Config(population=population), size)
+
+
+def test_resolve_population_refuses_more_islands_than_members() -> None:
+    assert resolve_population(Config(population=4, islands=4), 2) == 4
+    with pytest.raises(ConfigError, match=r"islands \(5\) must not exceed the members \(-S 4\)"):
+        resolve_population(Config(population=4, islands=5), 2)

@@ -57,6 +57,7 @@ LAYOUT_CASES = {
     "holdout-elitism": (TinyAdam(), dict(select="truncation", holdout=0.4, elitism=True)),
     "returns-average": (TinyAdam(), dict(select="truncation", returns="average")),
     "smooth": (Tiny(), dict(select="truncation", smooth=2)),
+    "islands": (TinyAdam(), dict(select="truncation", islands=3, migrate_every=1)),
     "returns-auto-top": (NegLoss(), dict(select="truncation", returns="auto", average_top=3)),
 }
 

@@ -10,6 +10,7 @@ import pytest
 
 from hsmpi.algorithm.selection import (
     SELECTIONS,
+    Islands,
     SelectionError,
     Truncation,
     Winner,
@@ -239,3 +240,51 @@ def test_unknown_selection(name: str) -> None:
 
 def test_selection_error_is_a_value_error() -> None:
     assert issubclass(SelectionError, ValueError)
+
+
+# --- islands (sub-populations) ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", [Winner(), Truncation(0.25), Truncation(0.5)], ids=["winner", "trunc25", "trunc50"])
+@pytest.mark.parametrize("count, n", [(2, 8), (3, 10), (4, 16), (5, 5)])
+def test_islands_copy_within_each_island_and_migrate_the_best_to_the_others(rule: object, count: int,
+                                                                            n: int) -> None:
+    islands = Islands(count, every=2)
+    rng = np.random.default_rng(count * 100 + n)
+    for trial in range(60):
+        losses = rng.random(n)
+        losses[rng.random(n) < 0.1] = NAN
+        winner = best_member(losses)
+        session = trial % 4
+        sources = islands.plan(rule, losses, winner, session, np.random.default_rng(trial))  # type: ignore[arg-type]
+        donors = {int(s) for i, s in enumerate(sources) if s != i}
+        assert all(sources[d] == d for d in donors)  # a donor never copies anyone in the same plan
+        migrating = (session + 1) % 2 == 0
+        for i, s in enumerate(sources):
+            if s != i and not (migrating and s == winner):
+                assert s % count == i % count, (i, s)  # a copy within the island
+        for island in range(count):
+            members = np.arange(island, n, count)
+            if migrating and winner not in members:
+                worst = members[np.argsort(finite_losses(losses[members]), kind="stable")[-1]]
+                assert sources[worst] == winner  # the best of all replaces each other island's worst
+
+
+def test_one_island_is_the_plain_rule_and_a_session_without_migration_moves_nothing_across() -> None:
+    losses = np.random.default_rng(3).random(12)
+    winner = best_member(losses)
+    for rule in (Winner(), Truncation(0.25)):
+        plain = rule.plan(losses, winner, np.random.default_rng(9))
+        one = Islands(1, every=1).plan(rule, losses, winner, 0, np.random.default_rng(9))
+        assert np.array_equal(plain, one)
+    # the winner rule on two islands: each island copies its own winner until a migration
+    sources = Islands(2, every=3).plan(Winner(), losses, winner, 0, np.random.default_rng(0))
+    for island in (0, 1):
+        members = np.arange(island, 12, 2)
+        assert set(sources[members]) == {members[int(np.argmin(losses[members]))]}
+
+
+@pytest.mark.parametrize("count, every", [(0, 2), (2, 0), (True, 2), (2, 1.5)])
+def test_islands_refuse_bad_settings(count: object, every: object) -> None:
+    with pytest.raises(SelectionError, match="must be an integer of at least 1"):
+        Islands(count, every)  # type: ignore[arg-type]

@@ -20,6 +20,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "auto-top4": {"returns": "auto", "average_top": 4},
     "smooth-2": {"smooth": 2},  # select on the mean of the validation scores after a session's last 2 epochs
     "smooth-3": {"smooth": 3},  # ... its last 3
+    "islands-2": {"islands": 2},  # two sub-populations of 8, the best of all migrating every 2 sessions
+    "islands-4": {"islands": 4},  # four of 4
 }
 
 

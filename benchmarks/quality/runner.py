@@ -46,7 +46,7 @@ class Method:
 # under other defaults is then never mistaken for one of the current defaults.
 ALGORITHM = ("sampler", "radius", "radius_final", "resample_probability", "select", "truncation_fraction",
              "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top",
-             "smooth")
+             "smooth", "islands", "migrate_every")
 
 
 def hsmpi_defaults(**changes: Any) -> dict[str, Any]:

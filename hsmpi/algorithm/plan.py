@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hsmpi.algorithm.sampling import URS, Sampler
-from hsmpi.algorithm.selection import Selection
+from hsmpi.algorithm.selection import Islands, Selection
 from hsmpi.algorithm.space import HParams, Space
 
 BEST_EVER = -1  # a source meaning "the best state seen so far" (every member diverged)
@@ -46,14 +46,16 @@ class Plan:
 
 def plan_session(*, scores: np.ndarray, winner: int, winner_score: float, hparams: Sequence[HParams],
                  best_hparams: HParams, last: bool, selection: Selection, sampler: Sampler, space: Space,
-                 selection_rng: np.random.Generator, hparam_rngs: Sequence[np.random.Generator]) -> Plan:
+                 selection_rng: np.random.Generator, hparam_rngs: Sequence[np.random.Generator],
+                 islands: Islands | None = None, session: int = 0) -> Plan:
     """Who copies whom after this session, and the copies' new hyperparameters.
 
     `scores` are every member's lower-is-better numbers (the validation loss,
     or the objective signed so); `winner` has the lowest, `winner_score`.
     After the last session nobody copies.  If no member has a finite score,
     all restart from the best state so far, with values drawn near its.
-    Otherwise the selection rule decides; each copy's values are drawn near
+    Otherwise the selection rule decides (with `islands`, within each island,
+    and migrations after session `session`); each copy's values are drawn near
     its source's with the copy's own stream, so the draws do not depend on
     the order of members or on the layout.
     """
@@ -64,6 +66,8 @@ def plan_session(*, scores: np.ndarray, winner: int, winner_score: float, hparam
     elif not math.isfinite(winner_score):
         note = ALL_DIVERGED
         sources = np.full(population, BEST_EVER, dtype=np.int64)
+    elif islands is not None:
+        sources = islands.plan(selection, scores, winner, session, selection_rng)
     else:
         sources = selection.plan(scores, winner, selection_rng)
     new_hparams = {}

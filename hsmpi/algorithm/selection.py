@@ -73,6 +73,47 @@ class Truncation:
 
 Selection = Winner | Truncation
 
+
+@dataclass(frozen=True)
+class Islands:
+    """Sub-populations: member i lives on island i mod `count`.  A selection rule runs within each island
+    (its own winner, its own top and bottom), so no island's copies come from another; every `every`
+    sessions the best member of all (`winner`) replaces the worst member of each other island."""
+
+    count: int
+    every: int = 2
+
+    def __post_init__(self) -> None:
+        for name, value in (("islands", self.count), ("migrate-every", self.every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SelectionError(f"{name} must be an integer of at least 1, but got {value!r}")
+
+    def members(self, island: int, population: int) -> np.ndarray:
+        return np.arange(island, population, self.count, dtype=np.int64)
+
+    def plan(self, rule: Selection, losses: np.ndarray, winner: int, session: int,
+             rng: np.random.Generator) -> np.ndarray:
+        """`rule`'s plan on each island in turn (one stream, island by island), then the migration after
+        sessions every, 2 x every, ... (`session` is 0-based)."""
+        losses = finite_losses(losses)
+        n = len(losses)
+        sources = np.arange(n, dtype=np.int64)
+        for island in range(self.count):
+            members = self.members(island, n)
+            if len(members):
+                sources[members] = members[rule.plan(losses[members], best_member(losses[members]), rng)]
+        if (session + 1) % self.every == 0:
+            for island in range(self.count):
+                members = self.members(island, n)
+                if len(members) and winner not in members:
+                    # the island's worst (the last of equals); never a donor, since the rules never make the
+                    # worst of two or more members a source, and a lone member has no one copying it
+                    sources[int(members[np.argsort(losses[members], kind="stable")[-1]])] = winner
+        return sources
+
+    def describe(self) -> dict[str, Any]:
+        return {"islands": self.count, "migrate_every": self.every}
+
 SELECTIONS = ("winner", "truncation")
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from hsmpi import __version__
 from hsmpi.algorithm.plan import BEST_EVER, Plan, is_new_best, plan_session, sampler_for
 from hsmpi.algorithm.sampling import make_sampler
-from hsmpi.algorithm.selection import make_selection
+from hsmpi.algorithm.selection import Islands, make_selection
 from hsmpi.algorithm.space import HParams, describe_space, sample_space
 from hsmpi.algorithm.streams import SearchStreams
 from hsmpi.config import session_epochs
@@ -140,6 +140,7 @@ class Search:
         self.space = self.population.task.space
         self.sampler = make_sampler(c.sampler, c.radius, c.resample_probability)
         self.selection = make_selection(c.select, c.truncation_fraction)
+        self.islands = Islands(c.islands, c.migrate_every) if c.islands > 1 else None
         self.objective = task_objective(self.population.task, c.objective, c.direction)
         self.history.objective = self.objective
 
@@ -232,7 +233,8 @@ class Search:
                 scores=scores, winner=winner, winner_score=value, hparams=self.hparams,
                 best_hparams=self.best.hparams, last=k == len(self.schedule) - 1, selection=self.selection,
                 sampler=sampler_for(self.sampler, k, len(self.schedule), pop.config.radius, pop.config.radius_final),
-                space=self.space, selection_rng=self.streams.selection, hparam_rngs=self.streams.hparams)
+                space=self.space, selection_rng=self.streams.selection, hparam_rngs=self.streams.hparams,
+                islands=self.islands, session=k)
             self.history.set_plan(plan.sources, plan.note)
         sources, note = comm.bcast((plan.sources, plan.note) if plan else None)
         self.last_sources = np.asarray(sources)
