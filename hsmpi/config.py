@@ -148,10 +148,11 @@ class Search(_Group):
         "(all of them in a shorter session); `1`: the score after the session, as in the paper", metavar="N",
         minimum=1)
     returns: ReturnsName = _field(
-        "member",
+        "auto",
         "what the run returns: `member` (the best member, as in the paper), `average` (the final population's "
-        "averaged prediction, one model holding the averaged members: each rank then holds them all) or `auto` "
-        "(the average when it scores better on validation than the best member, else the member)")
+        "averaged prediction; `Result.returned_model()` reads it from the results file) or `auto` (the "
+        "average when it scores better on validation than the best-member rule, cross-validated, by 5%; "
+        "chosen from the benchmark, docs/benchmarks.md)")
     average_top: int | None = _field(
         None, "`average`/`auto`: average the final population's best K on validation only", metavar="K",
         means="every member with a finite validation score", minimum=1)

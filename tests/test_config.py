@@ -36,7 +36,7 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, see
                 checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto",
                 objective=None, direction=None, workers=0,  # these three came with the task hooks
                 checkpoint_async=True,  # and this one with sharded checkpoints
-                returns="member", average_top=None,  # and these with the returned average
+                returns="auto", average_top=None,  # and these with the returned average
                 smooth=1,  # and this with smoothed selection
                 islands=1, migrate_every=2)  # and these with sub-populations
 

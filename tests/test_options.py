@@ -214,10 +214,10 @@ OLD_VALUES = dict(task="friedman1", population=8, epochs=12, sessions=4, seed=3,
 
 NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2",  # added with the task hooks
              "--no-checkpoint-async",  # added with sharded checkpoints
-             "--returns", "auto", "--average-top", "4",  # added with the returned average
+             "--returns", "member", "--average-top", "4",  # added with the returned average
              "--smooth", "2",  # added with smoothed selection
              "--islands", "2", "--migrate-every", "3"]  # added with sub-populations
-NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False, returns="auto",
+NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False, returns="member",
                   average_top=4, smooth=2, islands=2, migrate_every=3)
 
 

@@ -96,12 +96,16 @@ def test_python_api_returns_the_best_model(tmp_path: Path) -> None:
     assert set(result.best_hparams) == set(TinyAdam.space)
     assert isinstance(result.best_model, torch.nn.Module)
     assert result.history["val_loss"].shape == (2, 3)
-    # Without --elitism (the default) the model returned is the last session's best.
-    assert result.best_val_loss == result.history["winner_loss"][-1]
+    # Without --elitism (the default) the best member is the last session's best; --returns auto (the
+    # default) returns it or the population's average, and test_loss is the returned model's.
     x, y = TinyAdam().data(1)[2].tensors
     with torch.no_grad():
-        loss = torch.nn.functional.mse_loss(result.best_model(x), y).item()
-    assert loss == pytest.approx(result.test_loss, rel=1e-5)
+        member = torch.nn.functional.mse_loss(result.best_model(x), y).item()
+        returned = torch.nn.functional.mse_loss(result.returned_model()(x), y).item()
+    assert member == pytest.approx(result.member_test_loss, rel=1e-5)
+    assert returned == pytest.approx(result.test_loss, rel=1e-5)
+    if result.returned == "member":
+        assert result.best_val_loss == result.history["winner_loss"][-1] and returned == member
 
 
 @pytest.mark.both_mpis

@@ -46,9 +46,9 @@ def _members(out: Path, task: Any) -> list[torch.nn.Module]:
     return models
 
 
-def test_member_is_the_default_and_returns_the_best_member(tmp_path: Path) -> None:
-    result, out = _run(tmp_path, "member")
-    assert Config().returns == "member" and result.returned == "member"
+def test_member_returns_the_best_member(tmp_path: Path) -> None:
+    result, out = _run(tmp_path, "member", returns="member")
+    assert Config().returns == "auto" and result.returned == "member"
     assert not isinstance(result.best_model, Average) and result.returned_model() is result.best_model
     assert result.test_loss == result.member_test_loss
     with h5py.File(out / "results.h5", "r") as f:
@@ -62,7 +62,7 @@ def test_member_is_the_default_and_returns_the_best_member(tmp_path: Path) -> No
 
 def test_average_returns_a_model_that_averages_the_final_population(tmp_path: Path) -> None:
     task = TinyAdam()
-    member, _ = _run(tmp_path, "member")
+    member, _ = _run(tmp_path, "member", returns="member")
     result, out = _run(tmp_path, "average", returns="average")
     # the training is the same: only what is handed back differs
     assert result.member_test_loss == member.test_loss and result.ensemble_test_loss == member.ensemble_test_loss
