@@ -7,7 +7,9 @@ from benchmarks.quality.runner import Method, hsmpi_defaults
 
 # Each variant changes one documented option of hsmpi from its defaults.
 VARIANTS: dict[str, dict[str, object]] = {
-    "paper-minimal": {"select": "winner", "radius": 0.15},  # one winner, radius 0.15, the last winner returned
+    "paper-minimal": {"select": "winner", "radius": 0.15, "returns": "member"},  # one winner, radius 0.15, the
+    # last winner returned
+    "member": {"returns": "member"},  # return the best member always (the default until the ablation below)
     "winner": {"select": "winner"},  # the paper's selection rule, otherwise the defaults
     "elitism": {"elitism": True},  # return the best member of any session
     "elitism-holdout-0.3": {"elitism": True, "holdout": 0.3},  # ... judged on 30% of validation held back
@@ -16,7 +18,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "fraction-0.5": {"truncation_fraction": 0.5},  # the bottom half copies the top half
     "average": {"returns": "average"},  # return the final population's averaged prediction
     "average-top4": {"returns": "average", "average_top": 4},  # ... of its best 4 on validation
-    "auto": {"returns": "auto"},  # the average when it validates better than the best member
+    "auto": {"returns": "auto"},  # the average when it validates better than the best member (now the default)
     "auto-top4": {"returns": "auto", "average_top": 4},
     "smooth-2": {"smooth": 2},  # select on the mean of the validation scores after a session's last 2 epochs
     "smooth-3": {"smooth": 3},  # ... its last 3
