@@ -99,6 +99,12 @@ def test_a_rank_left_running_after_its_mpirun_fails_the_test_and_is_killed() -> 
 
     cmd = [sys.executable, "-c", "import time; time.sleep(120)", "orphan-guard-test"]
     proc = subprocess.Popen(cmd)
+    # Popen can return while the child is still inside exec, with an empty /proc cmdline: wait until it is the
+    # process it will be (a rank left after its mpirun ended is long past that)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1] != [a.encode() for a in cmd]:
+        assert time.monotonic() < deadline, "the child never showed its command line"
+        time.sleep(0.01)
     try:
         with pytest.raises(AssertionError, match=r"1 rank\(s\) of .* outlived mpirun by 1 s \(killed\)"):
             _no_rank_left(cmd, grace=1.0)

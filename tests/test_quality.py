@@ -138,7 +138,7 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert again.returncode == 0 and "32 of 32 cells stored" in again.stdout
     text = (tmp_path / "results.md").read_text()
-    assert "123" not in text and text.count("| hsmpi | 2 |") == 2  # both tasks' hsmpi rows: seeds 0 and 1
+    assert "| 123 |" not in text and text.count("| hsmpi | 2 |") == 2  # both tasks' hsmpi rows: seeds 0, 1
 
 
 def test_a_stored_cell_is_reused_only_under_the_same_code(tmp_path: Path) -> None:

@@ -133,17 +133,37 @@ def test_a_shard_with_other_bytes_or_no_backup_is_refused_naming_the_file(tmp_pa
         _run(out, select="winner", resume="auto")
 
 
-def test_a_checkpoint_from_before_shards_resumes_exactly(uninterrupted: dict[str, Path], tmp_path: Path) -> None:
+def test_a_checkpoint_from_before_shards_resumes_to_the_same_run(uninterrupted: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
     """tests/data/checkpoint-0.1: written by hsmpi before shards (every state inside checkpoint.h5) after
-    session 2 of the truncation reference run; it resumes to the same end, and the run goes on in shards."""
+    session 2 of the truncation reference run (on another machine); it resumes to the same end, and the run
+    goes on in shards."""
     out = tmp_path / "old"
     shutil.copytree(Path(__file__).parent / "data" / "checkpoint-0.1", out)
     with h5py.File(out / "checkpoint.h5", "r") as f:
         assert "states" in f and "shards" not in f
     _, lines = _run(out, select="truncation", resume="auto")
     assert any("2 of 4 sessions done" in line for line in lines)
-    _same(uninterrupted["truncation"], out)
+    _same_decisions(uninterrupted["truncation"], out)
     assert "shards" in checkpoint.read(str(out / "checkpoint.h5"))
+
+
+def _same_decisions(a: Path, b: Path) -> None:
+    """The same run up to float rounding: the checkpoint in tests/data was written on another machine, and
+    PyTorch's CPU kernels round differently by instruction set (AVX2, AVX-512), so its stored losses and
+    states differ from this machine's in the last bits. Every decision (winners, who copied whom, every
+    hyperparameter drawn) must still be the same, and every number equal to rounding."""
+    with h5py.File(a / "results.h5", "r") as f, h5py.File(b / "results.h5", "r") as g:
+        for key in ("history/winner", "history/sources"):
+            assert np.array_equal(f[key][()], g[key][()]), key
+        for name in f["history/hparams"]:
+            assert np.array_equal(f[f"history/hparams/{name}"][()], g[f"history/hparams/{name}"][()]), name
+        for key in ("history/val_loss", "history/train_loss", "test/best_loss", "test/ensemble_loss"):
+            assert np.allclose(f[key][()], g[key][()], rtol=1e-4, atol=0, equal_nan=True), key
+        for name in f["population/weights"]:
+            assert np.allclose(f[f"population/weights/{name}"][()], g[f"population/weights/{name}"][()],
+                               rtol=1e-3, atol=1e-5), name
+        assert f["best"].attrs["member"] == g["best"].attrs["member"]
 
 
 def test_a_finished_run_can_be_extended_and_its_last_session_gets_its_selection(tmp_path: Path) -> None:
