@@ -174,16 +174,15 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     tested = comm.bcast(champion.evaluate_all(pop.data["test"]) if comm.is_root else None)
     member_test = tested.pop("loss")
     average = population_average(search)
-    judged = comm.bcast(record_val(search) if comm.is_root else None)
+    record: dict[str, Any] = _record(search, champion, member_test, tested, average) if comm.is_root else {}
+    judged = comm.bcast(record["best"]["val_loss"] if comm.is_root else None)
     returns_average = c.returns == "average" or (c.returns == "auto" and average.beats_member())
     returns_average = returns_average and bool(average.members)
     val_loss, test_loss, metrics = judged, member_test, tested
     if returns_average:
         val_loss, test_loss = average.judged["loss"], average.test["loss"]
         metrics = {n: v for n, v in average.test.items() if n != "loss"}
-    record: dict[str, Any] = {}
     if comm.is_root:
-        record = _record(search, champion, member_test, tested, average)
         record["test"].update({"returned": "average" if returns_average else "member", "returned_loss": test_loss})
         if returns_average:
             record["test"].update({"returned_metrics": metrics, "average_members": np.array(average.members)})
@@ -195,14 +194,6 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
                     member_test_loss=float(member_test), averaged=list(average.members),
                     results_file=os.path.join(c.out, "results.h5"), task=pop.task)
     return result, record
-
-
-def record_val(search: Search) -> float:
-    """Rank 0: the best member's validation loss as the results file states it."""
-    best = search.best
-    if search.objective.is_loss:
-        return float(best.score)
-    return float(search.history.val_loss[best.session][best.member]) if best.session >= 0 else math.nan
 
 
 class _WeightsOf:
@@ -327,15 +318,16 @@ def population_average(search: Search) -> PopulationAverage:
     targets = [torch.cat([y for _, y in pop.data[s].in_order()]) for s in splits]
     folds = [torch.arange(f, len(targets[0]), FOLDS, device=targets[0].device) for f in range(FOLDS)]
     folds = [f for f in folds if len(f)]
-    shapes = [tuple(pop.members[0].predict(pop.data[s]).shape) if pop.members else () for s in splits]
-    shapes = comm.bcast(shapes if comm.is_root else None)
+    # every rank holds a member, and every member's outputs on a split have one shape
+    outputs = {m.index: [m.predict(pop.data[s]) for s in splits] for m in pop.members}
+    shapes = [tuple(o.shape) for o in next(iter(outputs.values()))]
     total = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
     averaged = np.zeros(pop.size)
     fold_scores = np.zeros((pop.size, len(folds)))  # every finite member's, for the cross-validation
     for m in pop.members:
         if m.index not in finite:
             continue
-        outs = [m.predict(pop.data[s]) for s in splits]
+        outs = outputs[m.index]
         fold_scores[m.index] = [_score(task, objective, outs[0][f], targets[0][f]) for f in folds]
         mapped = [into(o).double().cpu() for o in outs]
         if m.index in chosen and all(bool(torch.isfinite(o).all()) for o in mapped):
@@ -346,10 +338,11 @@ def population_average(search: Search) -> PopulationAverage:
                                                                                      fold_scores.ravel()]))
     offset = sum(int(np.prod(shape)) for shape in shapes)
     members = [int(i) for i in np.flatnonzero(summed[offset:offset + pop.size])]
-    cv = _cross_validated(summed[offset + pop.size:].reshape(fold_scores.shape)[sorted(finite)],
-                          np.array([len(f) for f in folds]))
-    if "holdout" in pop.data:
+    if "holdout" in pop.data:  # the winner's held-back score is not the lowest of S: compared as it is
         cv = search.best.score
+    else:
+        cv = _cross_validated(summed[offset + pop.size:].reshape(fold_scores.shape)[sorted(finite)],
+                              np.array([len(f) for f in folds]))
     if not members:
         return PopulationAverage([], {}, {}, math.inf, cv)
     values, offset = [], 0
