@@ -104,7 +104,7 @@ def _objective_default() -> None:
 
 
 def _average_top_default() -> None:
-    from hsmpi.engine.finish import _averaged
+    from hsmpi.engine.average import _averaged
 
     scores = np.array([0.3, np.inf, 0.1, np.nan, 0.2])
     assert _averaged(scores, None) == [0, 2, 4]  # every member with a finite validation score

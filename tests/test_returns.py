@@ -15,7 +15,7 @@ import torch
 import hsmpi
 from hsmpi.cli.report import load_history, summary
 from hsmpi.config import Config, ConfigError
-from hsmpi.engine.finish import AUTO_MARGIN, Average
+from hsmpi.engine.average import AUTO_MARGIN, Average
 from hsmpi.tasks import load_task, task_loss
 
 from tasks_for_tests import NegLoss, TinyAdam
@@ -131,7 +131,7 @@ def test_auto_weighs_the_average_against_the_best_member_rule_cross_validated(tm
 
 
 def test_the_cross_validation_of_the_best_member_rule() -> None:
-    from hsmpi.engine.finish import _cross_validated
+    from hsmpi.engine.average import _cross_validated
 
     sizes = np.array([2, 2, 1])
     # fold means; as sums member 0 has [6, 0, 0] and member 1 [2, 4, 2]. Each fold is judged by the member

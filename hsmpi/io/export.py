@@ -3,7 +3,7 @@
 `best.pt` is the best member (the last session's best, or the best ever with elitism; what
 `test/best_loss` reports), written by rank 0.  When the run returns the population's average
 (`--returns`), top.json's `average` names the members it holds, whose weights are in results.h5
-(`hsmpi.engine.finish.Average.from_results` builds it).  `top1.pt` ... `topK.pt`
+(`hsmpi.engine.average.Average.from_results` builds it).  `top1.pt` ... `topK.pt`
 are the final population's K best
 members by their last validation loss (or, for a task that selects on a metric, by that objective), each
 written by the rank that owns it, and described in `top.json` (rank 0).  Load one with

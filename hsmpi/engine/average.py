@@ -1,0 +1,203 @@
+"""The final population's averaged prediction: the model `--returns average` (or `auto`) gives back.
+
+`population_average` sums every rank's members' mapped outputs with one
+allreduce, so nothing is gathered; beside the average it cross-validates the
+rule "return the best member" (what `auto` weighs it against).  `Average` is
+the averaged model itself, rebuilt from a results file's population weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from hsmpi.tasks import task_loss, task_metrics
+
+if TYPE_CHECKING:
+    from hsmpi.engine.search import Search
+
+
+class Average(torch.nn.Module):
+    """The population's averaged prediction as one model: each member's output mapped by the task's
+    `ensemble_in` (e.g. softmax), averaged, and mapped back by its `ensemble_out` (e.g. log).
+
+    `members[j]` is member `indices[j]` of the final population.  A run that
+    returned the average names them in its results file (`test/average_members`),
+    beside every member's weights (`population/weights`): `Average.from_results`
+    rebuilds it from there.
+    """
+
+    def __init__(self, members: list[torch.nn.Module], indices: list[int], task: Any) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.indices = list(indices)
+        self._into = getattr(task, "ensemble_in", None)
+        self._back = getattr(task, "ensemble_out", None)
+
+    @classmethod
+    def from_results(cls, path: str, task: Any = None, device: torch.device | str = "cpu",
+                     members: list[int] | None = None) -> Average:
+        """The average a results file says its run returned (or of `members`), each member's weights read
+        from the file's population (`task`: the run's task object; None: the file's task by name)."""
+        import h5py
+
+        from hsmpi.tasks import load_task
+
+        with h5py.File(path, "r") as f:
+            if members is None:
+                if "test/average_members" not in f:
+                    raise ValueError(f"{path}: the run returned its best member, not the average "
+                                     "(pass members=[...] to average some of them)")
+                members = [int(i) for i in f["test/average_members"][()]]
+            task = task if task is not None else load_task(str(f.attrs["task"]))
+            weights = f["population/weights"]
+            models = []
+            with torch.random.fork_rng(devices=[]):  # building a model draws its initial weights
+                for i in members:
+                    model = task.model()
+                    model.load_state_dict({n: torch.from_numpy(np.asarray(weights[n][i])) for n in weights})
+                    models.append(model.to(device).eval())
+        return cls(models, members, task)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for m in self.members:
+            out = m(x)
+            out = self._into(out) if self._into is not None else out
+            total = out if total is None else total + out
+        assert total is not None
+        mean = total / len(self.members)
+        return self._back(mean) if self._back is not None else mean
+
+
+FOLDS = 5  # --returns auto: folds of the validation split the best-member rule is cross-validated on
+# --returns auto: the average must beat the cross-validated best-member rule by this fraction of its score,
+# since both estimates are noisy: narrower wins switched to an average that was worse on test more often than
+# not (docs/benchmarks.md, "returning the population's average").
+AUTO_MARGIN = 0.05
+
+
+@dataclass
+class PopulationAverage:
+    """The final population's averaged prediction, evaluated on the split the returned model is judged on
+    (validation, or with --holdout the held-back part) and on the test split; the same on every rank."""
+
+    members: list[int]  # averaged (finite everywhere), in order; empty: none was
+    judged: dict[str, float]  # loss and metrics
+    test: dict[str, float]
+    score: float  # the objective's lower-is-better score on the judged split (+inf: no average)
+    member_cv: float = math.inf  # the best-member rule's cross-validated score there (what `auto` compares)
+
+    def beats_member(self) -> bool:
+        """`--returns auto`'s choice: the average, when it scores better than the best-member rule by more
+        than AUTO_MARGIN of that rule's score (scores are lower-is-better; a metric's can be negative)."""
+        if not self.members or not math.isfinite(self.score):
+            return False
+        if not math.isfinite(self.member_cv):
+            return True
+        return self.score < self.member_cv - AUTO_MARGIN * abs(self.member_cv)
+
+
+def population_average(search: Search) -> PopulationAverage:
+    """The averaged prediction of the final population's members with a finite validation score (with
+    --average-top the best K of them) whose outputs are finite (collective: one allreduce).
+
+    Beside it, what `--returns auto` weighs it against.  The best member's own
+    validation score is the lowest of S noisy ones, so it looks better than it
+    is and would nearly always win; instead the rule "take the member that
+    scores best" is cross-validated on the judged split: on each of 5 folds,
+    the member best on the other 4 is scored on it.  With --holdout the
+    member's held-back score is not biased that way and is compared as it is.
+    """
+    comm, pop, objective = search.comm, search.population, search.objective
+    task, c = pop.task, pop.config
+    splits = ("holdout" if "holdout" in pop.data else "val", "test")
+    picked = None
+    if comm.is_root:
+        scores = search.history.last_scores()
+        picked = (_averaged(scores, c.average_top), set(_averaged(scores, None)))
+    chosen, finite = comm.bcast(picked)
+    into = getattr(task, "ensemble_in", lambda out: out)
+    back = getattr(task, "ensemble_out", lambda mean: mean)
+    targets = [torch.cat([y for _, y in pop.data[s].in_order()]) for s in splits]
+    folds = [torch.arange(f, len(targets[0]), FOLDS, device=targets[0].device) for f in range(FOLDS)]
+    folds = [f for f in folds if len(f)]
+    # every rank holds a member, and every member's outputs on a split have one shape
+    outputs = {m.index: [m.predict(pop.data[s]) for s in splits] for m in pop.members}
+    shapes = [tuple(o.shape) for o in next(iter(outputs.values()))]
+    total = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+    averaged = np.zeros(pop.size)
+    fold_scores = np.zeros((pop.size, len(folds)))  # every finite member's, for the cross-validation
+    for m in pop.members:
+        if m.index not in finite:
+            continue
+        outs = outputs[m.index]
+        fold_scores[m.index] = [_score(task, objective, outs[0][f], targets[0][f]) for f in folds]
+        mapped = [into(o).double().cpu() for o in outs]
+        if m.index in chosen and all(bool(torch.isfinite(o).all()) for o in mapped):
+            for t, o in zip(total, mapped):
+                t += o
+            averaged[m.index] = 1.0
+    summed = comm.allreduce_sum(np.concatenate([t.numpy().ravel() for t in total] + [averaged,
+                                                                                     fold_scores.ravel()]))
+    offset = sum(int(np.prod(shape)) for shape in shapes)
+    members = [int(i) for i in np.flatnonzero(summed[offset:offset + pop.size])]
+    if "holdout" in pop.data:  # the winner's held-back score is not the lowest of S: compared as it is
+        cv = search.best.score
+    else:
+        cv = _cross_validated(summed[offset + pop.size:].reshape(fold_scores.shape)[sorted(finite)],
+                              np.array([len(f) for f in folds]))
+    if not members:
+        return PopulationAverage([], {}, {}, math.inf, cv)
+    values, offset = [], 0
+    for target, shape in zip(targets, shapes):
+        size = int(np.prod(shape))
+        mean = torch.from_numpy(summed[offset:offset + size].reshape(shape) / len(members)).float().to(pop.device)
+        offset += size
+        with torch.no_grad():
+            output = back(mean)
+            value = {"loss": task_loss(task, output, target), **task_metrics(task, output, target)}
+        values.append({n: float(v) for n, v in value.items()})
+    judged, test = values
+    key = "loss" if objective.is_loss else objective.name
+    score = objective.score(judged[key]) if key in judged else math.inf
+    return PopulationAverage(members, judged, test, score if math.isfinite(score) else math.inf, cv)
+
+
+def _score(task: Any, objective: Any, output: torch.Tensor, target: torch.Tensor) -> float:
+    """The objective's lower-is-better score of one member's outputs on part of a split (+inf: not finite)."""
+    with torch.no_grad():
+        if objective.is_loss:
+            value = float(task_loss(task, output, target))
+        else:
+            value = float(task_metrics(task, output, target).get(objective.name, math.nan))
+    score = objective.score(value)
+    return score if math.isfinite(score) else math.inf
+
+
+def _cross_validated(scores: np.ndarray, sizes: np.ndarray) -> float:
+    """The rule "return the member with the best score" cross-validated over folds: on each fold, the
+    member best on the others, scored on it; weighted by fold size (members x folds of fold means)."""
+    if not len(scores):
+        return math.inf
+    with np.errstate(invalid="ignore"):
+        sums = scores * sizes
+        total = sums.sum(axis=1)
+        picked = 0.0
+        for f in range(len(sizes)):
+            rest = np.where(np.isfinite(total), total - sums[:, f], np.inf)
+            picked += sums[int(np.argmin(rest)), f]
+    value = picked / sizes.sum()
+    return float(value) if math.isfinite(value) else math.inf
+
+
+def _averaged(scores: np.ndarray, top: int | None) -> list[int]:
+    """Rank 0: who is averaged: finite last scores, the best `top` of them when given."""
+    scores = np.asarray(scores, dtype=float)
+    finite = [int(i) for i in np.argsort(np.where(np.isfinite(scores), scores, np.inf), kind="stable")
+              if math.isfinite(scores[i])]
+    return sorted(finite[:top] if top is not None else finite)
