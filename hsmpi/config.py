@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 # The choices, as types.  The sampler and selection names must equal their registries,
 # hsmpi.algorithm.sampling.SAMPLERS (sorted, as its error messages list them) and
 # hsmpi.algorithm.selection.SELECTIONS (in its order); tests/test_config.py checks both.
-SamplerName = Literal["perturb", "urs"]
+SamplerName = Literal["perturb", "tpe", "urs"]
 SelectName = Literal["winner", "truncation"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 VectorizeMode = Literal["auto", "on", "off"]
@@ -114,13 +114,16 @@ class Search(_Group):
         short="-m", metavar="m", minimum=1)
     seed: int = _field(0, "run seed: data split, initial weights, every random stream", minimum=0)
     sampler: SamplerName = _field(
-        "urs", "`urs` (the paper's box around the winner) or `perturb` (PBT's x0.8 / x1.2 or resample)")
+        "urs", "`urs` (the paper's box around the winner), `tpe` (of `--candidates` draws in that box, the one a "
+        "Parzen model of the history's best and worst favours) or `perturb` (PBT's x0.8 / x1.2 or resample)")
     radius: float = _field(
-        0.3, "`urs`: half-width of the box in normalised coordinates (the paper used 0.15; 0.3 won the benchmark)",
-        metavar="R")
+        0.3, "`urs`, `tpe`: half-width of the box in normalised coordinates (the paper used 0.15; 0.3 won the "
+        "benchmark)", metavar="R")
     radius_final: float | None = _field(
-        None, "`urs`: shrink the box geometrically from `--radius` (first draw) to this (last draw)", metavar="R",
-        means="a fixed box")
+        None, "`urs`, `tpe`: shrink the box geometrically from `--radius` (first draw) to this (last draw)",
+        metavar="R", means="a fixed box")
+    candidates: int = _field(16, "`tpe`: draws in the box per new set of values, of which the model picks one",
+                             metavar="N", minimum=1)
     resample_probability: float = _field(
         0.25, "`perturb`: chance of a fresh draw per parameter (else x0.8 or x1.2)", metavar="P")
     select: SelectName = _field(
@@ -173,7 +176,8 @@ class Search(_Group):
             raise ConfigError(f"sessions (-m) must not exceed epochs (-M), but got m={self.sessions} > M={self.epochs}")
         # The sampler and the selection rule check their own parameters; their messages name them.
         try:
-            make_sampler(self.sampler, radius=self.radius, resample_probability=self.resample_probability)
+            make_sampler(self.sampler, radius=self.radius, resample_probability=self.resample_probability,
+                         candidates=self.candidates)
             make_selection(self.select, fraction=self.truncation_fraction)
         except ValueError as err:
             raise ConfigError(str(err)) from None

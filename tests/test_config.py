@@ -30,7 +30,8 @@ from hsmpi.tasks import BUILTIN
 
 # The fields and defaults runs, results files, checkpoints and TOML files have always had.
 DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, seed=0, sampler="urs", radius=0.3,
-                radius_final=None, resample_probability=0.25, select="truncation", truncation_fraction=0.25,
+                radius_final=None, candidates=16, resample_probability=0.25, select="truncation",
+                truncation_fraction=0.25,
                 holdout=0.0, elitism=False, out="hsmpi-out", device="auto", members_per_rank=None,
                 independent_init=False, batch_size=64, threads=0, resume=None, keep_checkpoints=1,
                 checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto",
@@ -143,7 +144,7 @@ BAD = [
     ({"seed": -1}, r"seed must be at least 0, but got -1"),
     ({"seed": 1.0}, r"seed must be an integer, but got 1\.0"),
     ({"seed": False}, r"seed must be an integer, but got False"),
-    ({"sampler": "URS"}, r"sampler must be one of \['perturb', 'urs'\], but got 'URS'"),
+    ({"sampler": "URS"}, r"sampler must be one of \['perturb', 'tpe', 'urs'\], but got 'URS'"),
     ({"sampler": "pbt"}, r"sampler must be one of .*'pbt'"),
     ({"sampler": None}, r"sampler must be one of .*None"),
     ({"select": "tournament"}, r"select must be one of \['winner', 'truncation'\], but got 'tournament'"),
@@ -175,6 +176,9 @@ BAD = [
     ({"task": ""}, r"task must be a name or module:Class, but got ''"),
     ({"task": None}, r"task must be a name or module:Class, but got None"),
     ({"radius_final": 1.5}, r"radius-final: radius must be in \(0, 1\], but got 1\.5"),
+    ({"sampler": "tpe", "radius": 0}, r"tpe: radius must be in \(0, 1\], but got 0"),
+    ({"candidates": 0}, r"candidates must be at least 1, but got 0"),
+    ({"candidates": 1.5}, r"candidates must be an integer, but got 1\.5"),
     ({"holdout": 1.0}, r"holdout must be a fraction in \[0, 1\), but got 1\.0"),
     ({"holdout": -0.1}, r"holdout must be a fraction in \[0, 1\), but got -0\.1"),
     ({"holdout": True}, r"holdout must be a fraction in \[0, 1\), but got True"),

@@ -53,6 +53,7 @@ LAYOUT_CASES = {
     "metric-objective-maximised": (NegLoss(), dict(select="truncation", elitism=True)),
     "winner-urs": (Tiny(), dict(select="winner")),
     "truncation-perturb": (Tiny(), dict(select="truncation", sampler="perturb")),
+    "truncation-tpe": (TinyAdam(), dict(select="truncation", sampler="tpe", candidates=8)),
     "independent-init": (Tiny(), dict(select="winner", independent_init=True)),
     "holdout-elitism": (TinyAdam(), dict(select="truncation", holdout=0.4, elitism=True)),
     "returns-average": (TinyAdam(), dict(select="truncation", returns="average")),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hsmpi.algorithm.plan import ALL_DIVERGED, BEST_EVER, Plan, is_new_best, plan_session, sampler_for
-from hsmpi.algorithm.sampling import URS, Perturb
+from hsmpi.algorithm.sampling import TPE, URS, Observation, Perturb
 from hsmpi.algorithm.selection import Truncation, Winner
 from hsmpi.algorithm.space import Choice, LogUniform, Uniform
 from hsmpi.algorithm.streams import SearchStreams
@@ -93,6 +93,13 @@ def test_sampler_for_shrinks_the_box_geometrically_from_the_first_to_the_last_dr
     assert all(a > b for a, b in zip(radii[:3], radii[1:4]))
     assert sampler_for(URS(0.3), 2, 5, 0.3, None) == URS(0.3)
     assert sampler_for(Perturb(), 2, 5, 0.3, 0.03) == Perturb()
+
+
+def test_sampler_for_gives_tpe_the_history_and_the_shrunk_box() -> None:
+    seen = [Observation({"lr": 0.1}, True), Observation({"lr": 0.2}, False)]
+    bound = sampler_for(TPE(0.3, 8), 4, 5, 0.3, 0.03, seen)
+    assert bound == TPE(0.03, 8, tuple(seen))
+    assert sampler_for(TPE(0.3, 8), 0, 5, 0.3, None, seen) == TPE(0.3, 8, tuple(seen))
 
 
 def test_search_streams_round_trip_their_state() -> None:

@@ -71,6 +71,18 @@ def _stopped(out: Path, k: int = 2, **options: Any) -> Path:
 # ---- in one process ---------------------------------------------------------------------------------------
 
 
+def test_the_tpe_sampler_resumes_to_the_same_run(tmp_path: Path) -> None:
+    """tpe's model is the history, which the checkpoint holds: a run stopped and resumed draws the same
+    values as one that was not (and the model changed them: they differ from urs's with the same streams)."""
+    _stopped(tmp_path / "resumed", 2, select="truncation", sampler="tpe")
+    _run(tmp_path / "resumed", select="truncation", sampler="tpe", resume="auto")
+    _run(tmp_path / "whole", select="truncation", sampler="tpe")
+    _same(tmp_path / "resumed", tmp_path / "whole")
+    _run(tmp_path / "urs", select="truncation")
+    with h5py.File(tmp_path / "whole" / "results.h5", "r") as f, h5py.File(tmp_path / "urs" / "results.h5") as g:
+        assert not np.array_equal(f["history/hparams/lr"][()], g["history/hparams/lr"][()])
+
+
 def test_a_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     _stopped(tmp_path, 3, select="winner", checkpoint_interval=0)

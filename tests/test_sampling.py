@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hsmpi.algorithm.sampling import SAMPLERS, URS, Perturb, SamplerError, make_sampler
+from hsmpi.algorithm.sampling import SAMPLERS, TPE, URS, Observation, Perturb, SamplerError, make_sampler, observations
 from hsmpi.algorithm.space import Choice, IntUniform, LogUniform, Param, Uniform, check_hparams, sample_space
 
 SPACE: dict[str, Param] = {
@@ -59,7 +59,21 @@ def _builders() -> list:
     for name, cls in sorted(SAMPLERS.items()):
         out.append(pytest.param(cls, id=f"{name}-default"))
         out.append(pytest.param(lambda name=name: make_sampler(name), id=f"{name}-by-name"))
+    out.append(pytest.param(lambda: _history_tpe(), id="tpe-with-history"))
     return out
+
+
+def _history_tpe(radius: float = 0.3, candidates: int = 16) -> TPE:
+    """A tpe whose history says: high dropout, low lr and adam did well; the opposite did badly."""
+    rng = np.random.default_rng(77)
+    seen = []
+    for _ in range(12):
+        hp = sample_space(SPACE, rng)
+        seen.append(Observation({**hp, "dropout": float(rng.uniform(0.4, 0.5)), "lr": 1e-5 * float(rng.uniform(1, 3)),
+                                 "optimizer": "adam"}, True))
+        seen.append(Observation({**hp, "dropout": float(rng.uniform(0.0, 0.1)), "lr": 1e-1 / float(rng.uniform(1, 3)),
+                                 "optimizer": "sgd"}, False))
+    return TPE(radius=radius, candidates=candidates).with_history(seen)
 
 
 @pytest.fixture(params=_builders())
@@ -239,6 +253,60 @@ def test_urs_full_radius_covers_the_whole_range() -> None:
     rng = np.random.default_rng(16)
     x = np.array([urs.neighbour({"x": p}, {"x": 0.9}, rng)["x"] for _ in range(2000)])
     assert x.min() < 0.02 and x.max() > 0.98
+
+
+# --- TPE -------------------------------------------------------------------------------------------------------
+
+
+def test_tpe_without_history_is_urs() -> None:
+    for hp in _starts():
+        assert TPE(0.3).neighbour(SPACE, hp, np.random.default_rng(5)) == URS(0.3).neighbour(SPACE, hp,
+                                                                                            np.random.default_rng(5))
+
+
+def test_tpe_moves_towards_what_did_well_and_stays_in_the_box() -> None:
+    start = {"lr": 1e-3, "dropout": 0.25, "layers": 4, "batch_size": 32, "optimizer": "rmsprop"}
+    tpe, urs = _history_tpe(), URS(0.3)
+    drawn = {name: [s.neighbour(SPACE, start, np.random.default_rng(i)) for i in range(200)]
+             for name, s in (("tpe", tpe), ("urs", urs))}
+    mean = {name: np.mean([d["dropout"] for d in rows]) for name, rows in drawn.items()}
+    log_lr = {name: np.mean([math.log10(d["lr"]) for d in rows]) for name, rows in drawn.items()}
+    assert mean["tpe"] > mean["urs"] + 0.05  # the box is [0.1, 0.4] here: the good side is up
+    assert log_lr["tpe"] < log_lr["urs"] - 0.3
+    adam = {name: sum(d["optimizer"] == "adam" for d in rows) for name, rows in drawn.items()}
+    assert adam["tpe"] > 2 * adam["urs"]
+    for d in drawn["tpe"]:
+        assert abs(SPACE["dropout"].encode(d["dropout"]) - SPACE["dropout"].encode(0.25)) <= 0.3 + 1e-12
+        assert abs(SPACE["lr"].encode(d["lr"]) - SPACE["lr"].encode(1e-3)) <= 0.3 + 1e-12
+
+
+def test_tpe_with_one_candidate_or_too_little_history_takes_the_first_draw() -> None:
+    hp = _starts()[4]
+    first = URS(0.3).neighbour(SPACE, hp, np.random.default_rng(8))
+    assert _history_tpe(candidates=1).neighbour(SPACE, hp, np.random.default_rng(8)) == first
+    one_good = TPE(0.3).with_history([Observation(hp, True), Observation(hp, False)])
+    assert one_good.neighbour(SPACE, hp, np.random.default_rng(8)) == first
+
+
+def test_observations_label_each_sessions_best_quarter_and_never_a_diverged_member() -> None:
+    rows = [[{"x": float(i)} for i in range(8)], [{"x": float(i)} for i in range(3)]]
+    scores = [np.array([5.0, 1.0, np.nan, 3.0, 2.0, np.inf, 0.5, 4.0]), np.array([np.nan, np.inf, 9.0])]
+    seen = observations(rows, scores)
+    assert [o.hparams["x"] for o in seen if o.good] == [1.0, 6.0, 2.0]  # 6 finite -> 2 good; then the only finite
+    assert len(seen) == 11 and all(not o.good for o in seen[8:10])
+    assert observations([[{"x": 0.0}]], [np.array([np.nan])]) == [Observation({"x": 0.0}, False)]
+
+
+@pytest.mark.parametrize("candidates", [0, -1, 1.5, True, "8"])
+def test_tpe_bad_candidates(candidates: object) -> None:
+    with pytest.raises(SamplerError, match=r"tpe: candidates must be an integer of at least 1") as err:
+        TPE(candidates=candidates)  # type: ignore[arg-type]
+    assert repr(candidates) in str(err.value)
+
+
+def test_tpe_bad_radius_names_tpe() -> None:
+    with pytest.raises(SamplerError, match=r"^tpe: radius must be in \(0, 1\], but got 0$"):
+        make_sampler("tpe", radius=0)
 
 
 # --- Perturb -------------------------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "smooth-3": {"smooth": 3},  # ... its last 3
     "islands-2": {"islands": 2},  # two sub-populations of 8, the best of all migrating every 2 sessions
     "islands-4": {"islands": 4},  # four of 4
+    "tpe": {"sampler": "tpe"},  # of 16 draws in the box, the one a Parzen model of the history favours
+    "tpe-4": {"sampler": "tpe", "candidates": 4},  # ... of 4 (closer to urs, more diverse)
+    "tpe-64": {"sampler": "tpe", "candidates": 64},  # ... of 64 (the model's choice, nearly)
 }
 
 

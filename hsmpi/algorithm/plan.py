@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hsmpi.algorithm.sampling import URS, Sampler
+from hsmpi.algorithm.sampling import TPE, URS, Observation, Sampler
 from hsmpi.algorithm.selection import Islands, Selection
 from hsmpi.algorithm.space import HParams, Space
 
@@ -88,15 +88,20 @@ def is_new_best(judged: float, best_so_far: float, elitism: bool) -> bool:
 
 
 def sampler_for(sampler: Sampler, session: int, sessions: int, radius: float,
-                radius_final: float | None) -> Sampler:
+                radius_final: float | None, observed: Sequence[Observation] = ()) -> Sampler:
     """The sampler for the draws after `session` (0-based) of `sessions`.
 
-    With `radius_final`, urs's box shrinks geometrically from `radius` (the
-    draws after the first session) to `radius_final` (after the last session
-    that draws).
+    With `radius_final`, the box of urs (and tpe) shrinks geometrically from
+    `radius` (the draws after the first session) to `radius_final` (after the
+    last session that draws).  tpe gets the history so far, `observed`.
     """
+    shrunk = radius
+    if radius_final is not None:
+        draws = sessions - 1  # sessions followed by a draw
+        t = min(session, draws - 1) / (draws - 1) if draws > 1 else 0.0
+        shrunk = radius * (radius_final / radius) ** t
+    if isinstance(sampler, TPE):
+        return sampler.with_history(observed, shrunk)
     if radius_final is None or not isinstance(sampler, URS):
         return sampler
-    draws = sessions - 1  # sessions followed by a draw
-    t = min(session, draws - 1) / (draws - 1) if draws > 1 else 0.0
-    return URS(radius=radius * (radius_final / radius) ** t)
+    return URS(radius=shrunk)

@@ -3,12 +3,15 @@
 Each sampler is a small object with one pure method,
 `neighbour(space, hp, rng) -> hp`: no global random state, no MPI.  Rank 0
 calls it with the random stream of the member that receives the new values,
-so draws never depend on how members are laid out over ranks.
+so draws never depend on how members are laid out over ranks.  `TPE` also
+holds what the search has seen so far (`observed`), which rank 0 binds to it
+before each session's draws (hsmpi.algorithm.plan.sampler_for).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,15 +95,106 @@ class Perturb:
         return {"name": "perturb", "resample_probability": self.resample_probability, "factors": list(self.factors)}
 
 
-Sampler = URS | Perturb
+GOOD_FRACTION = 0.25  # TPE: the best quarter of each session's members are the "good" observations
+MIN_GOOD = 2  # TPE: below this many good observations the box's first draw is taken, as by URS
 
-SAMPLERS = {"urs": URS, "perturb": Perturb}
+
+@dataclass(frozen=True)
+class Observation:
+    """One member's values in one session, and whether it was among that session's best (`good`)."""
+
+    hparams: Mapping[str, Value]
+    good: bool
 
 
-def make_sampler(name: str, radius: float = 0.15, resample_probability: float = 0.25) -> Sampler:
+@dataclass(frozen=True)
+class TPE:
+    """URS's box around the donor, with a model of the search's history choosing within it.
+
+    Of `candidates` draws in the box, the one with the highest ratio l(x)/g(x)
+    is taken, where l and g are Parzen densities (one per parameter, as in
+    Hyperopt's TPE) of the values that were among the best `GOOD_FRACTION`
+    of their session and of the rest.  Ranks within a session, not raw
+    scores, label the history: scores fall from session to session as the
+    weights train, so a late session's worst can beat an early one's best.
+    The box keeps the paper's locality (the donor's weights were trained with
+    values near its own); the model says where in it earlier sessions did
+    well.  Without enough history it is URS (the first draw).
+    """
+
+    radius: float = 0.15
+    candidates: int = 16
+    observed: tuple[Observation, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            URS(radius=self.radius)  # URS's check, in tpe's name
+        except SamplerError as err:
+            raise SamplerError(f"tpe: {str(err).split(': ', 1)[1]}") from None
+        c = self.candidates
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise SamplerError(f"tpe: candidates must be an integer of at least 1, but got {c!r}")
+
+    def with_history(self, observed: Sequence[Observation], radius: float | None = None) -> TPE:
+        return TPE(self.radius if radius is None else radius, self.candidates, tuple(observed))
+
+    def neighbour(self, space: Space, hp: Mapping[str, Value], rng: np.random.Generator) -> HParams:
+        box = URS(radius=self.radius)
+        draws = [box.neighbour(space, hp, rng) for _ in range(self.candidates)]
+        good = [o.hparams for o in self.observed if o.good]
+        bad = [o.hparams for o in self.observed if not o.good]
+        if len(good) < MIN_GOOD or not bad or len(draws) == 1:
+            return draws[0]
+        ratio = np.zeros(len(draws))
+        for name, param in space.items():
+            ratio += np.log(_parzen(param, [d[name] for d in draws], [h[name] for h in good]))
+            ratio -= np.log(_parzen(param, [d[name] for d in draws], [h[name] for h in bad]))
+        return draws[int(np.argmax(ratio))]  # the first of equals
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "tpe", "radius": self.radius, "candidates": self.candidates}
+
+
+def observations(hparams: Sequence[Sequence[Mapping[str, Value]]], scores: Sequence[np.ndarray]) -> list[Observation]:
+    """Every member of every session as an Observation: good when among the best GOOD_FRACTION of the
+    session's finite scores (at least one; ties keep the lower index in front); a diverged member never is."""
+    out = []
+    for row, score in zip(hparams, scores):
+        score = np.asarray(score, dtype=float)
+        finite = np.isfinite(score)
+        order = np.argsort(np.where(finite, score, np.inf), kind="stable")
+        top = set(int(i) for i in order[:max(1, math.ceil(GOOD_FRACTION * int(finite.sum())))] if finite[i])
+        out += [Observation(dict(hp), i in top) for i, hp in enumerate(row)]
+    return out
+
+
+def _parzen(param: Param, at: Sequence[Value], seen: Sequence[Value]) -> np.ndarray:
+    """A density of `seen` at each of `at`, with a uniform prior worth one observation so that no value's is
+    zero: Gaussian kernels in the normalised coordinates (Scott's bandwidth, at least 0.05) for ordered
+    parameters, smoothed counts for unordered choices."""
+    if isinstance(param, Choice) and not param.ordered:
+        k = len(param.values)
+        counts = np.bincount([param.index(v) for v in seen], minlength=k)
+        return np.array([(counts[param.index(v)] + 1.0 / k) / (len(seen) + 1.0) for v in at])
+    x = np.array([param.encode(v) for v in at])
+    mu = np.array([param.encode(v) for v in seen])
+    bandwidth = max(0.05, 1.06 * float(np.std(mu)) * len(mu) ** -0.2)
+    kernels = np.exp(-0.5 * ((x[:, None] - mu[None, :]) / bandwidth) ** 2) / (bandwidth * math.sqrt(2 * math.pi))
+    return (kernels.sum(axis=1) + 1.0) / (len(mu) + 1.0)
+
+
+Sampler = URS | Perturb | TPE
+
+SAMPLERS = {"urs": URS, "perturb": Perturb, "tpe": TPE}
+
+
+def make_sampler(name: str, radius: float = 0.15, resample_probability: float = 0.25,
+                 candidates: int = 16) -> Sampler:
     """Build a sampler from its command-line name."""
     if name == "urs":
         return URS(radius=radius)
     if name == "perturb":
         return Perturb(resample_probability=resample_probability)
+    if name == "tpe":
+        return TPE(radius=radius, candidates=candidates)
     raise SamplerError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")

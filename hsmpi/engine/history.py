@@ -63,12 +63,16 @@ class History:
 
     def last_scores(self) -> np.ndarray:
         """Every member's score in the last session (what its selection compared)."""
+        return self.scores(len(self) - 1)
+
+    def scores(self, k: int) -> np.ndarray:
+        """Every member's score in session k (what its selection compared)."""
         if self.objective.is_loss:
-            return self.val_loss[-1]
+            return self.val_loss[k]
         name = self.objective.name
-        values = self.val_loss[-1] if name == "loss" else self.metrics[name][-1]
+        values = self.val_loss[k] if name == "loss" else self.metrics[name][k]
         scores = np.array([self.objective.score(float(v)) for v in values])
-        scores[~np.isfinite(self.train_loss[-1])] = np.inf
+        scores[~np.isfinite(self.train_loss[k])] = np.inf
         return scores
 
     def set_plan(self, sources: np.ndarray, note: str) -> None:

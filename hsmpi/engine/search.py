@@ -28,7 +28,7 @@ import numpy as np
 
 from hsmpi import __version__
 from hsmpi.algorithm.plan import BEST_EVER, Plan, is_new_best, plan_session, sampler_for
-from hsmpi.algorithm.sampling import make_sampler
+from hsmpi.algorithm.sampling import TPE, make_sampler, observations
 from hsmpi.algorithm.selection import Islands, make_selection
 from hsmpi.algorithm.space import HParams, describe_space, sample_space
 from hsmpi.algorithm.streams import SearchStreams
@@ -138,7 +138,7 @@ class Search:
         c = self.population.config
         self.comm = self.population.comm
         self.space = self.population.task.space
-        self.sampler = make_sampler(c.sampler, c.radius, c.resample_probability)
+        self.sampler = make_sampler(c.sampler, c.radius, c.resample_probability, c.candidates)
         self.selection = make_selection(c.select, c.truncation_fraction)
         self.islands = Islands(c.islands, c.migrate_every) if c.islands > 1 else None
         self.objective = task_objective(self.population.task, c.objective, c.direction)
@@ -229,10 +229,14 @@ class Search:
                                  winner_loss=value if self.objective.is_loss else float(loss[winner]),
                                  winner_score=value, hparams=self.hparams, epochs=self.schedule[k],
                                  metrics={n: joined([v.metrics[n] for _, v in parts]) for n in val.metrics})
+            h = self.history
+            seen = observations(h.hparams, [h.scores(j) for j in range(len(h))]) if isinstance(self.sampler, TPE) \
+                else []
             plan = plan_session(
                 scores=scores, winner=winner, winner_score=value, hparams=self.hparams,
                 best_hparams=self.best.hparams, last=k == len(self.schedule) - 1, selection=self.selection,
-                sampler=sampler_for(self.sampler, k, len(self.schedule), pop.config.radius, pop.config.radius_final),
+                sampler=sampler_for(self.sampler, k, len(self.schedule), pop.config.radius, pop.config.radius_final,
+                                    seen),
                 space=self.space, selection_rng=self.streams.selection, hparam_rngs=self.streams.hparams,
                 islands=self.islands, session=k)
             self.history.set_plan(plan.sources, plan.note)
