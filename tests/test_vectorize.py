@@ -12,7 +12,7 @@ from torch.func import vmap
 from torch.utils.data import Dataset
 
 from hsmpi import LogUniform, Uniform
-from hsmpi.engine import vectorize
+from hsmpi.engine import batched, vectorize
 from hsmpi.engine.data import Data
 from hsmpi.engine.member import Member
 
@@ -302,7 +302,7 @@ def _dropped(n: int) -> tuple[list[Member], Data]:
 
 
 def test_dropout_masks_are_each_members_own_and_fair() -> None:
-    masks = vectorize._Masks()
+    masks = batched.Masks()
     keys = torch.randint(0, 2**62, (8,), generator=torch.Generator().manual_seed(0))
     draws = []
     for step in range(3):
@@ -328,7 +328,7 @@ def _uniform(masks: Any, key: torch.Tensor) -> torch.Tensor:
 
 
 def test_channel_dropout_drops_whole_channels() -> None:
-    masks = vectorize._Masks()
+    masks = batched.Masks()
     module = torch.nn.Dropout2d(0.5)
     x = torch.ones(3, 8, 16, 5, 5)  # (members, batch, channels, h, w)
 
@@ -387,7 +387,7 @@ def test_the_direct_mlp_path_matches_vmap_masks_included() -> None:
     for a, b in zip(members, twins):
         for p, q in zip(a.model.parameters(), b.model.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    assert vectorize._direct_layers(Normed().model()) is None, "BatchNorm goes through vmap"
+    assert batched.direct_layers(Normed().model()) is None, "BatchNorm goes through vmap"
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])

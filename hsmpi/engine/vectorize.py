@@ -17,7 +17,8 @@ Buffers (BatchNorm's running statistics) are stacked per member and updated
 in place under `vmap`, as one model updates its own.  Dropout masks come from a
 counter-based hash of a key that each member draws from its own random stream
 once per epoch, so a member's masks do not depend on which members share its
-rank; they are not the masks the one-at-a-time path draws.
+rank; they are not the masks the one-at-a-time path draws (the masks, and the
+direct path for plain Sequential MLPs, are in hsmpi.engine.batched).
 
 Applies to SGD, Adam and AdamW with one parameter group, TensorDataset data,
 one batch size for all members, and any model `vmap` can run.  Anything else
@@ -27,7 +28,6 @@ trains one member at a time, and `reason_not_to` (or the `Unbatchable` a
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,15 +35,13 @@ from typing import Any
 import torch
 from torch.func import functional_call, vmap
 
+from hsmpi.engine.batched import DROPOUTS, Masks, direct_forward, direct_layers, template_of
 from hsmpi.engine.data import Data, epoch_sum
 from hsmpi.engine.member import Member
 from hsmpi.parallel import flatstate
 from hsmpi.tasks import task_loss, task_metrics
 
 SUPPORTED = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
-# Dropout kinds with their mask's shape: elementwise, or one draw per channel (the dims after batch, channel).
-DROPOUTS = {torch.nn.Dropout: 0, torch.nn.Dropout1d: 1, torch.nn.Dropout2d: 2, torch.nn.Dropout3d: 3}
-_M32 = 0xFFFFFFFF
 
 
 class Unbatchable(ValueError):
@@ -116,113 +114,6 @@ def _column(members: list[Member], key: str, index: int | None = None) -> list[f
     return [float(v[index] if index is not None else v) for v in values]
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (two multiply-xorshift rounds), in int64 so that no step overflows the sign."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _M32
-    return x ^ (x >> 16)
-
-
-class _Masks:
-    """Dropout masks for every member at once, from each member's key of this epoch and the step.
-
-    Inside the batched forward `key` is the member's own key (a batched scalar under `vmap`); each
-    dropout call in the forward takes the next layer number, so every layer, step and epoch draws anew.
-    """
-
-    def __init__(self) -> None:
-        self.key: torch.Tensor | None = None
-        self.step = 0
-        self.layer = 0
-
-    def uniform(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """Uniform [0, 1) draws of `shape` (one member's) for each member, this layer and step (float32,
-        24 bits).  The key is one member's under `vmap`, or all K members' (K,), giving (K, *shape)."""
-        assert self.key is not None
-        self.layer += 1
-        salt = (self.step * 0x9E3779B1 + self.layer * 0x85EBCA77) & _M32
-        index = torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(shape)
-        key = self.key.view(-1, *([1] * len(shape))) if self.key.dim() == 1 else self.key
-        seed = _mix(_mix((key & _M32) ^ salt) ^ ((key >> 32) & _M32))  # one number per member: cheap
-        bits = _mix(((index * 0x9E3779B1) & _M32) ^ seed)  # one round per element
-        return (bits >> 8).to(torch.float32) * 2.0**-24
-
-    def dropout(self, module: torch.nn.modules.dropout._DropoutNd, x: torch.Tensor) -> torch.Tensor:
-        """`module`'s dropout of `x` with each member's own mask: one member's `x` under `vmap`, or all
-        members' (K, ...) with the key of all K."""
-        p = float(module.p)
-        if not module.training or p == 0.0 or self.key is None:
-            return x
-        lead = self.key.dim()  # the members' dimension in front, outside vmap
-        one = x.shape[lead:]
-        channel_dims = DROPOUTS[type(module)]
-        if channel_dims == 0:
-            shape = one
-        else:  # one draw per (sample, channel), or per channel for an input without a batch dimension
-            kept = 2 if len(one) == channel_dims + 2 else 1
-            shape = torch.Size(tuple(one[:kept]) + (1,) * (len(one) - kept))
-        keep = (self.uniform(shape, x.device) >= p).to(x.dtype)
-        return x * keep / (1.0 - p) if p < 1.0 else x * 0.0
-
-
-ELEMENTWISE = (torch.nn.Identity, torch.nn.Tanh, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.GELU,
-               torch.nn.SiLU, torch.nn.Mish, torch.nn.Sigmoid, torch.nn.ELU, torch.nn.CELU, torch.nn.SELU,
-               torch.nn.Softplus, torch.nn.Softsign, torch.nn.Hardtanh, torch.nn.Hardswish, torch.nn.Hardsigmoid,
-               torch.nn.Tanhshrink)
-
-
-def _direct_layers(model: torch.nn.Module, prefix: str = "") -> list[tuple[str, torch.nn.Module]] | None:
-    """The model as (name, layer) in order if it is a Sequential of Linear layers, elementwise activations,
-    Flatten and Dropout (nested Sequentials too), which run batched as they are; None otherwise (vmap)."""
-    if type(model) is not torch.nn.Sequential:
-        return None
-    layers: list[tuple[str, torch.nn.Module]] = []
-    for name, child in model.named_children():
-        if type(child) is torch.nn.Sequential:
-            inner = _direct_layers(child, f"{prefix}{name}.")
-            if inner is None:
-                return None
-            layers += inner
-        elif type(child) in (torch.nn.Linear, torch.nn.Flatten, torch.nn.Dropout) or type(child) in ELEMENTWISE:
-            layers.append((f"{prefix}{name}.", child))
-        else:
-            return None
-    return layers
-
-
-def _direct(layers: list[tuple[str, torch.nn.Module]], params: dict[str, torch.Tensor], x: torch.Tensor,
-            masks: _Masks) -> torch.Tensor:
-    """All members' outputs (K, ...) from their inputs (K, ...): Linear as batched matrix products with
-    the bias added in the same kernel, the rest as the layers themselves on the stacked tensor."""
-    h = x
-    for prefix, layer in layers:
-        if isinstance(layer, torch.nn.Linear):
-            weight, bias = params[prefix + "weight"], params.get(prefix + "bias")
-            flat = h.reshape(h.shape[0], -1, h.shape[-1])
-            out = (torch.bmm(flat, weight.transpose(1, 2)) if bias is None
-                   else torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)))
-            h = out.view(*h.shape[:-1], weight.shape[1])
-        elif isinstance(layer, torch.nn.Flatten):  # its dims are one member's: one more in front
-            shift = lambda d: d + 1 if d >= 0 else d  # noqa: E731
-            h = h.flatten(shift(layer.start_dim), shift(layer.end_dim))
-        elif isinstance(layer, torch.nn.Dropout):
-            h = masks.dropout(layer, h)
-        else:
-            h = layer(h)
-    return h
-
-
-def _template(model: torch.nn.Module, masks: _Masks) -> torch.nn.Module:
-    """A copy of `model` for `functional_call`, whose dropout modules draw from `masks`."""
-    template = copy.deepcopy(model)
-    for module in template.modules():
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and type(module) in DROPOUTS:
-            module.forward = (lambda mod: lambda x: masks.dropout(mod, x))(module)  # type: ignore[method-assign]
-    return template
-
-
 class Stack:
     """K members' parameters and optimizer state as (K, P) matrices, kept for the whole run.
 
@@ -235,10 +126,10 @@ class Stack:
         self.models = [m.model for m in members]
         self.row = {id(m): k for k, m in enumerate(members)}
         first = members[0].model
-        self.masks = _Masks()
-        self.template = _template(first, self.masks)
+        self.masks = Masks()
+        self.template = template_of(first, self.masks)
         # A Sequential MLP runs as batched matrix products without vmap (the same numbers, less overhead).
-        self.direct = _direct_layers(self.template) if direct else None
+        self.direct = direct_layers(self.template) if direct else None
         self.dropout = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and type(m) in DROPOUTS and m.p > 0
                            for m in first.modules())
         named = list(first.named_parameters())
@@ -482,7 +373,7 @@ class Stack:
             def direct(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                        keys: torch.Tensor) -> torch.Tensor:
                 masks.key, masks.layer = keys, 0
-                out = _direct(layers, params, x, masks)
+                out = direct_forward(layers, params, x, masks)
                 if getattr(task, "loss", None) is None and out.shape == y.shape:  # mean squared error
                     return (out - y).square().flatten(1).mean(1)
                 return loss_of(out, y)

@@ -1,0 +1,128 @@
+"""The batched forward's parts that are not the stack: dropout masks by hash, and the direct path.
+
+`Masks` gives every member its own dropout masks from a counter-based hash of
+the member's key of the epoch, the step and the layer, so a member's masks do
+not depend on which members share its rank.  `direct_layers` recognises a
+Sequential of Linear layers, elementwise activations, Flatten and Dropout,
+which `direct_forward` runs for all members at once as batched matrix
+products, without `vmap`; `template_of` is the copy of a model that
+`functional_call` runs under `vmap` for anything else.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+# Dropout kinds with their mask's shape: elementwise, or one draw per channel (the dims after batch, channel).
+DROPOUTS = {torch.nn.Dropout: 0, torch.nn.Dropout1d: 1, torch.nn.Dropout2d: 2, torch.nn.Dropout3d: 3}
+_M32 = 0xFFFFFFFF
+
+
+def mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds), in int64 so that no step overflows the sign."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+class Masks:
+    """Dropout masks for every member at once, from each member's key of this epoch and the step.
+
+    Inside the batched forward `key` is the member's own key (a batched scalar under `vmap`); each
+    dropout call in the forward takes the next layer number, so every layer, step and epoch draws anew.
+    """
+
+    def __init__(self) -> None:
+        self.key: torch.Tensor | None = None
+        self.step = 0
+        self.layer = 0
+
+    def uniform(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """Uniform [0, 1) draws of `shape` (one member's) for each member, this layer and step (float32,
+        24 bits).  The key is one member's under `vmap`, or all K members' (K,), giving (K, *shape)."""
+        assert self.key is not None
+        self.layer += 1
+        salt = (self.step * 0x9E3779B1 + self.layer * 0x85EBCA77) & _M32
+        index = torch.arange(math.prod(shape), device=device, dtype=torch.int64).view(shape)
+        key = self.key.view(-1, *([1] * len(shape))) if self.key.dim() == 1 else self.key
+        seed = mix(mix((key & _M32) ^ salt) ^ ((key >> 32) & _M32))  # one number per member: cheap
+        bits = mix(((index * 0x9E3779B1) & _M32) ^ seed)  # one round per element
+        return (bits >> 8).to(torch.float32) * 2.0**-24
+
+    def dropout(self, module: torch.nn.modules.dropout._DropoutNd, x: torch.Tensor) -> torch.Tensor:
+        """`module`'s dropout of `x` with each member's own mask: one member's `x` under `vmap`, or all
+        members' (K, ...) with the key of all K."""
+        p = float(module.p)
+        if not module.training or p == 0.0 or self.key is None:
+            return x
+        lead = self.key.dim()  # the members' dimension in front, outside vmap
+        one = x.shape[lead:]
+        channel_dims = DROPOUTS[type(module)]
+        if channel_dims == 0:
+            shape = one
+        else:  # one draw per (sample, channel), or per channel for an input without a batch dimension
+            kept = 2 if len(one) == channel_dims + 2 else 1
+            shape = torch.Size(tuple(one[:kept]) + (1,) * (len(one) - kept))
+        keep = (self.uniform(shape, x.device) >= p).to(x.dtype)
+        return x * keep / (1.0 - p) if p < 1.0 else x * 0.0
+
+
+ELEMENTWISE = (torch.nn.Identity, torch.nn.Tanh, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.GELU,
+               torch.nn.SiLU, torch.nn.Mish, torch.nn.Sigmoid, torch.nn.ELU, torch.nn.CELU, torch.nn.SELU,
+               torch.nn.Softplus, torch.nn.Softsign, torch.nn.Hardtanh, torch.nn.Hardswish, torch.nn.Hardsigmoid,
+               torch.nn.Tanhshrink)
+
+
+def direct_layers(model: torch.nn.Module, prefix: str = "") -> list[tuple[str, torch.nn.Module]] | None:
+    """The model as (name, layer) in order if it is a Sequential of Linear layers, elementwise activations,
+    Flatten and Dropout (nested Sequentials too), which run batched as they are; None otherwise (vmap)."""
+    if type(model) is not torch.nn.Sequential:
+        return None
+    layers: list[tuple[str, torch.nn.Module]] = []
+    for name, child in model.named_children():
+        if type(child) is torch.nn.Sequential:
+            inner = direct_layers(child, f"{prefix}{name}.")
+            if inner is None:
+                return None
+            layers += inner
+        elif type(child) in (torch.nn.Linear, torch.nn.Flatten, torch.nn.Dropout) or type(child) in ELEMENTWISE:
+            layers.append((f"{prefix}{name}.", child))
+        else:
+            return None
+    return layers
+
+
+def direct_forward(layers: list[tuple[str, torch.nn.Module]], params: dict[str, torch.Tensor], x: torch.Tensor,
+            masks: Masks) -> torch.Tensor:
+    """All members' outputs (K, ...) from their inputs (K, ...): Linear as batched matrix products with
+    the bias added in the same kernel, the rest as the layers themselves on the stacked tensor."""
+    h = x
+    for prefix, layer in layers:
+        if isinstance(layer, torch.nn.Linear):
+            weight, bias = params[prefix + "weight"], params.get(prefix + "bias")
+            flat = h.reshape(h.shape[0], -1, h.shape[-1])
+            out = (torch.bmm(flat, weight.transpose(1, 2)) if bias is None
+                   else torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)))
+            h = out.view(*h.shape[:-1], weight.shape[1])
+        elif isinstance(layer, torch.nn.Flatten):  # its dims are one member's: one more in front
+            shift = lambda d: d + 1 if d >= 0 else d  # noqa: E731
+            h = h.flatten(shift(layer.start_dim), shift(layer.end_dim))
+        elif isinstance(layer, torch.nn.Dropout):
+            h = masks.dropout(layer, h)
+        else:
+            h = layer(h)
+    return h
+
+
+def template_of(model: torch.nn.Module, masks: Masks) -> torch.nn.Module:
+    """A copy of `model` for `functional_call`, whose dropout modules draw from `masks`."""
+    template = copy.deepcopy(model)
+    for module in template.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and type(module) in DROPOUTS:
+            module.forward = (lambda mod: lambda x: masks.dropout(mod, x))(module)  # type: ignore[method-assign]
+    return template
