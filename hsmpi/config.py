@@ -66,6 +66,10 @@ def _fraction(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value < 1.0
 
 
+def _growth(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 1.0 <= value <= 4.0
+
+
 def _interval(value: Any) -> bool:
     if value == "auto":
         return True
@@ -112,6 +116,10 @@ class Search(_Group):
     sessions: int = _field(
         6, "sessions m <= M; session k gets M/m epochs, rounded so they add up to M",
         short="-m", metavar="m", minimum=1)
+    session_growth: float = _field(
+        1.0, "each session G times as long as the one before (rounded, at least one epoch each, adding up to M): "
+        "early selections come after few epochs, later ones after many; `1`: equal sessions, as in the paper",
+        metavar="G", expected="a number in [1, 4]", valid=_growth)
     seed: int = _field(0, "run seed: data split, initial weights, every random stream", minimum=0)
     sampler: SamplerName = _field(
         "urs", "`urs` (the paper's box around the winner), `tpe` (of `--candidates` draws in that box, the one a "
@@ -373,9 +381,16 @@ def _check_fields(settings: Any, group: type[_Group]) -> None:
             raise ConfigError(f"{o.label} must be {o.expected}, but got {value!r}")
 
 
-def session_epochs(epochs: int, sessions: int) -> list[int]:
-    """Epochs per session: M split into m near-equal parts that add up to M."""
-    bounds = [round(k * epochs / sessions) for k in range(sessions + 1)]
+def session_epochs(epochs: int, sessions: int, growth: float = 1.0) -> list[int]:
+    """Epochs per session: M split into m parts that add up to M, near-equal, or with `growth` G each about G
+    times the one before (every session gets one epoch, and the other M - m go in proportion to G**k)."""
+    if growth == 1.0:
+        bounds = [round(k * epochs / sessions) for k in range(sessions + 1)]
+    else:
+        weights = [growth**k for k in range(sessions)]
+        share = [sum(weights[:k]) / sum(weights) for k in range(sessions + 1)]
+        bounds = [k + round((epochs - sessions) * share[k]) for k in range(sessions + 1)]
+        return sorted(b - a for a, b in zip(bounds, bounds[1:]))  # rounding can put a longer one first
     return [b - a for a, b in zip(bounds, bounds[1:])]
 
 

@@ -29,9 +29,9 @@ from hsmpi.config import (
 from hsmpi.tasks import BUILTIN
 
 # The fields and defaults runs, results files, checkpoints and TOML files have always had.
-DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, seed=0, sampler="urs", radius=0.3,
-                radius_final=None, candidates=16, resample_probability=0.25, select="truncation",
-                truncation_fraction=0.25,
+DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, session_growth=1.0, seed=0,
+                sampler="urs", radius=0.3, radius_final=None, candidates=16, resample_probability=0.25,
+                select="truncation", truncation_fraction=0.25,
                 holdout=0.0, elitism=False, out="hsmpi-out", device="auto", members_per_rank=None,
                 independent_init=False, batch_size=64, threads=0, resume=None, keep_checkpoints=1,
                 checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto",
@@ -178,6 +178,10 @@ BAD = [
     ({"radius_final": 1.5}, r"radius-final: radius must be in \(0, 1\], but got 1\.5"),
     ({"sampler": "tpe", "radius": 0}, r"tpe: radius must be in \(0, 1\], but got 0"),
     ({"candidates": 0}, r"candidates must be at least 1, but got 0"),
+    ({"session_growth": 0.5}, r"session-growth must be a number in \[1, 4\], but got 0\.5"),
+    ({"session_growth": 5}, r"session-growth must be a number in \[1, 4\], but got 5"),
+    ({"session_growth": math.nan}, r"session-growth must be a number in \[1, 4\], but got nan"),
+    ({"session_growth": True}, r"session-growth must be a number in \[1, 4\], but got True"),
     ({"candidates": 1.5}, r"candidates must be an integer, but got 1\.5"),
     ({"holdout": 1.0}, r"holdout must be a fraction in \[0, 1\), but got 1\.0"),
     ({"holdout": -0.1}, r"holdout must be a fraction in \[0, 1\), but got -0\.1"),
@@ -242,6 +246,26 @@ def test_session_epochs_split_evenly(epochs: int) -> None:
 ])
 def test_session_epochs_examples(epochs: int, sessions: int, parts: list[int]) -> None:
     assert session_epochs(epochs, sessions) == parts
+
+
+@pytest.mark.parametrize("growth", [1.1, 1.5, 2.0, 4.0])
+def test_session_epochs_grow(growth: float) -> None:
+    for epochs in range(1, 61):
+        for sessions in range(1, epochs + 1):
+            parts = session_epochs(epochs, sessions, growth)
+            assert len(parts) == sessions and sum(parts) == epochs
+            assert all(type(p) is int and p >= 1 for p in parts), parts
+            assert parts == sorted(parts), (epochs, sessions, growth, parts)  # never shorter than the one before
+    parts = session_epochs(300, 6, growth)
+    weights = [growth**k for k in range(6)]
+    # one epoch each, and the other M - m in proportion to G**k, to rounding
+    assert all(abs(p - 1 - 294 * w / sum(weights)) <= 1 for p, w in zip(parts, weights)), parts
+
+
+def test_session_epochs_growth_examples() -> None:
+    assert session_epochs(30, 6, 1.5) == [2, 3, 3, 5, 7, 10]
+    assert session_epochs(30, 6, 2) == [1, 2, 3, 4, 7, 13]
+    assert session_epochs(30, 6, 1.0) == session_epochs(30, 6) == [5] * 6
 
 
 def test_session_epochs_large() -> None:

@@ -217,9 +217,11 @@ NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2", 
              "--returns", "member", "--average-top", "4",  # added with the returned average
              "--smooth", "2",  # added with smoothed selection
              "--islands", "2", "--migrate-every", "3",  # added with sub-populations
-             "--candidates", "8"]  # added with the tpe sampler
+             "--candidates", "8",  # added with the tpe sampler
+             "--session-growth", "1.5"]  # added with growing sessions
 NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False, returns="member",
-                  average_top=4, smooth=2, islands=2, migrate_every=3, candidates=8)
+                  average_top=4, smooth=2, islands=2, migrate_every=3, candidates=8,
+                  session_growth=1.5)
 
 
 def test_every_old_flag_still_parses_to_the_same_value() -> None:

@@ -83,6 +83,17 @@ def test_the_tpe_sampler_resumes_to_the_same_run(tmp_path: Path) -> None:
         assert not np.array_equal(f["history/hparams/lr"][()], g["history/hparams/lr"][()])
 
 
+def test_growing_sessions_resume_to_the_same_run(tmp_path: Path) -> None:
+    """--session-growth: the schedule comes from the settings, so a resumed run trains the same sessions."""
+    options = dict(select="truncation", session_growth=2.0, epochs=10)
+    _stopped(tmp_path / "resumed", 2, **options)
+    _run(tmp_path / "resumed", resume="auto", **options)
+    _run(tmp_path / "whole", **options)
+    _same(tmp_path / "resumed", tmp_path / "whole")
+    with h5py.File(tmp_path / "whole" / "results.h5", "r") as f:
+        assert list(f["history/epochs"][()]) == [1, 2, 3, 4]
+
+
 def test_a_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     _stopped(tmp_path, 3, select="winner", checkpoint_interval=0)

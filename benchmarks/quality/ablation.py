@@ -27,6 +27,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tpe": {"sampler": "tpe"},  # of 16 draws in the box, the one a Parzen model of the history favours
     "tpe-4": {"sampler": "tpe", "candidates": 4},  # ... of 4 (closer to urs, more diverse)
     "tpe-64": {"sampler": "tpe", "candidates": 64},  # ... of 64 (the model's choice, nearly)
+    "growth-1.5": {"session_growth": 1.5},  # sessions of 2, 3, 3, 5, 7, 10 epochs at M = 30, m = 6
+    "growth-2": {"session_growth": 2.0},  # ... of 1, 2, 3, 4, 7, 13
 }
 
 

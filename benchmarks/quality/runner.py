@@ -46,7 +46,7 @@ class Method:
 # under other defaults is then never mistaken for one of the current defaults.
 ALGORITHM = ("sampler", "radius", "radius_final", "candidates", "resample_probability", "select", "truncation_fraction",
              "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top",
-             "smooth", "islands", "migrate_every")
+             "smooth", "islands", "migrate_every", "session_growth")
 
 
 def hsmpi_defaults(**changes: Any) -> dict[str, Any]:

@@ -155,8 +155,10 @@ def settings_line(search: Search) -> str:
     sampler = ", ".join(f"{k}={v}" for k, v in search.sampler.describe().items() if k != "name")
     selection = ", ".join(f"{k}={v}" for k, v in search.selection.describe().items() if k != "name")
     library = " ".join(comm.library().split())
+    epochs = search.schedule
+    lengths = f" ({'+'.join(map(str, epochs))})" if len(set(epochs)) > 2 else ""  # not near-equal: say how
     return (f"hsmpi {__version__} | task {c.task} | S={pop.size} members on {comm.size} ranks "
-            f"({per_rank} per rank) | M={sum(search.schedule)} epochs in m={len(search.schedule)} sessions | "
+            f"({per_rank} per rank) | M={sum(epochs)} epochs in m={len(epochs)} sessions{lengths} | "
             f"sampler {c.sampler}({sampler}) | select {c.select}{f'({selection})' if selection else ''} | "
             f"seed {c.seed} | init {'independent' if c.independent_init else 'shared'} | device {pop.device} | "
             f"threads {pop.threads} | MPI {library}")

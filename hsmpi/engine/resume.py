@@ -89,11 +89,14 @@ def schedule_after(path: str, config: Config, saved: dict[str, Any], done: int, 
     if config.sessions == done and config.epochs != sum(past):
         raise checkpoint.CheckpointError(f"{path} has all {done} sessions done: -M {config.epochs} would add "
                                          f"no epochs without more sessions; raise -m too")
-    if (saved["epochs"], saved["sessions"]) == (config.epochs, config.sessions):
-        return session_epochs(config.epochs, config.sessions)
+    growth = config.session_growth
+    if (saved["epochs"], saved["sessions"], saved.get("session_growth", 1.0)) == \
+            (config.epochs, config.sessions, growth):
+        return session_epochs(config.epochs, config.sessions, growth)
     if config.sessions < done or config.epochs - sum(past) < config.sessions - done:
         raise checkpoint.CheckpointError(
             f"{path} has {done} sessions ({sum(past)} epochs) done: -m must be at least {done} and "
             f"-M at least {sum(past)} + one epoch per further session")
     rest = config.sessions - done
-    return past + (session_epochs(config.epochs - sum(past), rest) if rest else [])
+    # the sessions still to run: the rest of M, split as --session-growth says from where the run is
+    return past + (session_epochs(config.epochs - sum(past), rest, growth) if rest else [])

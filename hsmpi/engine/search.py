@@ -151,7 +151,7 @@ class Search:
         Before any training, the best state is the shared initial one.
         """
         comm, c = population.comm, population.config
-        search = cls(population, schedule or session_epochs(c.epochs, c.sessions))
+        search = cls(population, schedule or session_epochs(c.epochs, c.sessions, c.session_growth))
         if comm.is_root:
             search.streams = SearchStreams(c.seed, population.size)
             search.hparams = [sample_space(search.space, rng) for rng in search.streams.hparams]
