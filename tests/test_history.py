@@ -100,3 +100,18 @@ def test_the_checkpoint_reader_gives_back_the_groups_it_wrote(tmp_path: Path) ->
     back = checkpoint.read(path)
     assert back["n"] == 3
     _same(History.from_state_dict(back["history"], SPACE), _history([2]))
+
+
+def test_start_scores_are_the_scores_of_the_states_each_member_began_with() -> None:
+    h = History()
+    for val, winner, sources in [([0.5, 0.2, 0.9], 1, [1, 1, 2]), ([0.4, 0.1, 0.8], 1, [1, 1, 1]),
+                                 ([0.3, 0.15, 0.7], 1, [BEST_EVER] * 3)]:
+        h.add(train_loss=np.ones(3), val_loss=np.array(val), winner=winner, winner_loss=val[winner],
+              hparams=[{"lr": 0.1}] * 3, epochs=1)
+        h.set_plan(np.array(sources), "")
+    assert list(h.start_scores(0)) == [0.0, 0.0, 0.0]  # one shared start: ranked by where they ended
+    assert list(h.start_scores(1)) == [0.2, 0.2, 0.9]  # member 2 kept its own state, 0 took member 1's
+    assert list(h.start_scores(2)) == [0.1, 0.1, 0.1]
+    h.add(train_loss=np.ones(3), val_loss=np.array([0.2, 0.3, 0.4]), winner=0, winner_loss=0.2,
+          hparams=[{"lr": 0.1}] * 3, epochs=1)
+    assert list(h.start_scores(3)) == [0.1, 0.1, 0.1]  # the best state so far: the lowest winner's score

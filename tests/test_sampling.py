@@ -297,6 +297,15 @@ def test_observations_label_each_sessions_best_quarter_and_never_a_diverged_memb
     assert observations([[{"x": 0.0}]], [np.array([np.nan])]) == [Observation({"x": 0.0}, False)]
 
 
+def test_observations_with_starts_rank_by_how_much_each_member_improved() -> None:
+    rows = [[{"x": float(i)} for i in range(4)]]
+    # member 0 ends lowest but kept a winner's low start; member 3 fell the most
+    seen = observations(rows, [np.array([0.10, 0.30, 0.35, 0.20])], [np.array([0.09, 0.31, 0.5, 0.6])])
+    assert [o.hparams["x"] for o in seen if o.good] == [3.0]
+    unknown = observations(rows, [np.array([0.1, 0.2, 0.3, 0.4])], [np.array([np.inf, 0.3, 0.3, 0.3])])
+    assert not unknown[0].good  # a start that is not known is never good
+
+
 @pytest.mark.parametrize("candidates", [0, -1, 1.5, True, "8"])
 def test_tpe_bad_candidates(candidates: object) -> None:
     with pytest.raises(SamplerError, match=r"tpe: candidates must be an integer of at least 1") as err:

@@ -114,9 +114,11 @@ class TPE:
     Of `candidates` draws in the box, the one with the highest ratio l(x)/g(x)
     is taken, where l and g are Parzen densities (one per parameter, as in
     Hyperopt's TPE) of the values that were among the best `GOOD_FRACTION`
-    of their session and of the rest.  Ranks within a session, not raw
-    scores, label the history: scores fall from session to session as the
-    weights train, so a late session's worst can beat an early one's best.
+    of their session and of the rest.  How far each member's score fell
+    during its session, ranked within the session, labels the history (PB2
+    models the improvement likewise): a member that kept a winner's weights
+    ends low whatever its values did, and scores fall from session to
+    session as the weights train.
     The box keeps the paper's locality (the donor's weights were trained with
     values near its own); the model says where in it earlier sessions did
     well.  Without enough history it is URS (the first draw).
@@ -155,12 +157,20 @@ class TPE:
         return {"name": "tpe", "radius": self.radius, "candidates": self.candidates}
 
 
-def observations(hparams: Sequence[Sequence[Mapping[str, Value]]], scores: Sequence[np.ndarray]) -> list[Observation]:
+def observations(hparams: Sequence[Sequence[Mapping[str, Value]]], scores: Sequence[np.ndarray],
+                 starts: Sequence[np.ndarray] | None = None) -> list[Observation]:
     """Every member of every session as an Observation: good when among the best GOOD_FRACTION of the
-    session's finite scores (at least one; ties keep the lower index in front); a diverged member never is."""
+    session's finite scores (at least one; ties keep the lower index in front); a diverged member never is.
+
+    With `starts` (each member's score when the session began: its source's at the end of the one before),
+    members are ranked by how much their score fell during the session, not by where it ended, as PB2 models
+    the improvement: a member that kept a winner's weights ends low whatever its values did."""
     out = []
-    for row, score in zip(hparams, scores):
+    for k, (row, score) in enumerate(zip(hparams, scores)):
         score = np.asarray(score, dtype=float)
+        if starts is not None:
+            start = np.asarray(starts[k], dtype=float)
+            score = np.where(np.isfinite(start), score - start, np.inf)
         finite = np.isfinite(score)
         order = np.argsort(np.where(finite, score, np.inf), kind="stable")
         top = set(int(i) for i in order[:max(1, math.ceil(GOOD_FRACTION * int(finite.sum())))] if finite[i])

@@ -75,6 +75,18 @@ class History:
         scores[~np.isfinite(self.train_loss[k])] = np.inf
         return scores
 
+    def start_scores(self, k: int) -> np.ndarray:
+        """Every member's score when session k began: 0 for all in the first (one shared start, or starts
+        not comparable), else the score of the state it took after session k - 1 (its own, its donor's, or
+        for the best state so far the lowest finite winner's score before)."""
+        population = len(self.val_loss[k])
+        if k == 0:
+            return np.zeros(population)
+        before, sources = self.scores(k - 1), self.sources[k - 1]
+        finite = [w for w in self.winner_score[:k] if math.isfinite(w)]
+        best = min(finite) if finite else math.inf
+        return np.array([best if s == BEST_EVER else before[s] for s in sources], dtype=float)
+
     def set_plan(self, sources: np.ndarray, note: str) -> None:
         """The last session's plan: whose state each member took.  A session planned again (a finished run
         extended on resume) replaces its plan."""

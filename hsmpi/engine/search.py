@@ -230,8 +230,8 @@ class Search:
                                  winner_score=value, hparams=self.hparams, epochs=self.schedule[k],
                                  metrics={n: joined([v.metrics[n] for _, v in parts]) for n in val.metrics})
             h = self.history
-            seen = observations(h.hparams, [h.scores(j) for j in range(len(h))]) if isinstance(self.sampler, TPE) \
-                else []
+            seen = observations(h.hparams, [h.scores(j) for j in range(len(h))],
+                                [h.start_scores(j) for j in range(len(h))]) if isinstance(self.sampler, TPE) else []
             plan = plan_session(
                 scores=scores, winner=winner, winner_score=value, hparams=self.hparams,
                 best_hparams=self.best.hparams, last=k == len(self.schedule) - 1, selection=self.selection,
