@@ -384,7 +384,7 @@ def _check_fields(settings: Any, group: type[_Group]) -> None:
 def session_epochs(epochs: int, sessions: int, growth: float = 1.0) -> list[int]:
     """Epochs per session: M split into m parts that add up to M, near-equal, or with `growth` G each about G
     times the one before (every session gets one epoch, and the other M - m go in proportion to G**k)."""
-    if growth == 1.0:
+    if growth == 1.0:  # the split runs have always had (the formula below rounds some M and m differently)
         bounds = [round(k * epochs / sessions) for k in range(sessions + 1)]
     else:
         weights = [growth**k for k in range(sessions)]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from hsmpi.algorithm.plan import BEST_EVER
+from hsmpi.algorithm.sampling import Observation, observations
 from hsmpi.algorithm.space import Choice, HParams, IntUniform, Space
 from hsmpi.io.results import hparam_array
 from hsmpi.parallel.share import Saved
@@ -86,6 +87,12 @@ class History:
         finite = [w for w in self.winner_score[:k] if math.isfinite(w)]
         best = min(finite) if finite else math.inf
         return np.array([best if s == BEST_EVER else before[s] for s in sources], dtype=float)
+
+    def observations(self) -> list[Observation]:
+        """Every member of every session so far, labelled by how far its score fell in its session (what
+        `--sampler tpe` models)."""
+        sessions = range(len(self))
+        return observations(self.hparams, [self.scores(k) for k in sessions], [self.start_scores(k) for k in sessions])
 
     def set_plan(self, sources: np.ndarray, note: str) -> None:
         """The last session's plan: whose state each member took.  A session planned again (a finished run

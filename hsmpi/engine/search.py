@@ -28,7 +28,7 @@ import numpy as np
 
 from hsmpi import __version__
 from hsmpi.algorithm.plan import BEST_EVER, Plan, is_new_best, plan_session, sampler_for
-from hsmpi.algorithm.sampling import TPE, make_sampler, observations
+from hsmpi.algorithm.sampling import TPE, make_sampler
 from hsmpi.algorithm.selection import Islands, make_selection
 from hsmpi.algorithm.space import HParams, describe_space, sample_space
 from hsmpi.algorithm.streams import SearchStreams
@@ -229,9 +229,7 @@ class Search:
                                  winner_loss=value if self.objective.is_loss else float(loss[winner]),
                                  winner_score=value, hparams=self.hparams, epochs=self.schedule[k],
                                  metrics={n: joined([v.metrics[n] for _, v in parts]) for n in val.metrics})
-            h = self.history
-            seen = observations(h.hparams, [h.scores(j) for j in range(len(h))],
-                                [h.start_scores(j) for j in range(len(h))]) if isinstance(self.sampler, TPE) else []
+            seen = self.history.observations() if isinstance(self.sampler, TPE) else []
             plan = plan_session(
                 scores=scores, winner=winner, winner_score=value, hparams=self.hparams,
                 best_hparams=self.best.hparams, last=k == len(self.schedule) - 1, selection=self.selection,
