@@ -70,6 +70,14 @@ def _growth(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and 1.0 <= value <= 4.0
 
 
+def _open_fraction(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 < value < 1.0
+
+
+def _prune_fraction(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 < value <= 0.5
+
+
 def _interval(value: Any) -> bool:
     if value == "auto":
         return True
@@ -145,6 +153,13 @@ class Search(_Group):
         "and every `--migrate-every` sessions the best member of all replaces each other island's worst",
         metavar="N", minimum=1)
     migrate_every: int = _field(2, "`--islands`: sessions between migrations", metavar="K", minimum=1)
+    prune_at: float | None = _field(
+        None, "stop hopeless members early, Hyperband-style: at this fraction of each session's epochs (a rung), "
+        "the worst `--prune-fraction` of the members (of each island) restart from the best one there, with "
+        "values near its, and the session goes on (each rung is a step of its own in the history)", metavar="F",
+        means="no rungs", expected="a fraction in (0, 1)", valid=_open_fraction)
+    prune_fraction: float = _field(0.25, "`--prune-at`: the fraction of the members a rung restarts, at most 0.5",
+                                   metavar="Q", expected="a fraction in (0, 0.5]", valid=_prune_fraction)
     elitism: bool = _field(
         False,
         "return the best member ever seen on validation (any session); `--no-elitism`: the last session's best "
@@ -392,6 +407,23 @@ def session_epochs(epochs: int, sessions: int, growth: float = 1.0) -> list[int]
         bounds = [k + round((epochs - sessions) * share[k]) for k in range(sessions + 1)]
         return sorted(b - a for a, b in zip(bounds, bounds[1:]))  # rounding can put a longer one first
     return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def with_rungs(sessions: list[int], prune_at: float | None) -> tuple[list[int], list[bool]]:
+    """The steps the loop runs: each session of `sessions` (epochs) split at its rung, `prune_at` of its epochs
+    (rounded, at least one epoch on each side), into two steps; and which steps end at a rung.  A session of
+    one epoch has no rung; without `prune_at` the steps are the sessions."""
+    steps: list[int] = []
+    rungs: list[bool] = []
+    for epochs in sessions:
+        if prune_at is not None and epochs > 1:
+            first = min(epochs - 1, max(1, round(prune_at * epochs)))
+            steps += [first, epochs - first]
+            rungs += [True, False]
+        else:
+            steps.append(epochs)
+            rungs.append(False)
+    return steps, rungs
 
 
 def layout(population: int, size: int) -> list[range]:

@@ -25,6 +25,7 @@ from hsmpi.config import (
     options,
     resolve_population,
     session_epochs,
+    with_rungs,
 )
 from hsmpi.tasks import BUILTIN
 
@@ -39,7 +40,8 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, ses
                 checkpoint_async=True,  # and this one with sharded checkpoints
                 returns="auto", average_top=None,  # and these with the returned average
                 smooth=1,  # and this with smoothed selection
-                islands=1, migrate_every=2)  # and these with sub-populations
+                islands=1, migrate_every=2,  # and these with sub-populations
+                prune_at=None, prune_fraction=0.25)  # and these with rungs
 
 
 def test_defaults_are_valid() -> None:
@@ -183,6 +185,11 @@ BAD = [
     ({"session_growth": math.nan}, r"session-growth must be a number in \[1, 4\], but got nan"),
     ({"session_growth": True}, r"session-growth must be a number in \[1, 4\], but got True"),
     ({"candidates": 1.5}, r"candidates must be an integer, but got 1\.5"),
+    ({"prune_at": 0}, r"prune-at must be a fraction in \(0, 1\), but got 0"),
+    ({"prune_at": 1.0}, r"prune-at must be a fraction in \(0, 1\), but got 1\.0"),
+    ({"prune_at": "half"}, r"prune-at must be a fraction in \(0, 1\), but got 'half'"),
+    ({"prune_fraction": 0.75}, r"prune-fraction must be a fraction in \(0, 0\.5\], but got 0\.75"),
+    ({"prune_fraction": 0}, r"prune-fraction must be a fraction in \(0, 0\.5\], but got 0"),
     ({"holdout": 1.0}, r"holdout must be a fraction in \[0, 1\), but got 1\.0"),
     ({"holdout": -0.1}, r"holdout must be a fraction in \[0, 1\), but got -0\.1"),
     ({"holdout": True}, r"holdout must be a fraction in \[0, 1\), but got True"),
@@ -266,6 +273,19 @@ def test_session_epochs_growth_examples() -> None:
     assert session_epochs(30, 6, 1.5) == [2, 3, 3, 5, 7, 10]
     assert session_epochs(30, 6, 2) == [1, 2, 3, 4, 7, 13]
     assert session_epochs(30, 6, 1.0) == session_epochs(30, 6) == [5] * 6
+
+
+def test_rungs_split_each_session() -> None:
+    assert with_rungs([5] * 3, None) == ([5] * 3, [False] * 3)
+    assert with_rungs([5, 5], 0.5) == ([2, 3, 2, 3], [True, False] * 2)  # round(2.5) = 2
+    assert with_rungs([4, 10], 0.25) == ([1, 3, 2, 8], [True, False] * 2)  # round(2.5) = 2 again
+    assert with_rungs([2, 6], 0.9) == ([1, 1, 5, 1], [True, False] * 2), "one epoch left after each rung"
+    assert with_rungs([1, 3], 0.1) == ([1, 1, 2], [False, True, False]), "one epoch: no rung; else one before"
+    for sessions in ([5] * 6, [1, 2, 3, 4, 7, 13], [1] * 4):
+        for at in (0.1, 0.5, 0.9):
+            steps, rungs = with_rungs(sessions, at)
+            assert sum(steps) == sum(sessions) and min(steps) >= 1 and len(rungs) == len(steps)
+            assert len(steps) - sum(rungs) == len(sessions)
 
 
 def test_session_epochs_large() -> None:

@@ -84,3 +84,23 @@ def test_stop_after_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path
                 assert np.array_equal(a[f"population/weights/{name}"][()], b[f"population/weights/{name}"][()])
         lineage = (folder / "lineage.jsonl").read_text().splitlines()
         assert [line.split(",")[0] for line in lineage] == [f'{{"session": {s}' for s in range(1, 5)]
+
+
+def test_rungs_restart_the_worst_inside_each_session_and_the_lines_say_so(tmp_path: Path) -> None:
+    """--prune-at: every session is a rung's step and the rest's; the settings line counts sessions and
+    steps, each rung's line and lineage record name the members it restarted, and the run differs from the
+    same run without rungs."""
+    options = dict(population=8, epochs=8, sessions=2, select="truncation")
+    ruled, lines = _run(tmp_path / "rungs", prune_at=0.25, **options)
+    plain, _ = _run(tmp_path / "plain", **options)
+    assert "M=8 epochs in m=2 sessions | a rung at 0.25 of each session restarts the worst 25% (4 steps)" in lines[0]
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [s.split(" |")[0] for s in steps] == [f"step {k}/4" for k in range(1, 5)]
+    assert [bool(re.search(r"rung: members \d+, \d+ restart from member \d+$", s)) for s in steps] == \
+        [True, False, True, False]
+    lineage = (tmp_path / "rungs" / "lineage.jsonl").read_text().splitlines()
+    notes = [json.loads(line).get("note", "") for line in lineage]
+    assert [n.startswith("rung: ") for n in notes] == [True, False, True, False], notes
+    with h5py.File(tmp_path / "rungs" / "results.h5") as f:
+        assert f["history/epochs"][()].tolist() == [1, 3, 1, 3]
+    assert ruled.test_loss != plain.test_loss

@@ -60,6 +60,8 @@ LAYOUT_CASES = {
     "smooth": (Tiny(), dict(select="truncation", smooth=2)),
     "islands": (TinyAdam(), dict(select="truncation", islands=3, migrate_every=1)),
     "returns-auto-top": (NegLoss(), dict(select="truncation", returns="auto", average_top=3)),
+    "rungs": (TinyAdam(), dict(select="truncation", prune_at=0.5)),
+    "rungs-islands": (Tiny(), dict(select="winner", islands=2, prune_at=0.5, prune_fraction=0.5)),
 }
 
 

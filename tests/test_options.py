@@ -18,7 +18,7 @@ import pytest
 
 from hsmpi.cli import UsageError, interval_arg, parse
 from hsmpi.cli.options import MARKERS, build_parser, help_text, main, markdown_table, read_toml, toml_field
-from hsmpi.config import GROUPS, Config, layout, options, resolve_population
+from hsmpi.config import GROUPS, Config, layout, options, resolve_population, session_epochs, with_rungs
 from hsmpi.tasks import Objective, task_objective
 
 from conftest import ROOT
@@ -111,6 +111,11 @@ def _average_top_default() -> None:
     assert _averaged(scores, 2) == [2, 4]
 
 
+def _prune_at_default() -> None:
+    c = Config()
+    assert with_rungs(session_epochs(c.epochs, c.sessions), c.prune_at) == ([5] * 6, [False] * 6)  # no rungs
+
+
 # (radius-final, resume and stop-after: None is "not asked for"; the engine reads it as the text says.)
 COMPUTED: dict[str, tuple[str, Any]] = {
     "objective": ("the task's objective attribute, else loss", _objective_default),
@@ -118,6 +123,7 @@ COMPUTED: dict[str, tuple[str, Any]] = {
     "population": ("ranks x members-per-rank if that is given, else max(8, ranks)", _population_default),
     "members_per_rank": ("S spread over the ranks", _members_per_rank_default),
     "radius_final": ("a fixed box", None),
+    "prune_at": ("no rungs", _prune_at_default),
     "average_top": ("every member with a finite validation score", _average_top_default),
     "resume": ("a new run", None),
     "stop_after": ("run to the end", None),
@@ -218,10 +224,11 @@ NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2", 
              "--smooth", "2",  # added with smoothed selection
              "--islands", "2", "--migrate-every", "3",  # added with sub-populations
              "--candidates", "8",  # added with the tpe sampler
-             "--session-growth", "1.5"]  # added with growing sessions
+             "--session-growth", "1.5",  # added with growing sessions
+             "--prune-at", "0.5", "--prune-fraction", "0.125"]  # added with rungs
 NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False, returns="member",
                   average_top=4, smooth=2, islands=2, migrate_every=3, candidates=8,
-                  session_growth=1.5)
+                  session_growth=1.5, prune_at=0.5, prune_fraction=0.125)
 
 
 def test_every_old_flag_still_parses_to_the_same_value() -> None:

@@ -94,6 +94,36 @@ def test_growing_sessions_resume_to_the_same_run(tmp_path: Path) -> None:
         assert list(f["history/epochs"][()]) == [1, 2, 3, 4]
 
 
+def test_rungs_resume_to_the_same_run(tmp_path: Path) -> None:
+    """--prune-at: a run stopped between a rung and the rest of its session, and resumed, trains the same
+    steps as one that was not; the rungs restarted members (their sources in the history)."""
+    options = dict(select="truncation", prune_at=0.5)
+    _stopped(tmp_path / "resumed", 3, **options)
+    _run(tmp_path / "resumed", resume="auto", **options)
+    _run(tmp_path / "whole", **options)
+    _same(tmp_path / "resumed", tmp_path / "whole")
+    with h5py.File(tmp_path / "whole" / "results.h5", "r") as f:
+        assert list(f["history/epochs"][()]) == [1, 1] * 4
+        sources, winners = f["history/sources"][()], f["history/winner"][()]
+    for k in (0, 2, 4, 6):  # each rung: the worst one (of 4) restarts from the rung's best
+        moved = [i for i, s in enumerate(sources[k]) if s != i]
+        assert len(moved) == 1 and sources[k][moved[0]] == winners[k], (k, sources[k])
+
+
+@pytest.mark.parametrize("before, after", [
+    (dict(prune_at=0.5), dict(prune_at=0.25, epochs=12)),
+    (dict(prune_at=0.5), dict(sessions=5)),
+    (dict(prune_at=0.5), dict(prune_at=None)),
+    ({}, dict(prune_at=0.5)),
+], ids=["other-rung", "more-sessions", "rungs-dropped", "rungs-added"])
+def test_resume_with_rungs_refuses_another_schedule(tmp_path: Path, before: dict[str, Any],
+                                                    after: dict[str, Any]) -> None:
+    _stopped(tmp_path, 2, **before)
+    with pytest.raises(CheckpointError, match="a run with rungs resumes only with the same four") as err:
+        _run(tmp_path, resume="auto", **after)
+    assert "\n" not in str(err.value)
+
+
 def test_a_truncated_checkpoint_falls_back_to_the_backup(uninterrupted: dict[str, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     _stopped(tmp_path, 3, select="winner", checkpoint_interval=0)

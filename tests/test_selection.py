@@ -11,6 +11,7 @@ import pytest
 from hsmpi.algorithm.selection import (
     SELECTIONS,
     Islands,
+    Prune,
     SelectionError,
     Truncation,
     Winner,
@@ -85,12 +86,13 @@ RULES = {
     "winner-by-name": make_selection("winner"),
     "truncation-by-name": make_selection("truncation"),
 }
+PRUNES = {"prune-default": Prune(), "prune-0.1": Prune(0.1), "prune-0.5": Prune(0.5)}  # a rung's rule: no CLI name
 SIZES = list(range(1, 13)) + [31, 64]
 
 
 def _cases() -> list:
     out = []
-    for key, rule in RULES.items():
+    for key, rule in {**RULES, **PRUNES}.items():
         for size in SIZES:
             out.append(pytest.param(rule, size, id=f"{key}-S{size}"))
     return out
@@ -108,7 +110,7 @@ def _loss_sets(size: int, seed: int) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("rule, size", _cases())
-def test_selection_contract(rule: Winner | Truncation, size: int) -> None:
+def test_selection_contract(rule: Winner | Truncation | Prune, size: int) -> None:
     for seed in range(25):
         for losses in _loss_sets(size, seed):
             before = losses.copy()
@@ -236,6 +238,47 @@ def test_unknown_selection(name: str) -> None:
         make_selection(name)
     assert repr(name) in str(err.value)
     assert all(n in str(err.value) for n in SELECTIONS)
+
+
+# --- Prune (a rung inside a session) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, fraction, moved", [(16, 0.25, 4), (8, 0.25, 2), (5, 0.25, 2), (3, 0.5, 1),
+                                                   (2, 0.5, 1), (1, 0.25, 0), (10, 0.1, 1)])
+def test_prune_restarts_the_worst_from_the_winner(size: int, fraction: float, moved: int) -> None:
+    rng = np.random.default_rng(size)
+    for _ in range(20):
+        losses = rng.random(size)
+        winner = best_member(losses)
+        sources = Prune(fraction).plan(losses, winner, rng)
+        restarted = [i for i, s in enumerate(sources) if s != i]
+        assert len(restarted) == moved and all(sources[i] == winner for i in restarted)
+        assert sorted(restarted) == sorted(np.argsort(losses)[size - moved:].tolist())  # the worst ones
+
+
+def test_prune_takes_diverged_members_first_and_keeps_ties_in_index_order() -> None:
+    sources = Prune(0.25).plan(np.array([0.3, NAN, 0.1, 0.2, 0.5, INF, 0.4, 0.6]), 2, np.random.default_rng(0))
+    assert sources.tolist() == [0, 2, 2, 3, 4, 2, 6, 7]
+    sources = Prune(0.25).plan(np.zeros(8), 0, np.random.default_rng(0))
+    assert sources.tolist() == [0, 1, 2, 3, 4, 5, 0, 0], "equal: the last two indices restart"
+
+
+@pytest.mark.parametrize("fraction", [0, 0.6, -0.1, "a"])
+def test_prune_bad_fraction(fraction: object) -> None:
+    with pytest.raises(SelectionError, match="prune-fraction must be in"):
+        Prune(fraction)  # type: ignore[arg-type]
+
+
+def test_islands_prune_within_each_island_and_a_rung_never_migrates() -> None:
+    losses = np.random.default_rng(5).random(16)
+    winner = best_member(losses)
+    sources = Islands(2, every=1).plan(Prune(0.25), losses, winner, None, np.random.default_rng(0))
+    for island in (0, 1):
+        members = np.arange(island, 16, 2)
+        best = members[int(np.argmin(losses[members]))]
+        worst = members[np.argsort(losses[members])[-2:]]
+        assert all(sources[w] == best for w in worst)
+        assert all(sources[m] == m for m in members if m not in worst)
 
 
 def test_selection_error_is_a_value_error() -> None:

@@ -29,6 +29,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "tpe-64": {"sampler": "tpe", "candidates": 64},  # ... of 64 (the model's choice, nearly)
     "growth-1.5": {"session_growth": 1.5},  # sessions of 2, 3, 3, 5, 7, 10 epochs at M = 30, m = 6
     "growth-2": {"session_growth": 2.0},  # ... of 1, 2, 3, 4, 7, 13
+    "prune-0.4": {"prune_at": 0.4},  # a rung after 2 of each session's 5 epochs: the worst 4 restart from the best
+    "prune-0.4-q0.125": {"prune_at": 0.4, "prune_fraction": 0.125},  # ... the worst 2
 }
 
 

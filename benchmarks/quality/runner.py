@@ -46,7 +46,8 @@ class Method:
 # under other defaults is then never mistaken for one of the current defaults.
 ALGORITHM = ("sampler", "radius", "radius_final", "candidates", "resample_probability", "select", "truncation_fraction",
              "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top",
-             "smooth", "islands", "migrate_every", "session_growth")
+             "smooth", "islands", "migrate_every", "session_growth",
+             "prune_at", "prune_fraction")
 
 
 def hsmpi_defaults(**changes: Any) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class Plan:
 def plan_session(*, scores: np.ndarray, winner: int, winner_score: float, hparams: Sequence[HParams],
                  best_hparams: HParams, last: bool, selection: Selection, sampler: Sampler, space: Space,
                  selection_rng: np.random.Generator, hparam_rngs: Sequence[np.random.Generator],
-                 islands: Islands | None = None, session: int = 0) -> Plan:
+                 islands: Islands | None = None, session: int | None = 0) -> Plan:
     """Who copies whom after this session, and the copies' new hyperparameters.
 
     `scores` are every member's lower-is-better numbers (the validation loss,
@@ -55,9 +55,10 @@ def plan_session(*, scores: np.ndarray, winner: int, winner_score: float, hparam
     After the last session nobody copies.  If no member has a finite score,
     all restart from the best state so far, with values drawn near its.
     Otherwise the selection rule decides (with `islands`, within each island,
-    and migrations after session `session`); each copy's values are drawn near
-    its source's with the copy's own stream, so the draws do not depend on
-    the order of members or on the layout.
+    and migrations after session `session`; None: a rung, which never
+    migrates); each copy's values are drawn near its source's with the copy's
+    own stream, so the draws do not depend on the order of members or on the
+    layout.
     """
     population = len(hparams)
     note = ""

@@ -71,7 +71,31 @@ class Truncation:
         return {"name": "truncation", "fraction": self.fraction}
 
 
-Selection = Winner | Truncation
+@dataclass(frozen=True)
+class Prune:
+    """A rung inside a session (--prune-at), Hyperband's way: the worst `fraction` stop where they are and
+    restart from the best member, so their remaining epochs go to its state; everyone else trains on."""
+
+    fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 0.5):
+            raise SelectionError(f"prune-fraction must be in (0, 0.5], but got {self.fraction!r}")
+
+    def plan(self, losses: np.ndarray, winner: int, rng: np.random.Generator) -> np.ndarray:
+        n = len(losses)
+        sources = np.arange(n, dtype=np.int64)
+        # At most half, so the winner (first in the order) is never among them.
+        k = min(max(1, math.ceil(self.fraction * n)), n // 2)
+        order = np.argsort(finite_losses(losses), kind="stable")  # ties as MINLOC: the lower index first
+        sources[order[n - k:]] = winner
+        return sources
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "prune", "fraction": self.fraction}
+
+
+Selection = Winner | Truncation | Prune
 
 
 @dataclass(frozen=True)
@@ -91,10 +115,10 @@ class Islands:
     def members(self, island: int, population: int) -> np.ndarray:
         return np.arange(island, population, self.count, dtype=np.int64)
 
-    def plan(self, rule: Selection, losses: np.ndarray, winner: int, session: int,
+    def plan(self, rule: Selection, losses: np.ndarray, winner: int, session: int | None,
              rng: np.random.Generator) -> np.ndarray:
         """`rule`'s plan on each island in turn (one stream, island by island), then the migration after
-        sessions every, 2 x every, ... (`session` is 0-based)."""
+        sessions every, 2 x every, ... (`session` is 0-based; None: a rung, which never migrates)."""
         losses = finite_losses(losses)
         n = len(losses)
         sources = np.arange(n, dtype=np.int64)
@@ -102,7 +126,7 @@ class Islands:
             members = self.members(island, n)
             if len(members):
                 sources[members] = members[rule.plan(losses[members], best_member(losses[members]), rng)]
-        if (session + 1) % self.every == 0:
+        if session is not None and (session + 1) % self.every == 0:
             for island in range(self.count):
                 members = self.members(island, n)
                 if len(members) and winner not in members:

@@ -96,7 +96,8 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
     if comm.is_root:
         log(settings_line(search))
         if path:
-            log(f"resumed from {path}: {search.next_session} of {len(search.schedule)} sessions done")
+            log(f"resumed from {path}: {search.next_session} of {len(search.schedule)} "
+                f"{'steps' if any(search.rungs) else 'sessions'} done")
         # The lineage log holds exactly the sessions the state holds (a run may have died after logging one).
         lineage.trim(config.out, search.next_session)
     if search.pending_selection and search.next_session < len(search.schedule):
@@ -155,10 +156,14 @@ def settings_line(search: Search) -> str:
     sampler = ", ".join(f"{k}={v}" for k, v in search.sampler.describe().items() if k != "name")
     selection = ", ".join(f"{k}={v}" for k, v in search.selection.describe().items() if k != "name")
     library = " ".join(comm.library().split())
-    epochs = search.schedule
+    # the sessions (a session with a rung is two steps: its rung's epochs and the rest)
+    epochs = [e + (search.schedule[k - 1] if k and search.rungs[k - 1] else 0)
+              for k, e in enumerate(search.schedule) if not search.rungs[k]]
     lengths = f" ({'+'.join(map(str, epochs))})" if len(set(epochs)) > 2 else ""  # not near-equal: say how
+    rungs = (f" | a rung at {c.prune_at:g} of each session restarts the worst {100 * c.prune_fraction:g}% "
+             f"({len(epochs) + sum(search.rungs)} steps)" if any(search.rungs) else "")
     return (f"hsmpi {__version__} | task {c.task} | S={pop.size} members on {comm.size} ranks "
-            f"({per_rank} per rank) | M={sum(epochs)} epochs in m={len(epochs)} sessions{lengths} | "
+            f"({per_rank} per rank) | M={sum(epochs)} epochs in m={len(epochs)} sessions{lengths}{rungs} | "
             f"sampler {c.sampler}({sampler}) | select {c.select}{f'({selection})' if selection else ''} | "
             f"seed {c.seed} | init {'independent' if c.independent_init else 'shared'} | device {pop.device} | "
             f"threads {pop.threads} | MPI {library}")

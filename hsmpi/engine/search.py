@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,10 +29,10 @@ import numpy as np
 from hsmpi import __version__
 from hsmpi.algorithm.plan import BEST_EVER, Plan, is_new_best, plan_session, sampler_for
 from hsmpi.algorithm.sampling import TPE, make_sampler
-from hsmpi.algorithm.selection import Islands, make_selection
+from hsmpi.algorithm.selection import Islands, Prune, make_selection
 from hsmpi.algorithm.space import HParams, describe_space, sample_space
 from hsmpi.algorithm.streams import SearchStreams
-from hsmpi.config import session_epochs
+from hsmpi.config import session_epochs, with_rungs
 from hsmpi.engine.history import PHASES, Best, History
 from hsmpi.engine.population import Population, ProgressBar
 from hsmpi.errors import agree
@@ -123,7 +123,8 @@ class Search:
     """The search's state on one rank (rank 0's parts are empty or None elsewhere)."""
 
     population: Population
-    schedule: list[int]
+    schedule: list[int]  # epochs per step: the sessions, each split in two at its rung with --prune-at
+    rungs: list[bool] = field(default_factory=list)  # which steps end at a rung (all False without --prune-at)
     next_session: int = 0
     pending_selection: bool = False  # resumed after a last session, which had no selection step
     hparams: list[HParams] = field(default_factory=list)  # rank 0: every member's current values
@@ -141,6 +142,8 @@ class Search:
         self.sampler = make_sampler(c.sampler, c.radius, c.resample_probability, c.candidates)
         self.selection = make_selection(c.select, c.truncation_fraction)
         self.islands = Islands(c.islands, c.migrate_every) if c.islands > 1 else None
+        self.prune = Prune(c.prune_fraction)
+        self.rungs = self.rungs or [False] * len(self.schedule)
         self.objective = task_objective(self.population.task, c.objective, c.direction)
         self.history.objective = self.objective
 
@@ -148,10 +151,12 @@ class Search:
     def start(cls, population: Population, schedule: list[int] | None = None) -> Search:
         """Step 1: sample S hyperparameter sets, one from each member's own stream, and build the members.
 
-        Before any training, the best state is the shared initial one.
+        Before any training, the best state is the shared initial one.  `schedule`: epochs per session (a
+        resumed run's), else the settings'.
         """
         comm, c = population.comm, population.config
-        search = cls(population, schedule or session_epochs(c.epochs, c.sessions, c.session_growth))
+        steps, rungs = with_rungs(schedule or session_epochs(c.epochs, c.sessions, c.session_growth), c.prune_at)
+        search = cls(population, steps, rungs)
         if comm.is_root:
             search.streams = SearchStreams(c.seed, population.size)
             search.hparams = [sample_space(search.space, rng) for rng in search.streams.hparams]
@@ -230,13 +235,20 @@ class Search:
                                  winner_score=value, hparams=self.hparams, epochs=self.schedule[k],
                                  metrics={n: joined([v.metrics[n] for _, v in parts]) for n in val.metrics})
             seen = self.history.observations() if isinstance(self.sampler, TPE) else []
+            rung = self.rungs[k]
             plan = plan_session(
                 scores=scores, winner=winner, winner_score=value, hparams=self.hparams,
-                best_hparams=self.best.hparams, last=k == len(self.schedule) - 1, selection=self.selection,
+                best_hparams=self.best.hparams, last=k == len(self.schedule) - 1,
+                selection=self.prune if rung else self.selection,
                 sampler=sampler_for(self.sampler, k, len(self.schedule), pop.config.radius, pop.config.radius_final,
                                     seen),
                 space=self.space, selection_rng=self.streams.selection, hparam_rngs=self.streams.hparams,
-                islands=self.islands, session=k)
+                islands=self.islands, session=None if rung else k - sum(self.rungs[:k]))
+            pruned = [i for i, s in enumerate(plan.sources) if s != i]
+            if rung and pruned and not plan.note:
+                donor = "their island's best" if self.islands else f"member {winner}"
+                plan = replace(plan, note=f"rung: member{'s' if len(pruned) > 1 else ''} "
+                                          f"{', '.join(map(str, pruned))} restart from {donor}")
             self.history.set_plan(plan.sources, plan.note)
         sources, note = comm.bcast((plan.sources, plan.note) if plan else None)
         self.last_sources = np.asarray(sources)
