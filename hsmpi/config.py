@@ -262,7 +262,8 @@ class Output(_Group):
         "member trains on once the writer has taken its state; no copies); `--no-checkpoint-async`: every "
         "rank waits for its write")
     stop_after: int | None = _field(
-        None, "stop after session K with a checkpoint and exit status 75 (continue later with `--resume`)",
+        None, "stop after session K (with `--prune-at`: step K) with a checkpoint and exit status 75 (continue later "
+        "with `--resume`)",
         metavar="K", means="run to the end", minimum=1)
     progress: bool = _field(
         False, "a live bar within each session (rank 0's member-epochs) when stderr is a terminal; quiet in "
