@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import hsmpi
+from hsmpi.cli.report import load_history, summary
 from hsmpi.engine.job import Stopped
 from hsmpi.errors import NoFiniteModel
 from hsmpi.parallel.comm import SerialComm
@@ -104,3 +105,6 @@ def test_rungs_restart_the_worst_inside_each_session_and_the_lines_say_so(tmp_pa
     with h5py.File(tmp_path / "rungs" / "results.h5") as f:
         assert f["history/epochs"][()].tolist() == [1, 3, 1, 3]
     assert ruled.test_loss != plain.test_loss
+    rows = [line.split(" | ")[0] for line in summary(load_history(str(tmp_path / "rungs"))).splitlines()
+            if re.match(r"\| \d", line)]
+    assert rows == ["| 1 (rung)", "| 2", "| 3 (rung)", "| 4"]  # the report marks them

@@ -20,6 +20,7 @@ from hsmpi.algorithm.space import HParams, Space
 
 BEST_EVER = -1  # a source meaning "the best state seen so far" (every member diverged)
 ALL_DIVERGED = "every member diverged: restarting all from the best state so far"
+RUNG = "rung: "  # how the note of a rung's plan (--prune-at) begins: "rung: members 2, 7 restart from member 5"
 
 
 @dataclass(frozen=True)

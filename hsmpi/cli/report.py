@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hsmpi.algorithm.plan import RUNG
 from hsmpi.engine.history import PHASES, History
 from hsmpi.io import checkpoint, hdf5
 from hsmpi.tasks import Objective
@@ -66,7 +67,8 @@ def _arrays(stored: dict[str, Any]) -> dict[str, Any]:
             "epochs": np.array(h.epochs), "hparams": {n: [[hp[n] for hp in row] for row in h.hparams] for n in names},
             "time": {p: np.array([t[0][j] for t in h.time]) for j, p in enumerate(PHASES)},
             "objective": h.objective, "winner_objective": np.array([h.objective.value(v) for v in h.winner_score]),
-            "metrics": {n: np.array(rows, dtype=float) for n, rows in h.metrics.items()}}
+            "metrics": {n: np.array(rows, dtype=float) for n, rows in h.metrics.items()},
+            "rung": [n.startswith(RUNG) for n in h.note]}
 
 
 def _fmt(v: Any) -> str:
@@ -99,7 +101,8 @@ def summary(h: dict[str, Any]) -> str:
         hp = " | ".join(_fmt(h["hparams"][n][k][w]) for n in names)
         metrics = "".join(f"{h['metrics'][n][k][w]:.5g} | " for n in metric_names)
         times = " | ".join(f"{h['time'][p][k]:.3f}" for p in h["time"])
-        lines.append(f"| {k + 1} | {done[k]} | {w} | {h['winner_loss'][k]:.5g} | {metrics}{hp} | {times} |")
+        step = f"{k + 1} (rung)" if k < len(h.get("rung", [])) and h["rung"][k] else str(k + 1)
+        lines.append(f"| {step} | {done[k]} | {w} | {h['winner_loss'][k]:.5g} | {metrics}{hp} | {times} |")
     return "\n".join(lines) + "\n"
 
 

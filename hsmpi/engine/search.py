@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hsmpi import __version__
-from hsmpi.algorithm.plan import BEST_EVER, Plan, is_new_best, plan_session, sampler_for
+from hsmpi.algorithm.plan import BEST_EVER, RUNG, Plan, is_new_best, plan_session, sampler_for
 from hsmpi.algorithm.sampling import TPE, make_sampler
 from hsmpi.algorithm.selection import Islands, Prune, make_selection
 from hsmpi.algorithm.space import HParams, describe_space, sample_space
@@ -247,7 +247,7 @@ class Search:
             pruned = [i for i, s in enumerate(plan.sources) if s != i]
             if rung and pruned and not plan.note:
                 donor = "their island's best" if self.islands else f"member {winner}"
-                plan = replace(plan, note=f"rung: member{'s' if len(pruned) > 1 else ''} "
+                plan = replace(plan, note=f"{RUNG}member{'s' if len(pruned) > 1 else ''} "
                                           f"{', '.join(map(str, pruned))} restart from {donor}")
             self.history.set_plan(plan.sources, plan.note)
         sources, note = comm.bcast((plan.sources, plan.note) if plan else None)
