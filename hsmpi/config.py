@@ -160,6 +160,11 @@ class Search(_Group):
         means="no rungs", expected="a fraction in (0, 1)", valid=_open_fraction)
     prune_fraction: float = _field(0.25, "`--prune-at`: the fraction of the members a rung restarts, at most 0.5",
                                    metavar="Q", expected="a fraction in (0, 0.5]", valid=_prune_fraction)
+    plateau: float | None = _field(
+        None, "a session that adapts: it ends early, after at least 2 epochs, once the best member's validation "
+        "score improved by less than this fraction in an epoch; the epochs it saves are spread over the later "
+        "sessions (each member is validated after every epoch)", metavar="F",
+        means="sessions of fixed length", expected="a fraction in (0, 1)", valid=_open_fraction)
     elitism: bool = _field(
         False,
         "return the best member ever seen on validation (any session); `--no-elitism`: the last session's best "
@@ -197,6 +202,10 @@ class Search(_Group):
         _check_fields(self, Search)
         if self.sessions > self.epochs:
             raise ConfigError(f"sessions (-m) must not exceed epochs (-M), but got m={self.sessions} > M={self.epochs}")
+        if self.plateau is not None and (self.smooth > 1 or self.prune_at is not None):
+            raise ConfigError(f"plateau does not go together with {'smooth' if self.smooth > 1 else 'prune-at'}: "
+                              "it validates after every epoch and ends each session where the scores settle; "
+                              "give one of them")
         # The sampler and the selection rule check their own parameters; their messages name them.
         try:
             make_sampler(self.sampler, radius=self.radius, resample_probability=self.resample_probability,

@@ -41,7 +41,8 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, ses
                 returns="auto", average_top=None,  # and these with the returned average
                 smooth=1,  # and this with smoothed selection
                 islands=1, migrate_every=2,  # and these with sub-populations
-                prune_at=None, prune_fraction=0.25)  # and these with rungs
+                prune_at=None, prune_fraction=0.25,  # and these with rungs
+                plateau=None)  # and this with sessions that end at a plateau
 
 
 def test_defaults_are_valid() -> None:
@@ -190,6 +191,10 @@ BAD = [
     ({"prune_at": "half"}, r"prune-at must be a fraction in \(0, 1\), but got 'half'"),
     ({"prune_fraction": 0.75}, r"prune-fraction must be a fraction in \(0, 0\.5\], but got 0\.75"),
     ({"prune_fraction": 0}, r"prune-fraction must be a fraction in \(0, 0\.5\], but got 0"),
+    ({"plateau": 0.0}, r"plateau must be a fraction in \(0, 1\), but got 0\.0"),
+    ({"plateau": 1}, r"plateau must be a fraction in \(0, 1\), but got 1"),
+    ({"plateau": 0.01, "smooth": 2}, r"plateau does not go together with smooth: .*give one of them"),
+    ({"plateau": 0.01, "prune_at": 0.5}, r"plateau does not go together with prune-at"),
     ({"holdout": 1.0}, r"holdout must be a fraction in \[0, 1\), but got 1\.0"),
     ({"holdout": -0.1}, r"holdout must be a fraction in \[0, 1\), but got -0\.1"),
     ({"holdout": True}, r"holdout must be a fraction in \[0, 1\), but got True"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -108,3 +109,30 @@ def test_rungs_restart_the_worst_inside_each_session_and_the_lines_say_so(tmp_pa
     rows = [line.split(" | ")[0] for line in summary(load_history(str(tmp_path / "rungs"))).splitlines()
             if re.match(r"\| \d", line)]
     assert rows == ["| 1 (rung)", "| 2", "| 3 (rung)", "| 4"]  # the report marks them
+
+
+def test_sessions_end_at_a_plateau_and_the_saved_epochs_go_to_later_ones(tmp_path: Path) -> None:
+    """--plateau: a session ends once its best improves by less than the fraction in an epoch (after two at
+    least), every session but the last gets its share of what is left, and the epochs add up to M."""
+    options = dict(population=4, epochs=20, sessions=4, select="truncation")
+    adapted, lines = _run(tmp_path / "plateau", plateau=0.5, **options)
+    fixed, _ = _run(tmp_path / "fixed", **options)
+    assert "a session ends early once its best improves by less than 50% in an epoch" in lines[0]
+    with h5py.File(tmp_path / "plateau" / "results.h5") as f:
+        epochs = f["history/epochs"][()].tolist()
+    assert sum(epochs) == 20 and len(epochs) == 4 and epochs[-1] > 5, epochs
+    assert all(2 <= e for e in epochs[:-1]) and min(epochs[:-1]) < 5, epochs
+    done = [int(re.search(r"epochs (\d+)/20", line).group(1)) for line in lines if line.startswith("session ")]
+    assert done == np.cumsum(epochs).tolist()
+    with h5py.File(tmp_path / "fixed" / "results.h5") as f:
+        assert f["history/epochs"][()].tolist() == [5] * 4  # without it, as before
+    assert adapted.test_loss != fixed.test_loss
+
+
+def test_what_counts_as_improved_for_plateau() -> None:
+    from hsmpi.engine.search import _improved
+
+    assert _improved(1.0, 0.89, 0.1) and not _improved(1.0, 0.91, 0.1)  # by at least the fraction
+    assert _improved(-0.5, -0.6, 0.1) and not _improved(-0.5, -0.52, 0.1)  # maximised metrics, signed
+    assert _improved(0.0, -0.1, 0.1) and not _improved(0.0, 0.0, 0.1)  # from zero: any fall
+    assert _improved(math.inf, 3.0, 0.1) and not _improved(3.0, math.inf, 0.1) and not _improved(1.0, math.nan, 0.1)

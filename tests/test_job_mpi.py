@@ -62,6 +62,7 @@ LAYOUT_CASES = {
     "returns-auto-top": (NegLoss(), dict(select="truncation", returns="auto", average_top=3)),
     "rungs": (TinyAdam(), dict(select="truncation", prune_at=0.5)),
     "rungs-islands": (Tiny(), dict(select="winner", islands=2, prune_at=0.5, prune_fraction=0.5)),
+    "plateau": (TinyAdam(), dict(select="truncation", plateau=0.3, epochs=9)),
 }
 
 
@@ -69,7 +70,7 @@ LAYOUT_CASES = {
 def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Path, case: str) -> None:
     world = _world()
     task, options = LAYOUT_CASES[case]
-    options = dict(population=8, **options, **BASE)
+    options = dict(population=8, **{**BASE, **options})
     mine = hsmpi.run(task, comm=world, out=str(mpi_tmp_path / f"world-{case}"), **options)
     returned = mine.returned_model()  # an average: each rank reads it from the results file (moved below)
     world.Barrier()

@@ -124,6 +124,7 @@ COMPUTED: dict[str, tuple[str, Any]] = {
     "members_per_rank": ("S spread over the ranks", _members_per_rank_default),
     "radius_final": ("a fixed box", None),
     "prune_at": ("no rungs", _prune_at_default),
+    "plateau": ("sessions of fixed length", None),
     "average_top": ("every member with a finite validation score", _average_top_default),
     "resume": ("a new run", None),
     "stop_after": ("run to the end", None),
@@ -225,17 +226,19 @@ NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2", 
              "--islands", "2", "--migrate-every", "3",  # added with sub-populations
              "--candidates", "8",  # added with the tpe sampler
              "--session-growth", "1.5",  # added with growing sessions
-             "--prune-at", "0.5", "--prune-fraction", "0.125"]  # added with rungs
+             "--prune-at", "0.5", "--prune-fraction", "0.125",  # added with rungs
+             "--plateau", "0.02"]  # added with sessions that end at a plateau (it refuses --smooth 2)
 NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False, returns="member",
                   average_top=4, smooth=2, islands=2, migrate_every=3, candidates=8,
-                  session_growth=1.5, prune_at=0.5, prune_fraction=0.125)
+                  session_growth=1.5, prune_at=0.5, prune_fraction=0.125, plateau=0.02)
 
 
 def test_every_old_flag_still_parses_to_the_same_value() -> None:
     args = vars(build_parser().parse_args(OLD_FLAGS + NEW_FLAGS))
     assert {k: v for k, v in args.items() if k not in NON_FIELD} == {**OLD_VALUES, **NEW_VALUES}
     assert set(OLD_VALUES) | set(NEW_VALUES) == set(FIELDS)
-    Config(**OLD_VALUES, **NEW_VALUES)
+    Config(**OLD_VALUES, **{k: v for k, v in NEW_VALUES.items() if k != "plateau"})
+    Config(**OLD_VALUES, **{k: v for k, v in NEW_VALUES.items() if k not in ("smooth", "prune_at")})
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -110,16 +110,31 @@ def test_rungs_resume_to_the_same_run(tmp_path: Path) -> None:
         assert len(moved) == 1 and sources[k][moved[0]] == winners[k], (k, sources[k])
 
 
+def test_sessions_that_end_at_a_plateau_resume_to_the_same_run(tmp_path: Path) -> None:
+    """--plateau: the epochs each session ran are in the history, so a resumed run gives the later sessions
+    the same budgets as one that was not stopped; the sessions really adapted (unequal, adding up to M)."""
+    options = dict(select="truncation", plateau=0.2, epochs=16)
+    _stopped(tmp_path / "resumed", 2, **options)
+    _run(tmp_path / "resumed", resume="auto", **options)
+    _run(tmp_path / "whole", **options)
+    _same(tmp_path / "resumed", tmp_path / "whole")
+    with h5py.File(tmp_path / "whole" / "results.h5", "r") as f:
+        epochs = f["history/epochs"][()].tolist()
+    assert sum(epochs) == 16 and len(epochs) == 4 and epochs != [4] * 4, epochs
+
+
 @pytest.mark.parametrize("before, after", [
     (dict(prune_at=0.5), dict(prune_at=0.25, epochs=12)),
     (dict(prune_at=0.5), dict(sessions=5)),
     (dict(prune_at=0.5), dict(prune_at=None)),
     ({}, dict(prune_at=0.5)),
-], ids=["other-rung", "more-sessions", "rungs-dropped", "rungs-added"])
-def test_resume_with_rungs_refuses_another_schedule(tmp_path: Path, before: dict[str, Any],
+    (dict(plateau=0.1), dict(plateau=0.1, epochs=12)),
+    (dict(plateau=0.1), dict(plateau=0.2)),
+], ids=["other-rung", "more-sessions", "rungs-dropped", "rungs-added", "plateau-more-epochs", "other-plateau"])
+def test_resume_with_rungs_or_a_plateau_refuses_another_schedule(tmp_path: Path, before: dict[str, Any],
                                                     after: dict[str, Any]) -> None:
     _stopped(tmp_path, 2, **before)
-    with pytest.raises(CheckpointError, match="a run with rungs resumes only with the same four") as err:
+    with pytest.raises(CheckpointError, match="a run with rungs or --plateau resumes only with the same") as err:
         _run(tmp_path, resume="auto", **after)
     assert "\n" not in str(err.value)
 

@@ -162,6 +162,8 @@ def settings_line(search: Search) -> str:
     lengths = f" ({'+'.join(map(str, epochs))})" if len(set(epochs)) > 2 else ""  # not near-equal: say how
     rungs = (f" | a rung at {c.prune_at:g} of each session restarts the worst {100 * c.prune_fraction:g}% "
              f"({len(epochs) + sum(search.rungs)} steps)" if any(search.rungs) else "")
+    if c.plateau is not None:
+        rungs += f" | a session ends early once its best improves by less than {100 * c.plateau:g}% in an epoch"
     return (f"hsmpi {__version__} | task {c.task} | S={pop.size} members on {comm.size} ranks "
             f"({per_rank} per rank) | M={sum(epochs)} epochs in m={len(epochs)} sessions{lengths}{rungs} | "
             f"sampler {c.sampler}({sampler}) | select {c.select}{f'({selection})' if selection else ''} | "

@@ -296,10 +296,10 @@ class SessionLine:
             return
         h, k, t = search.history, end.k, end.times
         schedule = search.schedule
-        done, total = sum(schedule[:k + 1]), sum(schedule)
+        done, total = sum(h.epochs[:k + 1]), sum(schedule)  # what ran (--plateau: not the shares)
         elapsed = time.perf_counter() - self.start
         hp = ", ".join(f"{n}={_fmt(v)}" for n, v in h.hparams[k][h.winner[k]].items())
-        eta = elapsed / max(1, done - sum(schedule[:self.first])) * (total - done)
+        eta = elapsed / max(1, done - sum(h.epochs[:self.first])) * (total - done)
         objective = search.objective
         best = f"best val {h.winner_loss[k]:.5g} (member {h.winner[k]})" if objective.is_loss else (
             f"best val {objective.name} {objective.value(h.winner_score[k]):.5g} (member {h.winner[k]}, "

@@ -82,16 +82,19 @@ def load_checkpoint(config: Config, task: Any, size: int, log: Any
 def schedule_after(path: str, config: Config, saved: dict[str, Any], done: int, past: list[int],
                    pending: bool) -> list[int]:
     """Epochs per session for a run resumed after `done` sessions of `past` epochs (`saved`: its settings).
-    With --prune-at, `done` and `past` count steps (two per session), and the schedule must stay as it was."""
-    shape = (config.epochs, config.sessions, config.session_growth, config.prune_at)
-    saved_shape = (saved["epochs"], saved["sessions"], saved.get("session_growth", 1.0), saved.get("prune_at"))
-    if config.prune_at is not None or saved_shape[3] is not None:
+    With --prune-at, `done` and `past` count steps (two per session); with --plateau, `past` holds the
+    epochs the sessions ran, not their shares.  Either way the schedule must stay as it was."""
+    names = ("-M", "-m", "--session-growth", "--prune-at", "--plateau")
+    shape = (config.epochs, config.sessions, config.session_growth, config.prune_at, config.plateau)
+    saved_shape = (saved["epochs"], saved["sessions"], saved.get("session_growth", 1.0), saved.get("prune_at"),
+                   saved.get("plateau"))
+    if any(v is not None for v in shape[3:] + saved_shape[3:]):
         if shape != saved_shape:
+            made = ", ".join(f"{n} {v}" for n, v in zip(names, saved_shape))
+            asked = ", ".join(f"{n} {v}" for n, v in zip(names, shape))
             raise checkpoint.CheckpointError(
-                f"{path} was made with -M {saved_shape[0]}, -m {saved_shape[1]}, --session-growth "
-                f"{saved_shape[2]:g} and --prune-at {saved_shape[3]}: a run with rungs resumes only with the "
-                f"same four (this run has -M {shape[0]}, -m {shape[1]}, --session-growth {shape[2]:g}, "
-                f"--prune-at {shape[3]})")
+                f"{path} was made with {made}: a run with rungs or --plateau resumes only with the same five "
+                f"(this run has {asked})")
         return session_epochs(config.epochs, config.sessions, config.session_growth)
     if config.sessions == done and not pending:
         raise checkpoint.CheckpointError(

@@ -134,6 +134,9 @@ class Search:
     last_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     holdout_losses: dict[int, float] = field(default_factory=dict)  # this session's, of local members
     earlier: list[Evaluation] = field(default_factory=list)  # --smooth: this session's evaluations so far
+    done: int = 0  # epochs trained so far (every rank)
+    trained: int = 0  # epochs this session trained
+    evaluated: Evaluation | None = None  # --plateau: the evaluation after the epoch that ended the session
 
     def __post_init__(self) -> None:
         c = self.population.config
@@ -171,28 +174,61 @@ class Search:
         """Step 1: this rank's members train session k's epochs (rank 0 shows a bar on a terminal with
         --progress); each one's mean training loss of its last epoch."""
         pop = self.population
+        epochs = self.budget(k)
         bar = None
         if pop.config.progress and self.comm.is_root and sys.stderr.isatty():
-            bar = ProgressBar(k, len(self.schedule), len(pop.members) * self.schedule[k])
-        epochs = self.schedule[k]
+            bar = ProgressBar(k, len(self.schedule), len(pop.members) * epochs)
         smooth = min(pop.config.smooth, epochs)
-        self.earlier = []
+        self.earlier, self.evaluated = [], None
         try:
-            train = pop.train(epochs - smooth + 1, bar)
-            for _ in range(smooth - 1):  # --smooth: evaluated after each of the last epochs too
-                self.earlier.append(self._evaluate(train))
-                train = pop.train(1, bar)
+            if pop.config.plateau is not None and k < len(self.schedule) - 1:
+                train = self._train_to_plateau(epochs, pop.config.plateau, bar)
+            else:
+                train = pop.train(epochs - smooth + 1, bar)
+                for _ in range(smooth - 1):  # --smooth: evaluated after each of the last epochs too
+                    self.earlier.append(self._evaluate(train))
+                    train = pop.train(1, bar)
+                self.trained = epochs
+            self.done += self.trained
             return train
         finally:
             if bar is not None:
                 bar.close()
+
+    def budget(self, k: int) -> int:
+        """Session k's epochs at most: its share of M; with --plateau, its share of the epochs still to run,
+        split over the sessions still to run as the schedule's split is (so the epochs an early end saves
+        go to all later sessions, and the last trains all that is left)."""
+        c = self.population.config
+        if c.plateau is None:
+            return self.schedule[k]
+        return session_epochs(c.epochs - self.done, len(self.schedule) - k, c.session_growth)[0]
+
+    def _train_to_plateau(self, epochs: int, plateau: float, bar: ProgressBar | None) -> list[float]:
+        """--plateau: up to `epochs` epochs, one at a time, validated after each, until the best member's
+        score improved by less than the fraction `plateau` in an epoch (after 2 at least).  Every rank
+        decides alike, on the allreduced best score."""
+        pop, before = self.population, math.inf
+        for n in range(1, epochs + 1):
+            train = pop.train(1, bar)
+            self.trained = n
+            if n == epochs:
+                return train  # step 2 validates it
+            evaluation = self._evaluate(train)
+            best, _ = self.comm.allreduce_minloc(evaluation.score, pop.indices)
+            if n >= 2 and not _improved(before, best, plateau):
+                self.evaluated = evaluation
+                return train
+            before = best
+        raise AssertionError("unreachable: a session trains at least one epoch")
 
     def evaluate(self, train: Sequence[float]) -> Evaluation:
         """Step 2: the validation loss and metrics, and the objective's score (with --smooth each member's
         mean over the session's last evaluations; with --holdout also the held-back part's score after
         the session, kept for `share` to judge the winner on)."""
         pop = self.population
-        ev = self._evaluate(train)
+        ev = self.evaluated or self._evaluate(train)
+        self.evaluated = None
         if self.earlier:  # --smooth: each member's mean over the session's last evaluations
             ev = Evaluation.mean(self.earlier + [ev])
             self.earlier = []
@@ -232,7 +268,7 @@ class Search:
                 loss = joined([v.loss for _, v in parts])
                 self.history.add(train_loss=joined([t for t, _ in parts]), val_loss=loss, winner=winner,
                                  winner_loss=value if self.objective.is_loss else float(loss[winner]),
-                                 winner_score=value, hparams=self.hparams, epochs=self.schedule[k],
+                                 winner_score=value, hparams=self.hparams, epochs=self.trained,
                                  metrics={n: joined([v.metrics[n] for _, v in parts]) for n in val.metrics})
             seen = self.history.observations() if isinstance(self.sampler, TPE) else []
             rung = self.rungs[k]
@@ -416,6 +452,7 @@ class Search:
             self.hparams = hparams
             self.streams.load_state_dict(ck["root_rng"])
             self.history = History.from_state_dict(ck["history"], self.space, self.objective)
+        self.done = int(comm.bcast(sum(self.history.epochs) if root else None))  # what --plateau's budget needs
 
     def _read_states(self, path: str, index: dict[str, Any], ids: np.ndarray, best_key: str) -> None:
         """Each rank reads what its members hold, and its owner the best state, from the shards."""
@@ -450,6 +487,14 @@ class Search:
             kept = share_state(comm, pop.buffer, 0, saved, [m for m in pop.members if ids[m.index] == sid], keep_on)
             if kept is not None:
                 self.best.state = kept
+
+
+def _improved(before: float, after: float, fraction: float) -> bool:
+    """Did the best score (lower is better) fall by at least `fraction` of its size?  A first finite score
+    counts as improved; a score that is not finite never does."""
+    if not math.isfinite(after):
+        return False
+    return not math.isfinite(before) or before - after >= fraction * abs(before) and after < before
 
 
 def state_ids(sources: np.ndarray) -> np.ndarray:
