@@ -95,7 +95,8 @@ def test_rungs_restart_the_worst_inside_each_session_and_the_lines_say_so(tmp_pa
     options = dict(population=8, epochs=8, sessions=2, select="truncation")
     ruled, lines = _run(tmp_path / "rungs", prune_at=0.25, **options)
     plain, _ = _run(tmp_path / "plain", **options)
-    assert "M=8 epochs in m=2 sessions | a rung at 0.25 of each session restarts the worst 25% (4 steps)" in lines[0]
+    assert "M=8 epochs in m=2 sessions | a rung at 0.25 of each session restarts the worst 25% of the members " \
+        "(4 steps)" in lines[0]
     steps = [line for line in lines if line.startswith("step ")]
     assert [s.split(" |")[0] for s in steps] == [f"step {k}/4" for k in range(1, 5)]
     assert [bool(re.search(r"rung: members \d+, \d+ restart from member \d+$", s)) for s in steps] == \
@@ -106,6 +107,9 @@ def test_rungs_restart_the_worst_inside_each_session_and_the_lines_say_so(tmp_pa
     with h5py.File(tmp_path / "rungs" / "results.h5") as f:
         assert f["history/epochs"][()].tolist() == [1, 3, 1, 3]
     assert ruled.test_loss != plain.test_loss
+    assert re.search(r"\(member \d+, step 4\)", next(line for line in lines if line.startswith("test loss")))
+    with pytest.raises(Stopped, match=r"after step 1/4"):
+        _run(tmp_path / "stopped", prune_at=0.25, stop_after=1, **options)
     rows = [line.split(" | ")[0] for line in summary(load_history(str(tmp_path / "rungs"))).splitlines()
             if re.match(r"\| \d", line)]
     assert rows == ["| 1 (rung)", "| 2", "| 3 (rung)", "| 4"]  # the report marks them

@@ -62,7 +62,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _stopped(out: Path, k: int = 2, **options: Any) -> Path:
-    with pytest.raises(Stopped, match=f"stopped by --stop-after after session {k}/"):
+    with pytest.raises(Stopped, match=f"stopped by --stop-after after (session|step) {k}/"):
         _run(out, stop_after=k, **options)
     assert not (out / "results.h5").exists()
     return out
@@ -403,3 +403,11 @@ def test_a_final_checkpoint_that_cannot_be_written_is_one_clear_error_and_the_re
     with h5py.File(tmp_path / "results.h5", "r") as f:
         assert f["history/val_loss"].shape == (4, 4)
     assert not (tmp_path / "checkpoint.h5").exists()
+
+
+def test_a_prune_at_that_makes_no_rungs_does_not_bind_the_schedule(tmp_path: Path) -> None:
+    """With sessions of one epoch --prune-at splits nothing, so the run extends on resume as any run does."""
+    _run(tmp_path, prune_at=0.5, epochs=4, sessions=4)
+    _, lines = _run(tmp_path, prune_at=0.5, epochs=6, sessions=6, resume="auto")
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        assert list(f["history/epochs"][()]) == [1] * 6

@@ -33,9 +33,9 @@ from hsmpi.text import clean
 class Stopped(Exception):
     """A stop signal arrived; the run stopped at a session boundary with a checkpoint written."""
 
-    def __init__(self, signum: int, session: int, sessions: int, path: str) -> None:
+    def __init__(self, signum: int, session: int, sessions: int, path: str, unit: str = "session") -> None:
         why = signal.Signals(signum).name if signum > 0 else "--stop-after"
-        super().__init__(f"stopped by {why} after session {session}/{sessions}; "
+        super().__init__(f"stopped by {why} after {unit} {session}/{sessions}; "
                          f"checkpoint {path}; continue with --resume auto --out {os.path.dirname(path) or '.'}")
         self.signum = signum
 
@@ -110,7 +110,8 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
                                  SessionLine(log, start, search.next_session)]
     stopped = run_sessions(search, observers)
     if stopped is not None:
-        raise Stopped(stopped.stop, stopped.k + 1, len(search.schedule), stopped.path)
+        raise Stopped(stopped.stop, stopped.k + 1, len(search.schedule), stopped.path,
+                      "step" if any(search.rungs) else "session")
     result = finish(search, checkpoints, log, start, startup)
     if not result.finite_model:
         error_line = (f"no member ever had a finite validation loss in {len(search.schedule)} sessions, so "
@@ -160,8 +161,8 @@ def settings_line(search: Search) -> str:
     epochs = [e + (search.schedule[k - 1] if k and search.rungs[k - 1] else 0)
               for k, e in enumerate(search.schedule) if not search.rungs[k]]
     lengths = f" ({'+'.join(map(str, epochs))})" if len(set(epochs)) > 2 else ""  # not near-equal: say how
-    rungs = (f" | a rung at {c.prune_at:g} of each session restarts the worst {100 * c.prune_fraction:g}% "
-             f"({len(epochs) + sum(search.rungs)} steps)" if any(search.rungs) else "")
+    rungs = (f" | a rung at {c.prune_at:g} of each session restarts the worst {100 * c.prune_fraction:g}% of "
+             f"the members ({len(epochs) + sum(search.rungs)} steps)" if any(search.rungs) else "")
     if c.plateau is not None:
         rungs += f" | a session ends early once its best improves by less than {100 * c.plateau:g}% in an epoch"
     return (f"hsmpi {__version__} | task {c.task} | S={pop.size} members on {comm.size} ranks "

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from hsmpi.algorithm.space import describe_space
-from hsmpi.config import Config, resolve_population, session_epochs
+from hsmpi.config import Config, resolve_population, session_epochs, with_rungs
 from hsmpi.io import checkpoint
 from hsmpi.parallel.comm import SerialComm
 from hsmpi.text import say
@@ -79,14 +79,21 @@ def load_checkpoint(config: Config, task: Any, size: int, log: Any
     return ckpt, schedule_after(path, config, saved, done, past, pending), path
 
 
+def _rungs(epochs: int, sessions: int, growth: float, prune_at: float | None) -> float | None:
+    """--prune-at where it makes rungs; None where it makes none (every session one epoch long)."""
+    return prune_at if any(with_rungs(session_epochs(epochs, sessions, growth), prune_at)[1]) else None
+
+
 def schedule_after(path: str, config: Config, saved: dict[str, Any], done: int, past: list[int],
                    pending: bool) -> list[int]:
     """Epochs per session for a run resumed after `done` sessions of `past` epochs (`saved`: its settings).
     With --prune-at, `done` and `past` count steps (two per session); with --plateau, `past` holds the
     epochs the sessions ran, not their shares.  Either way the schedule must stay as it was."""
     names = ("-M", "-m", "--session-growth", "--prune-at", "--plateau")
-    shape = (config.epochs, config.sessions, config.session_growth, config.prune_at, config.plateau)
-    saved_shape = (saved["epochs"], saved["sessions"], saved.get("session_growth", 1.0), saved.get("prune_at"),
+    shape = (config.epochs, config.sessions, config.session_growth, _rungs(config.epochs, config.sessions,
+             config.session_growth, config.prune_at), config.plateau)
+    saved_shape = (saved["epochs"], saved["sessions"], saved.get("session_growth", 1.0),
+                   _rungs(saved["epochs"], saved["sessions"], saved.get("session_growth", 1.0), saved.get("prune_at")),
                    saved.get("plateau"))
     if any(v is not None for v in shape[3:] + saved_shape[3:]):
         if shape != saved_shape:

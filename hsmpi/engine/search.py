@@ -281,10 +281,11 @@ class Search:
                 space=self.space, selection_rng=self.streams.selection, hparam_rngs=self.streams.hparams,
                 islands=self.islands, session=None if rung else k - sum(self.rungs[:k]))
             pruned = [i for i, s in enumerate(plan.sources) if s != i]
-            if rung and pruned and not plan.note:
+            if rung and not plan.note:  # (a rung where every member diverged keeps ALL_DIVERGED's note)
                 donor = "their island's best" if self.islands else f"member {winner}"
-                plan = replace(plan, note=f"{RUNG}member{'s' if len(pruned) > 1 else ''} "
-                                          f"{', '.join(map(str, pruned))} restart from {donor}")
+                who = (f"member {pruned[0]} restarts" if len(pruned) == 1 else
+                       f"members {', '.join(map(str, pruned))} restart" if pruned else "no member restarts")
+                plan = replace(plan, note=f"{RUNG}{who}" + (f" from {donor}" if pruned else ""))
             self.history.set_plan(plan.sources, plan.note)
         sources, note = comm.bcast((plan.sources, plan.note) if plan else None)
         self.last_sources = np.asarray(sources)
