@@ -196,7 +196,8 @@ class Search(_Group):
         "`metrics` returns", metavar="NAME", means="the task's objective attribute, else loss",
         expected="a metric name or 'loss'", valid=_nonempty_str)
     direction: DirectionName | None = _field(
-        None, "whether the objective is minimised or maximised", means="the task's direction attribute, else minimize")
+        None, "whether the objective is minimised or maximised",
+        means="minimize for a loss the settings name, else the task's direction attribute, else minimize")
 
     def __post_init__(self) -> None:
         _check_fields(self, Search)

@@ -137,6 +137,18 @@ def test_the_command_line_overrides_the_tasks_objective(tmp_path: Path) -> None:
         assert all(mae[k, w] == np.nanmin(mae[k]) for k, w in enumerate(winners))
 
 
+def test_the_loss_named_on_a_task_that_maximises_a_metric_is_minimised(tmp_path: Path) -> None:
+    """`--objective loss` on a task whose direction (maximize) is its metric's: the loss is still minimised,
+    so the run chooses exactly as on the plain task."""
+    plain, _ = _run(tmp_path / "plain", TinyAdam())
+    named, _ = _run(tmp_path / "named", NegLoss(), objective="loss")
+    with h5py.File(tmp_path / "named" / "results.h5") as f:
+        assert "direction" not in f["history"].attrs  # the loss, minimised: written as every loss run is
+        val, winners = f["history/val_loss"][()], f["history/winner"][()]
+        assert all(val[k, w] == np.nanmin(val[k]) for k, w in enumerate(winners))
+    assert named.test_loss == plain.test_loss and named.best_member == plain.best_member
+
+
 def test_a_nan_objective_never_wins_even_maximised(tmp_path: Path) -> None:
     _run(tmp_path, NaNMetric(), population=8, independent_init=True)
     with h5py.File(tmp_path / "results.h5") as f:

@@ -101,6 +101,9 @@ def _objective_default() -> None:
     assert task_objective(Bare()) == Objective("loss", "minimize")  # the task's attributes, else loss, minimised
     assert task_objective(Judged()) == Objective("accuracy", "maximize")
     assert task_objective(Judged(), "loss", "minimize") == Objective("loss", "minimize")  # the flags win
+    assert task_objective(Judged(), "loss") == Objective("loss", "minimize")  # the loss is minimised
+    assert task_objective(Judged(), "loss", "maximize") == Objective("loss", "maximize")  # unless told
+    assert task_objective(Judged(), "f1") == Objective("f1", "maximize")  # another metric: the task's way
 
 
 def _average_top_default() -> None:
@@ -119,7 +122,8 @@ def _prune_at_default() -> None:
 # (radius-final, resume and stop-after: None is "not asked for"; the engine reads it as the text says.)
 COMPUTED: dict[str, tuple[str, Any]] = {
     "objective": ("the task's objective attribute, else loss", _objective_default),
-    "direction": ("the task's direction attribute, else minimize", _objective_default),
+    "direction": ("minimize for a loss the settings name, else the task's direction attribute, else minimize",
+                  _objective_default),
     "population": ("ranks x members-per-rank if that is given, else max(8, ranks)", _population_default),
     "members_per_rank": ("S spread over the ranks", _members_per_rank_default),
     "radius_final": ("a fixed box", None),

@@ -31,6 +31,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "growth-2": {"session_growth": 2.0},  # ... of 1, 2, 3, 4, 7, 13
     "prune-0.4": {"prune_at": 0.4},  # a rung after 2 of each session's 5 epochs: the worst 4 restart from the best
     "prune-0.4-q0.125": {"prune_at": 0.4, "prune_fraction": 0.125},  # ... the worst 2
+    "objective-loss": {"objective": "loss"},  # select on the validation loss, as the baselines and the tables do
     "plateau-0.01": {"plateau": 0.01},  # a session ends once its best improves by under 1% in an epoch
     "plateau-0.03": {"plateau": 0.03},  # ... under 3%
 }

@@ -84,9 +84,18 @@ class Objective:
 
 
 def task_objective(task: Any, objective: str | None = None, direction: str | None = None) -> Objective:
-    """The objective a run follows: the settings' over the task's attributes over the loss, minimised."""
+    """The objective a run follows: the settings' over the task's attributes over the loss, minimised.
+
+    The task's direction is its objective's: the loss named in the settings, on a task that maximises a
+    metric, is minimised unless the settings say otherwise.
+    """
     name = objective if objective is not None else getattr(task, "objective", "loss")
-    way = direction if direction is not None else getattr(task, "direction", "minimize")
+    if direction is not None:
+        way = direction
+    elif name == "loss" and getattr(task, "objective", "loss") != "loss":
+        way = "minimize"
+    else:
+        way = getattr(task, "direction", "minimize")
     if not isinstance(name, str) or not name:
         raise TaskError(f"the task's objective must be 'loss' or a metric's name, but is {name!r}")
     if way not in DIRECTIONS:
