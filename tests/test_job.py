@@ -110,8 +110,9 @@ def test_rungs_restart_the_worst_inside_each_session_and_the_lines_say_so(tmp_pa
     assert re.search(r"\(member \d+, step 4\)", next(line for line in lines if line.startswith("test loss")))
     with pytest.raises(Stopped, match=r"after step 1/4"):
         _run(tmp_path / "stopped", prune_at=0.25, stop_after=1, **options)
-    rows = [line.split(" | ")[0] for line in summary(load_history(str(tmp_path / "rungs"))).splitlines()
-            if re.match(r"\| \d", line)]
+    table = summary(load_history(str(tmp_path / "rungs")))
+    assert "| step | epochs done |" in table
+    rows = [line.split(" | ")[0] for line in table.splitlines() if re.match(r"\| \d", line)]
     assert rows == ["| 1 (rung)", "| 2", "| 3 (rung)", "| 4"]  # the report marks them
 
 

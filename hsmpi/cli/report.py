@@ -93,7 +93,8 @@ def summary(h: dict[str, Any]) -> str:
         lines += [f"best validation loss {h['winner_loss'][best]:.5g} in session {best + 1} "
                   f"(member {h['winner'][best]})"]
     metric_names = list(h.get("metrics", {}))
-    lines += ["", "| session | epochs done | winner | best val | " + "".join(f"val {n} | " for n in metric_names)
+    unit = "step" if any(h.get("rung", [])) else "session"
+    lines += ["", f"| {unit} | epochs done | winner | best val | " + "".join(f"val {n} | " for n in metric_names)
               + " | ".join(names) + " | " + " | ".join(f"{p} s" for p in h["time"]) + " |",
               "|" + "---|" * (4 + len(metric_names) + len(names) + len(h["time"]))]
     done = np.cumsum(h["epochs"])

@@ -306,8 +306,8 @@ class ProgressBar:
 
     WIDTH = 30
 
-    def __init__(self, session: int, sessions: int, member_epochs: int) -> None:
-        self.label = f"session {session + 1}/{sessions}"
+    def __init__(self, session: int, sessions: int, member_epochs: int, unit: str = "session") -> None:
+        self.label = f"{unit} {session + 1}/{sessions}"
         self.total = member_epochs
         self.done = 0
 

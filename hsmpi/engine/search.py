@@ -177,7 +177,8 @@ class Search:
         epochs = self.budget(k)
         bar = None
         if pop.config.progress and self.comm.is_root and sys.stderr.isatty():
-            bar = ProgressBar(k, len(self.schedule), len(pop.members) * epochs)
+            bar = ProgressBar(k, len(self.schedule), len(pop.members) * epochs,
+                              "step" if any(self.rungs) else "session")
         smooth = min(pop.config.smooth, epochs)
         self.earlier, self.evaluated = [], None
         try:
