@@ -61,6 +61,16 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def _resumed_equals_whole(tmp_path: Path, k: int, **options: Any) -> Path:
+    """Stop a run after session (or step) k and resume it; it must end as the same run not stopped does.
+    The uninterrupted run's results file."""
+    _stopped(tmp_path / "resumed", k, **options)
+    _run(tmp_path / "resumed", resume="auto", **options)
+    _run(tmp_path / "whole", **options)
+    _same(tmp_path / "resumed", tmp_path / "whole")
+    return tmp_path / "whole" / "results.h5"
+
+
 def _stopped(out: Path, k: int = 2, **options: Any) -> Path:
     with pytest.raises(Stopped, match=f"stopped by --stop-after after (session|step) {k}/"):
         _run(out, stop_after=k, **options)
@@ -86,11 +96,7 @@ def test_the_tpe_sampler_resumes_to_the_same_run(tmp_path: Path) -> None:
 def test_growing_sessions_resume_to_the_same_run(tmp_path: Path) -> None:
     """--session-growth: the schedule comes from the settings, so a resumed run trains the same sessions."""
     options = dict(select="truncation", session_growth=2.0, epochs=10)
-    _stopped(tmp_path / "resumed", 2, **options)
-    _run(tmp_path / "resumed", resume="auto", **options)
-    _run(tmp_path / "whole", **options)
-    _same(tmp_path / "resumed", tmp_path / "whole")
-    with h5py.File(tmp_path / "whole" / "results.h5", "r") as f:
+    with h5py.File(_resumed_equals_whole(tmp_path, 2, **options), "r") as f:
         assert list(f["history/epochs"][()]) == [1, 2, 3, 4]
 
 
@@ -98,11 +104,7 @@ def test_rungs_resume_to_the_same_run(tmp_path: Path) -> None:
     """--prune-at: a run stopped between a rung and the rest of its session, and resumed, trains the same
     steps as one that was not; the rungs restarted members (their sources in the history)."""
     options = dict(select="truncation", prune_at=0.5)
-    _stopped(tmp_path / "resumed", 3, **options)
-    _run(tmp_path / "resumed", resume="auto", **options)
-    _run(tmp_path / "whole", **options)
-    _same(tmp_path / "resumed", tmp_path / "whole")
-    with h5py.File(tmp_path / "whole" / "results.h5", "r") as f:
+    with h5py.File(_resumed_equals_whole(tmp_path, 3, **options), "r") as f:
         assert list(f["history/epochs"][()]) == [1, 1] * 4
         sources, winners = f["history/sources"][()], f["history/winner"][()]
     for k in (0, 2, 4, 6):  # each rung: the worst one (of 4) restarts from the rung's best
@@ -114,11 +116,7 @@ def test_sessions_that_end_at_a_plateau_resume_to_the_same_run(tmp_path: Path) -
     """--plateau: the epochs each session ran are in the history, so a resumed run gives the later sessions
     the same budgets as one that was not stopped; the sessions really adapted (unequal, adding up to M)."""
     options = dict(select="truncation", plateau=0.2, epochs=16)
-    _stopped(tmp_path / "resumed", 2, **options)
-    _run(tmp_path / "resumed", resume="auto", **options)
-    _run(tmp_path / "whole", **options)
-    _same(tmp_path / "resumed", tmp_path / "whole")
-    with h5py.File(tmp_path / "whole" / "results.h5", "r") as f:
+    with h5py.File(_resumed_equals_whole(tmp_path, 2, **options), "r") as f:
         epochs = f["history/epochs"][()].tolist()
     assert sum(epochs) == 16 and len(epochs) == 4 and epochs != [4] * 4, epochs
 

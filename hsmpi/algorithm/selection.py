@@ -45,6 +45,19 @@ class Winner:
         return {"name": "winner"}
 
 
+def _check_fraction(label: str, fraction: Any) -> None:
+    if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 0.5):
+        raise SelectionError(f"{label} must be in (0, 0.5], but got {fraction!r}")
+
+
+def ranked(losses: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
+    """Members from best to worst, and how many make up `fraction` of them: at least one, at most half,
+    so the top and the bottom never overlap (a donor must not copy anyone) and the winner is never at
+    the bottom.  The sort is stable on (loss, index): ties keep the lower index in front, as MINLOC does."""
+    n = len(losses)
+    return np.argsort(finite_losses(losses), kind="stable"), min(max(1, math.ceil(fraction * n)), n // 2)
+
+
 @dataclass(frozen=True)
 class Truncation:
     """PBT's truncation selection: the bottom `fraction` copies random members of the top `fraction`."""
@@ -52,16 +65,12 @@ class Truncation:
     fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 0.5):
-            raise SelectionError(f"truncation: fraction must be in (0, 0.5], but got {self.fraction!r}")
+        _check_fraction("truncation: fraction", self.fraction)
 
     def plan(self, losses: np.ndarray, winner: int, rng: np.random.Generator) -> np.ndarray:
         n = len(losses)
         sources = np.arange(n, dtype=np.int64)
-        # At most half, so the top and bottom never overlap (a donor must not copy anyone).
-        k = min(max(1, math.ceil(self.fraction * n)), n // 2)
-        # Stable sort on (loss, index): ties keep the lower index in front, as MINLOC does.
-        order = np.argsort(finite_losses(losses), kind="stable")
+        order, k = ranked(losses, self.fraction)
         top, bottom = order[:k], order[n - k:]
         for i in bottom:
             sources[i] = int(top[int(rng.integers(len(top)))])
@@ -79,15 +88,12 @@ class Prune:
     fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 0.5):
-            raise SelectionError(f"prune-fraction must be in (0, 0.5], but got {self.fraction!r}")
+        _check_fraction("prune-fraction", self.fraction)
 
     def plan(self, losses: np.ndarray, winner: int, rng: np.random.Generator) -> np.ndarray:
         n = len(losses)
         sources = np.arange(n, dtype=np.int64)
-        # At most half, so the winner (first in the order) is never among them.
-        k = min(max(1, math.ceil(self.fraction * n)), n // 2)
-        order = np.argsort(finite_losses(losses), kind="stable")  # ties as MINLOC: the lower index first
+        order, k = ranked(losses, self.fraction)
         sources[order[n - k:]] = winner
         return sources
 

@@ -101,9 +101,8 @@ def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None],
         metrics = "".join(f" | test {n} {v:.5g}" for n, v in result.test_metrics.items())
         mark = {w: " (returned)" if config.returns != "member" and result.returned == w else ""
                 for w in ("member", "average")}
-        unit = "step" if any(search.rungs) else "session"
         log(f"test loss: best member {result.member_test_loss:.5g} (member {result.best_member}, "
-            f"{unit} {result.best_session + 1}){mark['member']} | population average "
+            f"{search.unit} {result.best_session + 1}){mark['member']} | population average "
             f"{result.ensemble_test_loss:.5g} ({record['test']['ensemble_members']} members){mark['average']}"
             f"{metrics}")
         log(time_summary(record["history"]["time"], search.next_session, time.perf_counter() - start, startup))

@@ -97,7 +97,7 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         log(settings_line(search))
         if path:
             log(f"resumed from {path}: {search.next_session} of {len(search.schedule)} "
-                f"{'steps' if any(search.rungs) else 'sessions'} done")
+                f"{search.unit}s done")
         # The lineage log holds exactly the sessions the state holds (a run may have died after logging one).
         lineage.trim(config.out, search.next_session)
     if search.pending_selection and search.next_session < len(search.schedule):
@@ -110,8 +110,7 @@ def execute(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
                                  SessionLine(log, start, search.next_session)]
     stopped = run_sessions(search, observers)
     if stopped is not None:
-        raise Stopped(stopped.stop, stopped.k + 1, len(search.schedule), stopped.path,
-                      "step" if any(search.rungs) else "session")
+        raise Stopped(stopped.stop, stopped.k + 1, len(search.schedule), stopped.path, search.unit)
     result = finish(search, checkpoints, log, start, startup)
     if not result.finite_model:
         error_line = (f"no member ever had a finite validation loss in {len(search.schedule)} sessions, so "

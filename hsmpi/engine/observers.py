@@ -304,8 +304,7 @@ class SessionLine:
         best = f"best val {h.winner_loss[k]:.5g} (member {h.winner[k]})" if objective.is_loss else (
             f"best val {objective.name} {objective.value(h.winner_score[k]):.5g} (member {h.winner[k]}, "
             f"loss {h.winner_loss[k]:.5g})")
-        step = "step" if any(search.rungs) else "session"  # with rungs, two steps a session
-        line = (f"{step} {k + 1}/{len(schedule)} | epochs {done}/{total} | {best} | {hp} | {t.sum():.2f}s "
+        line = (f"{search.unit} {k + 1}/{len(schedule)} | epochs {done}/{total} | {best} | {hp} | {t.sum():.2f}s "
                 f"(train {t[0]:.2f}, val {t[1]:.2f}, share {t[2:5].sum():.3f}, "
                 f"checkpoint {f'{t[CHECKPOINT]:.3f}' if end.saved else 'not due'}"
                 f"{f', the one before written in {end.written:.2f} in the background' if end.written else ''}) | "

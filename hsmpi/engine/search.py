@@ -150,6 +150,11 @@ class Search:
         self.objective = task_objective(self.population.task, c.objective, c.direction)
         self.history.objective = self.objective
 
+    @property
+    def unit(self) -> str:
+        """What the loop's steps are called to the user: sessions, or steps with rungs (two a session)."""
+        return "step" if any(self.rungs) else "session"
+
     @classmethod
     def start(cls, population: Population, schedule: list[int] | None = None) -> Search:
         """Step 1: sample S hyperparameter sets, one from each member's own stream, and build the members.
@@ -177,8 +182,7 @@ class Search:
         epochs = self.budget(k)
         bar = None
         if pop.config.progress and self.comm.is_root and sys.stderr.isatty():
-            bar = ProgressBar(k, len(self.schedule), len(pop.members) * epochs,
-                              "step" if any(self.rungs) else "session")
+            bar = ProgressBar(k, len(self.schedule), len(pop.members) * epochs, self.unit)
         smooth = min(pop.config.smooth, epochs)
         self.earlier, self.evaluated = [], None
         try:
@@ -281,8 +285,8 @@ class Search:
                                     seen),
                 space=self.space, selection_rng=self.streams.selection, hparam_rngs=self.streams.hparams,
                 islands=self.islands, session=None if rung else k - sum(self.rungs[:k]))
-            pruned = [i for i, s in enumerate(plan.sources) if s != i]
             if rung and not plan.note:  # (a rung where every member diverged keeps ALL_DIVERGED's note)
+                pruned = [i for i, s in enumerate(plan.sources) if s != i]
                 donor = "their island's best" if self.islands else f"member {winner}"
                 who = (f"member {pruned[0]} restarts" if len(pruned) == 1 else
                        f"members {', '.join(map(str, pruned))} restart" if pruned else "no member restarts")
