@@ -34,6 +34,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "objective-loss": {"objective": "loss"},  # select on the validation loss, as the baselines and the tables do
     "plateau-0.01": {"plateau": 0.01},  # a session ends once its best improves by under 1% in an epoch
     "plateau-0.03": {"plateau": 0.03},  # ... under 3%
+    "independent-init": {"independent_init": True},  # every member starts from its own random weights
+    "m3": {"sessions": 3},  # three sessions of 10 epochs at M = 30 (fewer, longer exploitation steps)
 }
 
 
