@@ -161,3 +161,27 @@ def test_benchmark_refuses_propulate_on_one_rank(tmp_path: Path) -> None:
            "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert done.returncode == 2 and "Propulate needs at least 2 MPI ranks" in done.stderr
+
+
+def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """benchmarks.quality.margins replays --returns auto from results files: at AUTO_MARGIN it must return what
+    each run returned, and with a margin of +inf (never the average) and -1e6 (always) the two candidates."""
+    import hsmpi
+    from benchmarks.quality import margins
+    from hsmpi.engine.average import AUTO_MARGIN
+
+    returned = {}
+    for seed in (0, 1, 2):
+        r = hsmpi.run("regression1d", population=4, epochs=4, sessions=2, seed=seed, threads=1, log=None,
+                      out=str(tmp_path / f"seed{seed}"), export_top=0)
+        returned[seed] = (r.test_loss, r.member_test_loss, r.ensemble_test_loss)
+    hsmpi.run("regression1d", population=4, epochs=4, sessions=2, seed=9, threads=1, log=None, returns="member",
+              out=str(tmp_path / "member"), export_top=0)  # not an `auto` run: left out
+    runs = margins.read(str(tmp_path / "*" / "results.h5"))
+    assert list(runs) == [("regression1d", 4)] and sorted(runs["regression1d", 4]) == [0, 1, 2]
+    margins.main([str(tmp_path / "*" / "results.h5"), "--margins", str(AUTO_MARGIN), "inf", "-1000000.0"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
+    median = lambda i: float(np.median([v[i] for v in returned.values()]))  # noqa: E731
+    assert [float(c) for c in cells] == pytest.approx([median(0), median(1), median(2)], rel=1e-3)
