@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -185,3 +186,9 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
     cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
     median = lambda i: float(np.median([v[i] for v in returned.values()]))  # noqa: E731
     assert [float(c) for c in cells] == pytest.approx([median(0), median(1), median(2)], rel=1e-3)
+    for seed in (0, 1, 2):  # the paired replay rebuilds the population: its mean is the file's two scores' gap
+        path = tmp_path / f"seed{seed}" / "results.h5"
+        with h5py.File(path, "r") as f:
+            gap = float(f["test/ensemble_val_loss"][()] - f["test/member_val_cv"][()])
+        mean, error = margins.paired(str(path))
+        assert mean == pytest.approx(gap, rel=1e-4, abs=1e-7) and error > 0
