@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hsmpi.config import Config
-from hsmpi.engine import signals
+from hsmpi.engine import signals, snapshot
 from hsmpi.engine.history import CHECKPOINT
 from hsmpi.engine.population import NO_WRITER
 from hsmpi.engine.search import Search, SessionEnd
@@ -126,10 +126,11 @@ class Checkpoints:
         comm, pop = search.comm, search.population
         generation = comm.bcast(fresh_folder_name(k + 1) if comm.is_root else None)
         gathered = comm.gather([(m.index, m.rng_state_dict()) for m in pop.members])
-        manifest = search.manifest(k, [x for part in gathered for x in part]) if gathered is not None else None
+        streams = None if gathered is None else [x for part in gathered for x in part]
+        manifest = snapshot.manifest(search, k, streams) if streams is not None else None
         what = "the final checkpoint" if k == len(search.schedule) - 1 else f"the checkpoint after session {k + 1}"
         pending = _Pending(k, generation, manifest, what)
-        states = search.stored_states(k)
+        states = snapshot.stored_states(search, k)
         if states:
             if background:
                 pending.start(self.config.out, checkpoint.shard_file(generation, comm.rank), states, pop.buffer)

@@ -10,12 +10,12 @@ holds every member's current hyperparameters, the random streams they are
 drawn from and the history; it decides the plan.  The donors' owners
 broadcast their state (hsmpi.parallel.share); the best state so far is kept
 by the rank that owns that member, and every rank writes its own members'
-states to checkpoints (hsmpi.engine.observers.Checkpoints).
+states to checkpoints (hsmpi.engine.snapshot, written by
+hsmpi.engine.observers.Checkpoints).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -26,19 +26,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hsmpi import __version__
 from hsmpi.algorithm.plan import BEST_EVER, RUNG, Plan, is_new_best, plan_session, sampler_for
 from hsmpi.algorithm.sampling import TPE, make_sampler
 from hsmpi.algorithm.selection import Islands, Prune, make_selection
-from hsmpi.algorithm.space import HParams, describe_space, sample_space
+from hsmpi.algorithm.space import HParams, sample_space
 from hsmpi.algorithm.streams import SearchStreams
 from hsmpi.config import session_epochs, with_rungs
+from hsmpi.engine import snapshot
 from hsmpi.engine.history import PHASES, Best, History
 from hsmpi.engine.population import Population, ProgressBar
-from hsmpi.errors import agree
-from hsmpi.io import checkpoint
-from hsmpi.parallel.flatstate import header_from_json
-from hsmpi.parallel.share import Holder, Saved, load_saved, share_state
+from hsmpi.parallel.share import Saved, share_state
 from hsmpi.tasks import task_objective
 
 
@@ -347,6 +344,11 @@ class Search:
         self.holdout_losses = {}
         return float(self.comm.bcast(mine, root=owner))
 
+    def load_state_dict(self, ckpt: dict[str, Any] | None, path: str = "") -> None:
+        """Continue from the checkpoint at `path`, on any layout (collective; `ckpt`, its manifest, is read
+        on rank 0): hsmpi.engine.snapshot.restore."""
+        snapshot.restore(self, ckpt, path)
+
     def record_times(self, times: np.ndarray) -> None:
         """Every rank's phase times for the session, to rank 0's history."""
         gathered = self.comm.gather(times)
@@ -369,131 +371,6 @@ class Search:
             self.resample(plan)
         self.record_times(clock.times)
 
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def best_key(self, k: int) -> str:
-        """Under which key the checkpoint after session k stores the best state: the winner's own index
-        when it is this session's winner and still holds exactly that state (stored once), else "best"."""
-        b = self.best
-        if b.session == k and b.session >= 0 and int(self.last_sources[b.member]) == b.member:
-            return str(b.member)
-        return "best"
-
-    def stored_states(self, k: int) -> dict[str, Holder | Saved]:
-        """The states this rank writes to the checkpoint after session k, by key.
-
-        After the share step, members that copied a donor hold exactly its
-        state, so one copy per distinct state is stored, by the rank that owns
-        the member holding it: one in all under the winner rule, whatever S is.
-        """
-        pop = self.population
-        ids = set(state_ids(self.last_sources).tolist())
-        states: dict[str, Holder | Saved] = {str(i): pop.local[i] for i in sorted(ids) if i in pop.local}
-        key = self.best_key(k)
-        if self.best.state is not None and (key == "best" or key in states):
-            states[key] = self.best.state  # the same bytes as the winner's, copied already: no second copy
-        return states
-
-    def manifest(self, k: int, streams: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, Any]:
-        """Rank 0: the checkpoint's manifest after session k, but for its shards (`streams`: every member's
-        random streams, by index)."""
-        assert self.streams is not None
-        pop, c = self.population, self.population.config
-        rngs = [r for _, r in sorted(streams, key=lambda x: x[0])]
-        members: dict[str, Any] = {"state_id": state_ids(self.last_sources),
-                                   "hparams": np.array(json.dumps(self.hparams), dtype=object),  # S can be large
-                                   "data_rng": np.stack([r["data"] for r in rngs]),
-                                   "torch_rng": np.stack([r["torch"] for r in rngs])}
-        if "cuda" in rngs[0]:
-            members["cuda_rng"] = np.stack([r["cuda"] for r in rngs])
-        best = self.best
-        return {
-            "hsmpi_version": __version__, "next_session": k + 1, "task": c.task, "population": pop.size,
-            "config": json.dumps(c.to_dict()), "space": json.dumps(describe_space(self.space)),
-            "best_val_loss": float(best.score), "pending_selection": bool(k == len(self.schedule) - 1),
-            "members": members, "root_rng": self.streams.state_dict(), "history": self.history.state_dict(),
-            "best": {"val_loss": float(best.score), "session": best.session, "member": best.member,
-                     "hparams": json.dumps(best.hparams), "key": self.best_key(k)},
-        }
-
-    def load_state_dict(self, ckpt: dict[str, Any] | None, path: str = "") -> None:
-        """Continue from the checkpoint at `path` (collective; its manifest `ckpt` is read on rank 0), on any
-        layout.
-
-        Each rank reads the stored states its members hold, and the best state
-        if it owns that member, from whichever shard holds them; no rank reads
-        everything.  Each member's hyperparameters and random streams come from
-        rank 0.  (A checkpoint from before shards has every state in `ckpt`:
-        rank 0 sends each to the members that hold it.)
-        """
-        comm, pop = self.comm, self.population
-        ck: dict[str, Any] = ckpt if ckpt is not None else {}  # read on rank 0 only
-        root = comm.is_root
-        if root:
-            b = ck["best"]
-            key = str(b["key"]) if "key" in b else "best"
-            record = (float(b["val_loss"]), int(b["session"]), int(b["member"]), key)
-        info = comm.bcast((ck["next_session"], ck["pending_selection"], ck["members"]["state_id"], record,
-                           checkpoint.shard_index(ck) if "shards" in ck else None, path) if root else None)
-        self.next_session, self.pending_selection, ids, (score, session, member, best_key), index, path = info
-        self.last_sources = np.asarray(ids, dtype=np.int64)
-        self.best = Best(score, session, member, json.loads(ck["best"]["hparams"]) if root else {})
-        hparams = json.loads(ck["members"]["hparams"]) if root else []
-        mine = comm.scatter(pop.per_rank(hparams) if root else None)
-        if index is not None:
-            self._read_states(path, index, ids, best_key)
-        else:
-            self._receive_states(ck, ids)
-        for m in pop.members:
-            m.set_hparams(mine[m.index])
-        streams = None
-        if root:
-            mem, cuda = ck["members"], ck["members"].get("cuda_rng")
-            streams = pop.per_rank([{"data": mem["data_rng"][i], "torch": mem["torch_rng"][i],
-                                     "cuda": None if cuda is None else cuda[i]} for i in range(pop.size)])
-        mine_streams = comm.scatter(streams)
-        for m in pop.members:
-            m.load_rng_state_dict(mine_streams[m.index])
-        if root:
-            assert self.streams is not None
-            self.hparams = hparams
-            self.streams.load_state_dict(ck["root_rng"])
-            self.history = History.from_state_dict(ck["history"], self.space, self.objective)
-        self.done = int(comm.bcast(sum(self.history.epochs) if root else None))  # what --plateau's budget needs
-
-    def _read_states(self, path: str, index: dict[str, Any], ids: np.ndarray, best_key: str) -> None:
-        """Each rank reads what its members hold, and its owner the best state, from the shards."""
-        pop = self.population
-        wanted = {m.index: "best" if ids[m.index] == BEST_EVER else str(int(ids[m.index])) for m in pop.members}
-        keys = sorted(set(wanted.values()) | ({best_key} if self.best.member in pop.local else set()))
-        error, read = None, {}
-        try:
-            for key in keys:
-                header, data = checkpoint.read_state(path, index, key)
-                read[key] = Saved(header_from_json(header), data)
-        except checkpoint.CheckpointError as err:
-            error = str(err)
-        agree(self.comm, error, checkpoint.CheckpointError)
-        for key, saved in read.items():
-            load_saved(pop.buffer, saved, [m for m in pop.members if wanted[m.index] == key])
-        if self.best.member in pop.local:
-            self.best.state = read[best_key]
-
-    def _receive_states(self, ck: dict[str, Any], ids: np.ndarray) -> None:
-        """A checkpoint from before shards: rank 0 sends each stored state to the members that hold it, and
-        the best state to its owner."""
-        comm, pop = self.comm, self.population
-        keys = comm.bcast(sorted(ck["states"], key=int) if comm.is_root else None)
-        for key in keys + ["best"]:
-            sid = BEST_EVER if key == "best" else int(key)
-            saved = None
-            if comm.is_root:
-                entry = ck["best"] if key == "best" else ck["states"][key]
-                saved = Saved(header_from_json(entry["header"]), np.asarray(entry["bytes"], dtype=np.uint8))
-            keep_on = pop.owner(self.best.member) if key == "best" else None
-            kept = share_state(comm, pop.buffer, 0, saved, [m for m in pop.members if ids[m.index] == sid], keep_on)
-            if kept is not None:
-                self.best.state = kept
-
 
 def _improved(before: float, after: float, fraction: float) -> bool:
     """Did the best score (lower is better) fall by at least `fraction` of its size?  A first finite score
@@ -501,8 +378,3 @@ def _improved(before: float, after: float, fraction: float) -> bool:
     if not math.isfinite(after):
         return False
     return not math.isfinite(before) or before - after >= fraction * abs(before) and after < before
-
-
-def state_ids(sources: np.ndarray) -> np.ndarray:
-    """Which stored state each member holds: its own index, its donor's, or BEST_EVER."""
-    return np.array([int(s) for s in sources], dtype=np.int64)
