@@ -18,7 +18,8 @@ import pytest
 
 from hsmpi.cli import UsageError, interval_arg, parse
 from hsmpi.cli.options import MARKERS, build_parser, help_text, main, markdown_table, read_toml, toml_field
-from hsmpi.config import GROUPS, Config, layout, options, resolve_population, session_epochs, with_rungs
+from hsmpi.config import GROUPS, Config, options
+from hsmpi.schedule import layout, resolve_population, session_epochs, with_rungs
 from hsmpi.tasks import Objective, task_objective
 
 from conftest import ROOT

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from hsmpi.algorithm.space import HParams, SpaceError, check_hparams
-from hsmpi.config import Config, layout, resolve_population
+from hsmpi.config import Config
 from hsmpi.engine import vectorize
 from hsmpi.engine.data import Data
 from hsmpi.engine.device import pick_device, set_threads
@@ -27,6 +27,7 @@ from hsmpi.engine.member import Member
 from hsmpi.errors import SetupError, agree
 from hsmpi.parallel import flatstate
 from hsmpi.parallel.comm import SerialComm
+from hsmpi.schedule import layout, resolve_population
 from hsmpi.tasks import TaskError, task_loss, task_metrics, task_objective
 from hsmpi.text import clean
 

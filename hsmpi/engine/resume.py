@@ -12,9 +12,10 @@ import sys
 from typing import Any
 
 from hsmpi.algorithm.space import describe_space
-from hsmpi.config import Config, resolve_population, session_epochs, with_rungs
+from hsmpi.config import Config
 from hsmpi.io import checkpoint
 from hsmpi.parallel.comm import SerialComm
+from hsmpi.schedule import resolve_population, session_epochs, with_rungs
 from hsmpi.text import say
 
 # Settings a resumed run must share with its checkpoint (the rest may change, e.g. -m and -M to extend it).

@@ -31,11 +31,11 @@ from hsmpi.algorithm.sampling import TPE, make_sampler
 from hsmpi.algorithm.selection import Islands, Prune, make_selection
 from hsmpi.algorithm.space import HParams, sample_space
 from hsmpi.algorithm.streams import SearchStreams
-from hsmpi.config import session_epochs, with_rungs
 from hsmpi.engine import snapshot
 from hsmpi.engine.history import PHASES, Best, History
 from hsmpi.engine.population import Population, ProgressBar
 from hsmpi.parallel.share import Saved, share_state
+from hsmpi.schedule import session_epochs, with_rungs
 from hsmpi.tasks import task_objective
 
 
