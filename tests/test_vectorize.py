@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from hsmpi import LogUniform, Uniform
 from hsmpi.engine import batched, vectorize
+from hsmpi.engine.batched import reason_not_to
 from hsmpi.engine.data import Data
 from hsmpi.engine.member import Member
 
@@ -65,7 +66,7 @@ def test_vectorised_matches_one_at_a_time(opt: str, trained_first: bool) -> None
     torch.set_num_threads(1)
     members, data = _members(opt, trained_first)
     twins = copy.deepcopy(members)
-    assert vectorize.reason_not_to(members, data) is None
+    assert reason_not_to(members, data) is None
     batched = vectorize.train(members, data, epochs=3)
     one_by_one = [m.train(data, 3) for m in twins]
     assert batched == pytest.approx(one_by_one, rel=1e-4)
@@ -124,30 +125,30 @@ class _Listy(Dataset):
 
 def test_fallback_reasons() -> None:
     members, data = _members("adam", trained_first=False)
-    assert "one member" in vectorize.reason_not_to(members[:1], data)
-    assert "TensorDataset" in vectorize.reason_not_to(members, Data(_Listy(data.dataset), CPU))
+    assert "one member" in reason_not_to(members[:1], data)
+    assert "TensorDataset" in reason_not_to(members, Data(_Listy(data.dataset), CPU))
     with_dropout = [Member.create(TinyAdam(), i, {"lr": 0.01, "beta1": 0.9}, 0, CPU) for i in range(2)]
-    assert vectorize.reason_not_to(with_dropout, data) is None
+    assert reason_not_to(with_dropout, data) is None
     alpha = copy.deepcopy(members)
     for m in alpha:
         m.model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.AlphaDropout(0.1), torch.nn.Linear(4, 1))
-    assert "AlphaDropout" in vectorize.reason_not_to(alpha, data)
+    assert "AlphaDropout" in reason_not_to(alpha, data)
     shaped = copy.deepcopy(members)
     shaped[1].model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    assert "differ" in vectorize.reason_not_to(shaped, data)
+    assert "differ" in reason_not_to(shaped, data)
     rates = [Member.create(TinyAdam(), i, {"lr": 0.01, "beta1": 0.9}, 0, CPU) for i in range(2)]
     rates[1].model[2].p = 0.3  # a member's own dropout rate
-    assert "dropout or normalisation settings" in vectorize.reason_not_to(rates, data)
+    assert "dropout or normalisation settings" in reason_not_to(rates, data)
     rms = copy.deepcopy(members)
     for m in rms:
         m.optimizer = torch.optim.RMSprop(m.model.parameters(), lr=0.01)
-    assert "RMSprop" in vectorize.reason_not_to(rms, data)
+    assert "RMSprop" in reason_not_to(rms, data)
     sizes = copy.deepcopy(members)
     sizes[0].hp["batch_size"] = 8
-    assert "batch sizes" in vectorize.reason_not_to(sizes, data)
+    assert "batch sizes" in reason_not_to(sizes, data)
     ams = copy.deepcopy(members)
     ams[1].optimizer.param_groups[0]["amsgrad"] = True
-    assert "amsgrad" in vectorize.reason_not_to(ams, data)
+    assert "amsgrad" in reason_not_to(ams, data)
 
 
 def test_fallback_for_frozen_or_partly_optimized_models() -> None:
@@ -155,11 +156,11 @@ def test_fallback_for_frozen_or_partly_optimized_models() -> None:
     frozen = copy.deepcopy(members)
     for m in frozen:
         m.model[0].weight.requires_grad_(False)
-    assert "frozen" in vectorize.reason_not_to(frozen, data)
+    assert "frozen" in reason_not_to(frozen, data)
     subset = copy.deepcopy(members)
     for m in subset:
         m.optimizer = torch.optim.Adam(list(m.model.parameters())[2:], lr=0.01)
-    assert "exactly the model's parameters" in vectorize.reason_not_to(subset, data)
+    assert "exactly the model's parameters" in reason_not_to(subset, data)
 
 
 def test_adam_with_decoupled_weight_decay_is_batched_as_adamw() -> None:
@@ -247,7 +248,7 @@ def test_batchnorm_is_batched_and_matches_one_at_a_time(cnn: bool) -> None:
     torch.set_num_threads(1)
     members, data = _normed(cnn)
     twins = copy.deepcopy(members)
-    assert vectorize.reason_not_to(members, data) is None
+    assert reason_not_to(members, data) is None
     stack = vectorize.Stack(members, data)
     batched = stack.train(data, epochs=3)
     assert batched == pytest.approx([m.train(data, 3) for m in twins], rel=1e-4)
@@ -369,7 +370,7 @@ def test_a_model_vmap_cannot_run_falls_back_with_its_reason() -> None:
     task = ItemModel()
     data = Data(task.data(0)[0], CPU)
     members = [Member.create(task, i, {"lr": 0.01, "beta1": 0.9}, 0, CPU) for i in range(2)]
-    assert vectorize.reason_not_to(members, data) is None
+    assert reason_not_to(members, data) is None
     before = [p.clone() for p in members[0].model.parameters()]
     with pytest.raises(vectorize.Unbatchable, match="vmap cannot batch the model"):
         vectorize.Stack(members, data)

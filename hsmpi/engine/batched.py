@@ -1,24 +1,84 @@
-"""The batched forward's parts that are not the stack: dropout masks by hash, and the direct path.
+"""The batched path's parts that are not the stack: which members it takes, dropout masks, the direct path.
 
-`Masks` gives every member its own dropout masks from a counter-based hash of
-the member's key of the epoch, the step and the layer, so a member's masks do
-not depend on which members share its rank.  `direct_layers` recognises a
-Sequential of Linear layers, elementwise activations, Flatten and Dropout,
-which `direct_forward` runs for all members at once as batched matrix
-products, without `vmap`; `template_of` is the copy of a model that
-`functional_call` runs under `vmap` for anything else.
+`reason_not_to` says why a rank's members cannot be trained as one batched
+model (None when they can).  `Masks` gives every member its own dropout
+masks from a counter-based hash of the member's key of the epoch, the step
+and the layer, so a member's masks do not depend on which members share its
+rank.  `direct_layers` recognises a Sequential of Linear layers, elementwise
+activations, Flatten and Dropout, which `direct_forward` runs for all members
+at once as batched matrix products, without `vmap`; `template_of` is the copy
+of a model that `functional_call` runs under `vmap` for anything else.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
+
+from hsmpi.engine.data import Data
+from hsmpi.engine.member import Member
+
+SUPPORTED = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}  # batched optimizers
 
 # Dropout kinds with their mask's shape: elementwise, or one draw per channel (the dims after batch, channel).
 DROPOUTS = {torch.nn.Dropout: 0, torch.nn.Dropout1d: 1, torch.nn.Dropout2d: 2, torch.nn.Dropout3d: 3}
 _M32 = 0xFFFFFFFF
+
+
+def reason_not_to(members: list[Member], data: Data) -> str | None:
+    """Why these members cannot be trained as one batched model (None: they can, as far as can be told
+    without running the model; `Stack` tries one batched step and raises `Unbatchable` if it fails)."""
+    if len(members) < 2:
+        return "one member on this rank"
+    model, opt, task = members[0].model, members[0].optimizer, members[0].task
+    if getattr(task, "train_step", None) is not None:
+        return "the task has its own train_step"
+    if getattr(task, "scheduler", None) is not None:
+        return "the task has a learning-rate scheduler"
+    if data.tensors is None:
+        return "the training data is not a TensorDataset"
+    other = next((type(m).__name__ for m in model.modules()
+                  if isinstance(m, torch.nn.modules.dropout._DropoutNd) and type(m) not in DROPOUTS), None)
+    if other is not None:
+        return f"the model uses {other}; Dropout and Dropout1d/2d/3d are batched"
+    kinds = {type(m.optimizer) for m in members}
+    if len(kinds) != 1 or type(opt) not in SUPPORTED:
+        return f"the optimizer is {', '.join(sorted(k.__name__ for k in kinds))}; SGD, Adam and AdamW are batched"
+    params = list(model.parameters())
+    if not params or not all(p.requires_grad for p in params):
+        return "some of the model's parameters are frozen (requires_grad=False)"
+    if len({p.dtype for p in params}) != 1:
+        return "the model's parameters have several dtypes"
+    shapes = _shapes(model)
+    for m in members:
+        if _shapes(m.model) != shapes:
+            return ("members' models differ in their parameters, buffers, dropout or normalisation settings "
+                    "(a hyperparameter shapes the model)")
+        if len(m.optimizer.param_groups) != 1:
+            return "the optimizer has several parameter groups"
+        if [id(p) for p in m.optimizer.param_groups[0]["params"]] != [id(p) for p in m.model.parameters()]:
+            return "the optimizer does not train exactly the model's parameters, in order"
+        g = m.optimizer.param_groups[0]
+        if g.get("maximize") or g.get("amsgrad") or g.get("differentiable") or g.get("capturable"):
+            return "the optimizer uses maximize, amsgrad, differentiable or capturable"
+        if len({bool(x.optimizer.param_groups[0].get("decoupled_weight_decay")) for x in members}) != 1:
+            return "members mix Adam with and without decoupled weight decay"
+    if len({m.batch_size for m in members}) != 1:
+        return "members have different batch sizes this session"
+    return None
+
+
+def _shapes(model: torch.nn.Module) -> list[tuple[Any, ...]]:
+    """What the batched forward takes from the first member for all: the shapes of parameters and buffers,
+    and the settings of dropout and normalisation layers."""
+    entries = list(model.named_parameters()) + list(model.named_buffers())
+    settings = [(n, type(m).__name__, getattr(m, "p", None), getattr(m, "momentum", None), getattr(m, "eps", None))
+                for n, m in model.named_modules()
+                if isinstance(m, (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase))]
+    return [(n, tuple(t.shape), t.dtype) for n, t in entries] + settings
 
 
 def mix(x: torch.Tensor) -> torch.Tensor:

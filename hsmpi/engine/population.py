@@ -20,7 +20,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from hsmpi.algorithm.space import HParams, SpaceError, check_hparams
 from hsmpi.config import Config
-from hsmpi.engine import vectorize
+from hsmpi.engine import batched, vectorize
 from hsmpi.engine.data import Data
 from hsmpi.engine.device import pick_device, set_threads
 from hsmpi.engine.member import Member
@@ -122,7 +122,7 @@ class Population:
         mode = self.config.vectorize
         if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
             return None
-        reason = vectorize.reason_not_to(self.members, self.data["train"])
+        reason = batched.reason_not_to(self.members, self.data["train"])
         if reason is None and isinstance(self._stack, str):
             reason = self._stack  # vmap could not batch the model: it will not now either
         elif reason is None and not (isinstance(self._stack, vectorize.Stack) and self._stack.holds(self.members)):

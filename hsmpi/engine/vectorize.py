@@ -22,8 +22,8 @@ direct path for plain Sequential MLPs, are in hsmpi.engine.batched).
 
 Applies to SGD, Adam and AdamW with one parameter group, TensorDataset data,
 one batch size for all members, and any model `vmap` can run.  Anything else
-trains one member at a time, and `reason_not_to` (or the `Unbatchable` a
-`Stack` raises) says why.
+trains one member at a time, and hsmpi.engine.batched's `reason_not_to` (or
+the `Unbatchable` a `Stack` raises) says why.
 """
 
 from __future__ import annotations
@@ -35,70 +35,15 @@ from typing import Any
 import torch
 from torch.func import functional_call, vmap
 
-from hsmpi.engine.batched import DROPOUTS, Masks, direct_forward, direct_layers, template_of
+from hsmpi.engine.batched import DROPOUTS, SUPPORTED, Masks, direct_forward, direct_layers, template_of
 from hsmpi.engine.data import Data, epoch_sum
 from hsmpi.engine.member import Member
 from hsmpi.parallel import flatstate
 from hsmpi.tasks import task_loss, task_metrics
 
-SUPPORTED = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
-
 
 class Unbatchable(ValueError):
     """These members cannot be trained as one batched model (the message says why)."""
-
-
-def reason_not_to(members: list[Member], data: Data) -> str | None:
-    """Why these members cannot be trained as one batched model (None: they can, as far as can be told
-    without running the model; `Stack` tries one batched step and raises `Unbatchable` if it fails)."""
-    if len(members) < 2:
-        return "one member on this rank"
-    model, opt, task = members[0].model, members[0].optimizer, members[0].task
-    if getattr(task, "train_step", None) is not None:
-        return "the task has its own train_step"
-    if getattr(task, "scheduler", None) is not None:
-        return "the task has a learning-rate scheduler"
-    if data.tensors is None:
-        return "the training data is not a TensorDataset"
-    other = next((type(m).__name__ for m in model.modules()
-                  if isinstance(m, torch.nn.modules.dropout._DropoutNd) and type(m) not in DROPOUTS), None)
-    if other is not None:
-        return f"the model uses {other}; Dropout and Dropout1d/2d/3d are batched"
-    kinds = {type(m.optimizer) for m in members}
-    if len(kinds) != 1 or type(opt) not in SUPPORTED:
-        return f"the optimizer is {', '.join(sorted(k.__name__ for k in kinds))}; SGD, Adam and AdamW are batched"
-    params = list(model.parameters())
-    if not params or not all(p.requires_grad for p in params):
-        return "some of the model's parameters are frozen (requires_grad=False)"
-    if len({p.dtype for p in params}) != 1:
-        return "the model's parameters have several dtypes"
-    shapes = _shapes(model)
-    for m in members:
-        if _shapes(m.model) != shapes:
-            return ("members' models differ in their parameters, buffers, dropout or normalisation settings "
-                    "(a hyperparameter shapes the model)")
-        if len(m.optimizer.param_groups) != 1:
-            return "the optimizer has several parameter groups"
-        if [id(p) for p in m.optimizer.param_groups[0]["params"]] != [id(p) for p in m.model.parameters()]:
-            return "the optimizer does not train exactly the model's parameters, in order"
-        g = m.optimizer.param_groups[0]
-        if g.get("maximize") or g.get("amsgrad") or g.get("differentiable") or g.get("capturable"):
-            return "the optimizer uses maximize, amsgrad, differentiable or capturable"
-        if len({bool(x.optimizer.param_groups[0].get("decoupled_weight_decay")) for x in members}) != 1:
-            return "members mix Adam with and without decoupled weight decay"
-    if len({m.batch_size for m in members}) != 1:
-        return "members have different batch sizes this session"
-    return None
-
-
-def _shapes(model: torch.nn.Module) -> list[tuple[Any, ...]]:
-    """What the batched forward takes from the first member for all: the shapes of parameters and buffers,
-    and the settings of dropout and normalisation layers."""
-    entries = list(model.named_parameters()) + list(model.named_buffers())
-    settings = [(n, type(m).__name__, getattr(m, "p", None), getattr(m, "momentum", None), getattr(m, "eps", None))
-                for n, m in model.named_modules()
-                if isinstance(m, (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase))]
-    return [(n, tuple(t.shape), t.dtype) for n, t in entries] + settings
 
 
 def _kind(optimizer: torch.optim.Optimizer) -> str:
