@@ -37,6 +37,7 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 VectorizeMode = Literal["auto", "on", "off"]
 DirectionName = Literal["minimize", "maximize"]
 ReturnsName = Literal["member", "average", "auto"]
+TieBreakName = Literal["index", "loss"]
 
 DEVICES: tuple[str, ...] = get_args(DeviceName)
 VECTORIZE: tuple[str, ...] = get_args(VectorizeMode)
@@ -198,6 +199,11 @@ class Search(_Group):
     direction: DirectionName | None = _field(
         None, "whether the objective is minimised or maximised",
         means="minimize for a loss the settings name, else the task's direction attribute, else minimize")
+    tie_break: TieBreakName = _field(
+        "index",
+        "how members whose objective scores are equal are ranked, for the winner, selection and the returned "
+        "model: `index` (the lower member index first, as MINLOC does) or `loss` (the lower validation loss "
+        "first; a metric such as accuracy on a small split ties often); no effect when the objective is the loss")
 
     def __post_init__(self) -> None:
         _check_fields(self, Search)

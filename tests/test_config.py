@@ -38,7 +38,8 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, ses
                 smooth=1,  # and this with smoothed selection
                 islands=1, migrate_every=2,  # and these with sub-populations
                 prune_at=None, prune_fraction=0.25,  # and these with rungs
-                plateau=None)  # and this with sessions that end at a plateau
+                plateau=None,  # and this with sessions that end at a plateau
+                tie_break="index")  # and this with ties broken by the loss
 
 
 def test_defaults_are_valid() -> None:
@@ -148,6 +149,7 @@ BAD = [
     ({"sampler": None}, r"sampler must be one of .*None"),
     ({"select": "tournament"}, r"select must be one of \['winner', 'truncation'\], but got 'tournament'"),
     ({"select": ""}, r"select must be one of .*''"),
+    ({"tie_break": "metric"}, r"tie-break must be one of \['index', 'loss'\], but got 'metric'"),
     ({"radius": 0}, r"urs: radius must be in \(0, 1\], but got 0"),
     ({"radius": -0.1}, r"urs: radius must be in \(0, 1\], but got -0\.1"),
     ({"radius": 1.5}, r"urs: radius must be in \(0, 1\], but got 1\.5"),

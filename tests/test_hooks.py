@@ -27,6 +27,7 @@ from hsmpi.tasks import TaskError
 
 from tasks_for_tests import (
     BadDirection,
+    Coarse,
     ItemData,
     MetricNotScalar,
     NaNMetric,
@@ -147,6 +148,42 @@ def test_the_loss_named_on_a_task_that_maximises_a_metric_is_minimised(tmp_path:
         val, winners = f["history/val_loss"][()], f["history/winner"][()]
         assert all(val[k, w] == np.nanmin(val[k]) for k, w in enumerate(winners))
     assert named.test_loss == plain.test_loss and named.best_member == plain.best_member
+
+
+@pytest.mark.parametrize("tie_break", ["index", "loss"])
+def test_equal_scores_are_ranked_by_the_tie_break(tmp_path: Path, tie_break: str) -> None:
+    """A metric that ties often: each session's winner is the first of the best by index, or (`loss`) the
+    one of them with the lowest validation loss; truncation's bottom quarter is the last in the same order."""
+    result, _ = _run(tmp_path, Coarse(), population=8, epochs=8, sessions=4, tie_break=tie_break, export_top=3,
+                     returns="average", average_top=3)
+    with h5py.File(tmp_path / "results.h5") as f:
+        within, val = f["history/metrics/within"][()], f["history/val_loss"][()]
+        winners, sources = f["history/winner"][()], f["history/sources"][()]
+    tied = [np.flatnonzero(row == row.max()) for row in within]
+    assert max(len(t) for t in tied) >= 2, "the metric must tie for the test to say anything"
+    for k, members in enumerate(tied):
+        expected = members[np.argmin(val[k, members])] if tie_break == "loss" else members[0]
+        assert winners[k] == expected, k
+        second = val[k] if tie_break == "loss" else np.zeros(8)
+        order = np.lexsort((np.arange(8), second, -within[k]))
+        copied = np.flatnonzero(sources[k] != np.arange(8))
+        if k < len(tied) - 1:  # the last session copies no one
+            assert sorted(copied) == sorted(order[-2:]), k  # ceil(0.25 x 8) = 2
+            assert set(sources[k][copied]) <= set(order[:2]), k
+    assert result.best_member == winners[-1]
+    top = json.loads((tmp_path / "top.json").read_text())  # the exports and the average follow the same order
+    assert [t["member"] for t in top["top"]] == list(order[:3])
+    assert top["average"]["members"] == sorted(order[:3])
+    if tie_break == "loss":
+        index, _ = _run(tmp_path / "index", Coarse(), population=8, epochs=8, sessions=4)
+        assert index.best_member != result.best_member or index.test_loss != result.test_loss, \
+            "with ties at the top, breaking them by the loss changes the run"
+
+
+def test_the_tie_break_changes_nothing_when_the_objective_is_the_loss(tmp_path: Path) -> None:
+    by_index, _ = _run(tmp_path / "index", TinyAdam())
+    by_loss, _ = _run(tmp_path / "loss", TinyAdam(), tie_break="loss")
+    assert (by_loss.test_loss, by_loss.best_member) == (by_index.test_loss, by_index.best_member)
 
 
 def test_a_nan_objective_never_wins_even_maximised(tmp_path: Path) -> None:

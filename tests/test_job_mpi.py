@@ -21,7 +21,7 @@ from hsmpi.engine import signals
 from hsmpi.engine.job import Stopped
 from hsmpi.parallel.comm import SerialComm
 
-from tasks_for_tests import ItemData, NegLoss, Scheduled, SignalsItself, Tiny, TinyAdam
+from tasks_for_tests import Coarse, ItemData, NegLoss, Scheduled, SignalsItself, Tiny, TinyAdam
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -63,6 +63,7 @@ LAYOUT_CASES = {
     "rungs": (TinyAdam(), dict(select="truncation", prune_at=0.5)),
     "rungs-islands": (Tiny(), dict(select="winner", islands=2, prune_at=0.5, prune_fraction=0.5)),
     "plateau": (TinyAdam(), dict(select="truncation", plateau=0.3, epochs=9)),
+    "ties-by-loss": (Coarse(), dict(select="truncation", tie_break="loss")),
 }
 
 

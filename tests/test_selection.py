@@ -18,6 +18,7 @@ from hsmpi.algorithm.selection import (
     best_member,
     finite_losses,
     make_selection,
+    tie_broken,
 )
 
 NAN, INF = math.nan, math.inf
@@ -205,6 +206,18 @@ def test_truncation_ties_keep_lower_index_in_front() -> None:
     np.testing.assert_array_equal(s, [0, 1, 2, 0])
     s = Truncation(0.25).plan(np.full(4, NAN), 0, np.random.default_rng(0))
     np.testing.assert_array_equal(s, [0, 1, 2, 0])
+
+
+def test_tie_broken_ranks_equal_scores_by_their_loss_and_keeps_the_rest() -> None:
+    scores = np.array([-0.9, -0.9, -0.8, NAN, -0.9, INF, -0.8])
+    losses = np.array([0.30, 0.10, 0.20, 0.05, 0.10, 0.01, NAN])
+    places = tie_broken(scores, losses)
+    # -0.9 first (members 1 and 4 tie on the loss too: the lower index), then 0; -0.8: 2, then 6 (NaN loss)
+    np.testing.assert_array_equal(places, [2, 0, 3, INF, 1, INF, 4])
+    assert best_member(places) == 1
+    sources = Truncation(0.25).plan(places, 1, np.random.default_rng(0))  # the bottom 2 copy the top 2
+    assert list(sources[[0, 1, 2, 4, 6]]) == [0, 1, 2, 4, 6] and set(sources[[3, 5]]) <= {1, 4}
+    np.testing.assert_array_equal(tie_broken(np.array([3.0, 1.0, 2.0]), np.zeros(3)), [2, 0, 1])  # no ties
 
 
 def test_truncation_single_member_keeps_itself() -> None:

@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "prune-0.4-q0.125": {"prune_at": 0.4, "prune_fraction": 0.125},  # ... the worst 2
     "objective-loss": {"objective": "loss"},  # select on the validation loss, as the baselines and the tables do
     "objective-loss-smooth-2": {"objective": "loss", "smooth": 2},  # both of the two that moved digits-cnn most
+    "tie-loss": {"tie_break": "loss"},  # equal accuracies ranked by their validation loss (digits-cnn ties often)
     "plateau-0.01": {"plateau": 0.01},  # a session ends once its best improves by under 1% in an epoch
     "plateau-0.03": {"plateau": 0.03},  # ... under 3%
     "independent-init": {"independent_init": True},  # every member starts from its own random weights

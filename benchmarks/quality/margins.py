@@ -65,7 +65,7 @@ def paired(path: str) -> tuple[float, float]:
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for i in range(config["population"]):
             model = task.model()
-            model.load_state_dict({n: torch.from_numpy(w[i]) for n, w in weights.items()})
+            model.load_state_dict({n: torch.from_numpy(np.asarray(w[i])) for n, w in weights.items()})
             outputs.append(model.eval()(inputs))
         mean = back(torch.stack([into(o).double() for o in outputs]).mean(0).float())
 

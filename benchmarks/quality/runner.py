@@ -47,7 +47,7 @@ class Method:
 ALGORITHM = ("sampler", "radius", "radius_final", "candidates", "resample_probability", "select", "truncation_fraction",
              "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top",
              "smooth", "islands", "migrate_every", "session_growth",
-             "prune_at", "prune_fraction", "plateau")
+             "prune_at", "prune_fraction", "plateau", "tie_break")
 
 
 def hsmpi_defaults(**changes: Any) -> dict[str, Any]:

@@ -33,6 +33,18 @@ def best_member(losses: np.ndarray) -> int:
     return int(np.argmin(finite_losses(losses)))  # argmin returns the first of equal minima
 
 
+def tie_broken(scores: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """Each member's place in the order by (score, loss, index), as a lower-is-better score: equal scores
+    are ranked by their loss, distinct ones keep their order, and a score that is not finite stays +inf
+    (it never wins).  The selection rules read only the order and finiteness of what they are given."""
+    scores, losses = finite_losses(scores), finite_losses(losses)
+    order = np.lexsort((np.arange(len(scores)), losses, scores))
+    places = np.empty(len(scores), dtype=np.float64)
+    places[order] = np.arange(len(scores), dtype=np.float64)
+    places[~np.isfinite(scores)] = np.inf
+    return places
+
+
 @dataclass(frozen=True)
 class Winner:
     """The paper's rule: one winner, everyone else becomes a copy of it."""

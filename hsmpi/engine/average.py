@@ -118,7 +118,7 @@ def population_average(search: Search) -> PopulationAverage:
     splits = ("holdout" if "holdout" in pop.data else "val", "test")
     picked = None
     if comm.is_root:
-        scores = search.history.last_scores()
+        scores = search.last_ranking()
         picked = (_averaged(scores, c.average_top), set(_averaged(scores, None)))
     chosen, finite = comm.bcast(picked)
     into = getattr(task, "ensemble_in", lambda out: out)

@@ -227,7 +227,7 @@ def _record(search: Search, champion: Member, test_loss: float, test_metrics: di
         "population": {
             "hparams": {n: hparam_array([hp[n] for hp in search.hparams]) for n in names},
             "val_loss": h.val_loss[-1],
-            "score": h.last_scores(),  # the order of the top-K exports; not a dataset of its own
+            "score": search.last_ranking(),  # the order of the top-K exports; not a dataset of its own
         },
         "test": {"best_loss": test_loss, "ensemble_loss": average.test.get("loss", math.nan),
                  "ensemble_members": len(average.members), "ensemble_val_loss": average.judged.get("loss", math.nan),

@@ -28,7 +28,7 @@ import numpy as np
 
 from hsmpi.algorithm.plan import BEST_EVER, RUNG, Plan, is_new_best, plan_session, sampler_for
 from hsmpi.algorithm.sampling import TPE, make_sampler
-from hsmpi.algorithm.selection import Islands, Prune, make_selection
+from hsmpi.algorithm.selection import Islands, Prune, make_selection, tie_broken
 from hsmpi.algorithm.space import HParams, sample_space
 from hsmpi.algorithm.streams import SearchStreams
 from hsmpi.engine import snapshot
@@ -145,6 +145,7 @@ class Search:
         self.prune = Prune(c.prune_fraction)
         self.rungs = self.rungs or [False] * len(self.schedule)
         self.objective = task_objective(self.population.task, c.objective, c.direction)
+        self.ties_by_loss = c.tie_break == "loss" and not self.objective.is_loss
         self.history.objective = self.objective
 
     @property
@@ -259,15 +260,16 @@ class Search:
         resume plans its last session again; it is recorded already).
         """
         comm, pop = self.comm, self.population
-        value, winner = comm.allreduce_minloc(val.score, pop.indices)
+        value, winner = self._winner(val)
         parts = comm.gather((train, val))
         plan = None
         if comm.is_root:
             assert parts is not None and self.streams is not None
             joined = lambda rows: np.concatenate([np.asarray(r, dtype=float) for r in rows])  # noqa: E731
-            scores = joined([v.score for _, v in parts])
+            scores, loss = joined([v.score for _, v in parts]), joined([v.loss for _, v in parts])
+            if self.ties_by_loss:
+                scores = tie_broken(scores, loss)  # the rules see the order by (score, loss, index)
             if not replan:
-                loss = joined([v.loss for _, v in parts])
                 self.history.add(train_loss=joined([t for t, _ in parts]), val_loss=loss, winner=winner,
                                  winner_loss=value if self.objective.is_loss else float(loss[winner]),
                                  winner_score=value, hparams=self.hparams, epochs=self.trained,
@@ -293,6 +295,23 @@ class Search:
         self.last_sources = np.asarray(sources)
         # every rank: the plan without the new values, which only rank 0 needs until `resample`
         return plan if plan is not None else Plan(np.asarray(sources), {}, note, winner, value)
+
+    def _winner(self, val: Evaluation) -> tuple[float, int]:
+        """The lowest score and its member (one MINLOC); with --tie-break loss, of the members with that score
+        the one with the lowest validation loss (a second MINLOC), else the lowest index."""
+        value, winner = self.comm.allreduce_minloc(val.score, self.population.indices)
+        if self.ties_by_loss and math.isfinite(value):
+            tied = [loss if score == value else math.inf for score, loss in zip(val.score, val.loss)]
+            loss, first = self.comm.allreduce_minloc(tied, self.population.indices)
+            if math.isfinite(loss):  # (tied members whose loss is not finite keep the lowest index)
+                winner = first
+        return value, winner
+
+    def last_ranking(self) -> np.ndarray:
+        """Rank 0: the last session's scores as its selection ordered them (with --tie-break loss, each
+        member's place by score, then validation loss), for the top-K exports and --average-top."""
+        scores = self.history.last_scores()
+        return tie_broken(scores, self.history.val_loss[-1]) if self.ties_by_loss else scores
 
     def share(self, k: int, plan: Plan) -> None:
         """Step 4: each donor's state, from its owner, to the members that copy it; the best so far.

@@ -5,7 +5,8 @@
 (`--returns`), top.json's `average` names the members it holds, whose weights are in results.h5
 (`hsmpi.engine.average.Average.from_results` builds it).  `top1.pt` ... `topK.pt`
 are the final population's K best
-members by their last validation loss (or, for a task that selects on a metric, by that objective), each
+members by their last validation loss (or, for a task that selects on a metric, by that objective,
+ties ranked as `--tie-break` says), each
 written by the rank that owns it, and described in `top.json` (rank 0).  Load one with
 `model.load_state_dict(torch.load(path))` (tensors only: `weights_only=True` works).
 """
