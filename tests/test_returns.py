@@ -143,6 +143,10 @@ def test_the_cross_validation_of_the_best_member_rule() -> None:
     assert _cross_validated(np.array([[1.0, 1.0, 1.0]]), sizes) == pytest.approx(1.0)
     assert _cross_validated(np.array([[np.inf] * 3, [1.0, 2.0, 3.0]]), sizes) == pytest.approx((2 + 4 + 3) / 5)
     assert _cross_validated(np.zeros((0, 3)), sizes) == np.inf
+    # --tie-break loss: fold 2's tie (6 and 6 on the others) goes to the member whose loss there is lower
+    losses = np.array([[0.5, 0.5, 0.5], [0.1, 0.1, 0.1]])
+    assert _cross_validated(scores, sizes, losses) == pytest.approx((6 + 4 + 2) / 5)
+    assert _cross_validated(scores, sizes, losses[::-1]) == pytest.approx((6 + 4 + 0) / 5)
 
 
 def test_auto_follows_a_maximised_objective_as_it_would_the_loss(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hsmpi.tasks import task_loss, task_metrics
+from hsmpi.algorithm.selection import tie_broken
+from hsmpi.tasks import Objective, task_loss, task_metrics
 
 if TYPE_CHECKING:
     from hsmpi.engine.search import Search
@@ -132,25 +133,31 @@ def population_average(search: Search) -> PopulationAverage:
     total = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
     averaged = np.zeros(pop.size)
     fold_scores = np.zeros((pop.size, len(folds)))  # every finite member's, for the cross-validation
+    fold_losses = np.zeros((pop.size, len(folds) if search.ties_by_loss else 0))  # its tie-break
     for m in pop.members:
         if m.index not in finite:
             continue
         outs = outputs[m.index]
         fold_scores[m.index] = [_score(task, objective, outs[0][f], targets[0][f]) for f in folds]
+        if search.ties_by_loss:
+            fold_losses[m.index] = [_score(task, Objective(), outs[0][f], targets[0][f]) for f in folds]
         mapped = [into(o).double().cpu() for o in outs]
         if m.index in chosen and all(bool(torch.isfinite(o).all()) for o in mapped):
             for t, o in zip(total, mapped):
                 t += o
             averaged[m.index] = 1.0
     summed = comm.allreduce_sum(np.concatenate([t.numpy().ravel() for t in total] + [averaged,
-                                                                                     fold_scores.ravel()]))
+                                                                                     fold_scores.ravel(),
+                                                                                     fold_losses.ravel()]))
     offset = sum(int(np.prod(shape)) for shape in shapes)
     members = [int(i) for i in np.flatnonzero(summed[offset:offset + pop.size])]
     if "holdout" in pop.data:  # the winner's held-back score is not the lowest of S: compared as it is
         cv = search.best.score
     else:
-        cv = _cross_validated(summed[offset + pop.size:].reshape(fold_scores.shape)[sorted(finite)],
-                              np.array([len(f) for f in folds]))
+        at = offset + pop.size
+        losses = summed[at + fold_scores.size:].reshape(fold_losses.shape)[sorted(finite)]
+        cv = _cross_validated(summed[at:at + fold_scores.size].reshape(fold_scores.shape)[sorted(finite)],
+                              np.array([len(f) for f in folds]), losses if search.ties_by_loss else None)
     if not members:
         return PopulationAverage([], {}, {}, math.inf, cv)
     values, offset = [], 0
@@ -179,9 +186,10 @@ def _score(task: Any, objective: Any, output: torch.Tensor, target: torch.Tensor
     return score if math.isfinite(score) else math.inf
 
 
-def _cross_validated(scores: np.ndarray, sizes: np.ndarray) -> float:
+def _cross_validated(scores: np.ndarray, sizes: np.ndarray, losses: np.ndarray | None = None) -> float:
     """The rule "return the member with the best score" cross-validated over folds: on each fold, the
-    member best on the others, scored on it; weighted by fold size (members x folds of fold means)."""
+    member best on the others, scored on it; weighted by fold size (members x folds of fold means).
+    `losses` (the same shape; --tie-break loss): equal scores on the others go to the lower loss there."""
     if not len(scores):
         return math.inf
     with np.errstate(invalid="ignore"):
@@ -190,7 +198,11 @@ def _cross_validated(scores: np.ndarray, sizes: np.ndarray) -> float:
         picked = 0.0
         for f in range(len(sizes)):
             rest = np.where(np.isfinite(total), total - sums[:, f], np.inf)
-            picked += sums[int(np.argmin(rest)), f]
+            if losses is None:
+                best = int(np.argmin(rest))
+            else:
+                best = int(np.argmin(tie_broken(rest, ((losses * sizes).sum(axis=1) - losses[:, f] * sizes[f]))))
+            picked += sums[best, f]
     value = picked / sizes.sum()
     return float(value) if math.isfinite(value) else math.inf
 
