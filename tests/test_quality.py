@@ -67,6 +67,21 @@ def test_sequential_baselines_spend_the_budget_and_choose_on_validation(problem:
     check_hparams(problem.task.space, out.hp)  # the chosen hyperparameters lie in the space
 
 
+@pytest.mark.parametrize("options, objective", [({}, None), ({"objective": None}, "within")])
+def test_hsmpi_selects_on_the_loss_as_the_baselines_do_unless_told_the_tasks_objective(
+        tmp_path: Path, options: dict[str, object], objective: str | None) -> None:
+    """On a task whose objective is a metric, the benchmark's hsmpi still selects on the validation loss, as every
+    baseline's trials do; `objective: None` (the task-objective variants) follows the task's."""
+    task = f"{ROOT / 'tests' / 'tasks_for_tests.py'}:Coarse"
+    p = Problem(task, seed=1, population=4, epochs=4, sessions=2, workdir=str(tmp_path))
+    methods.hsmpi_method(p, SerialComm(), options)
+    with h5py.File(tmp_path / "results.h5") as f:
+        assert f["history"].attrs.get("objective") == objective
+        val, winners = f["history/val_loss"][()], f["history/winner"][()]
+        if objective is None:
+            assert all(val[k, w] == val[k].min() for k, w in enumerate(winners))
+
+
 def test_hyperopt_default_startup_is_named_random_below_twenty(problem: Problem) -> None:
     pytest.importorskip("hyperopt")
     out = methods.hyperopt_tpe(problem, SerialComm(), {})

@@ -288,12 +288,15 @@ def _merge(comm: SerialComm, ledger: Ledger, problem: Problem, seconds: float) -
 # ---------------------------------------------------------------- hsmpi
 
 def hsmpi_method(problem: Problem, comm: SerialComm, options: dict[str, Any]) -> Outcome:
-    """hsmpi itself, through its Python API, on every rank of `comm`; `options` are hsmpi's settings."""
+    """hsmpi itself, through its Python API, on every rank of `comm`; `options` are hsmpi's settings.
+
+    It selects on the validation loss, as every baseline's trials do (the tables judge the test loss), unless
+    `options` name an objective (None: the task's own)."""
     from hsmpi.engine.job import run
 
     out = problem.workdir or comm.bcast(tempfile.mkdtemp(prefix="hsmpi-bench-") if comm.is_root else None)
     settings = {"population": problem.population, "epochs": problem.epochs, "sessions": problem.sessions,
-                "seed": problem.seed, "out": out, "export_top": 0, "threads": 1, **options}
+                "seed": problem.seed, "out": out, "export_top": 0, "threads": 1, "objective": "loss", **options}
     start = time.perf_counter()
     result = run(problem.task_name, comm=comm, log=None, **settings)
     seconds = time.perf_counter() - start
