@@ -154,10 +154,10 @@ def population_average(search: Search) -> PopulationAverage:
     if "holdout" in pop.data:  # the winner's held-back score is not the lowest of S: compared as it is
         cv = search.best.score
     else:
-        at = offset + pop.size
-        losses = summed[at + fold_scores.size:].reshape(fold_losses.shape)[sorted(finite)]
-        cv = _cross_validated(summed[at:at + fold_scores.size].reshape(fold_scores.shape)[sorted(finite)],
-                              np.array([len(f) for f in folds]), losses if search.ties_by_loss else None)
+        at, rows = offset + pop.size, sorted(finite)
+        losses = summed[at + fold_scores.size:].reshape(fold_losses.shape)[rows] if search.ties_by_loss else None
+        cv = _cross_validated(summed[at:at + fold_scores.size].reshape(fold_scores.shape)[rows],
+                              np.array([len(f) for f in folds]), losses)
     if not members:
         return PopulationAverage([], {}, {}, math.inf, cv)
     values, offset = [], 0
@@ -195,14 +195,13 @@ def _cross_validated(scores: np.ndarray, sizes: np.ndarray, losses: np.ndarray |
     with np.errstate(invalid="ignore"):
         sums = scores * sizes
         total = sums.sum(axis=1)
+        loss_sums = None if losses is None else losses * sizes
         picked = 0.0
         for f in range(len(sizes)):
             rest = np.where(np.isfinite(total), total - sums[:, f], np.inf)
-            if losses is None:
-                best = int(np.argmin(rest))
-            else:
-                best = int(np.argmin(tie_broken(rest, ((losses * sizes).sum(axis=1) - losses[:, f] * sizes[f]))))
-            picked += sums[best, f]
+            if loss_sums is not None:  # equal scores on the others: the lower loss there first
+                rest = tie_broken(rest, loss_sums.sum(axis=1) - loss_sums[:, f])
+            picked += sums[int(np.argmin(rest)), f]
     value = picked / sizes.sum()
     return float(value) if math.isfinite(value) else math.inf
 
