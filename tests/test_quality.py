@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torch
 
 from benchmarks.quality import methods, tables
 from benchmarks.quality.trial import Problem, train_trial
@@ -207,3 +208,26 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
             gap = float(f["test/ensemble_val_loss"][()] - f["test/member_val_cv"][()])
         mean, error = margins.paired(str(path))
         assert mean == pytest.approx(gap, rel=1e-4, abs=1e-7) and error > 0
+    # The disagreement: for a squared error, the members' mean loss minus their average's is their spread
+    # around the average (the ensemble's ambiguity), which is computed here without any labels.
+    from hsmpi.engine.average import Average
+    from hsmpi.engine.data import Data
+    from hsmpi.tasks import load_task
+
+    task = load_task("regression1d")
+    train, _, _ = task.data(0)
+    inputs, _ = [torch.cat(t) for t in zip(*Data(train, torch.device("cpu")).in_order())]
+    average = Average.from_results(str(tmp_path / "seed0" / "results.h5"), members=[0, 1, 2, 3])
+    with torch.no_grad():
+        outputs = torch.stack([m(inputs) for m in average.members]).double()
+        spread = float(((outputs - outputs.mean(0)) ** 2).mean())
+        targets = torch.cat([t for _, t in Data(train, torch.device("cpu")).in_order()]).double()
+        averaged_loss = float(((outputs.mean(0) - targets.view_as(outputs[0])) ** 2).mean())
+    assert margins.disagreement(str(tmp_path / "seed0" / "results.h5")) == pytest.approx(
+        spread / averaged_loss, rel=1e-3)
+    # K = 0 is the default margin; --seeds keeps the seeds asked for.
+    margins.main([str(tmp_path / "*" / "results.h5"), "--disagreement", "0", "--seeds", "0", "2"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.split("|")[3].strip() == "2"
+    kept = [returned[s][0] for s in (0, 1)]
+    assert float(row.split("|")[4].split()[0]) == pytest.approx(float(np.median(kept)), rel=1e-3)

@@ -14,6 +14,11 @@ rebuilt from the file's weights, and on the validation split the average's per-s
 the cross-validated member rule's (on each of the 5 folds, the member best on the other 4).  The average is
 returned unless the member rule is better by more than Z standard errors of the mean difference (Z = 0: the
 average when it is better at all; Z > 0 favours the average; Z < 0 asks more of it).
+
+`--disagreement K ...` replays a margin that shrinks as the final population's members disagree more on the
+training split (see `disagreement`): the average when its score is below the member rule's by more than
+0.05 - K x the disagreement.  `--seeds FIRST END` keeps seeds FIRST to END - 1 (to choose K on some seeds and
+confirm it on others).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import glob
 import json
 from collections import defaultdict
+from collections.abc import Callable
 
 import h5py
 import numpy as np
@@ -49,30 +55,41 @@ def read(pattern: str) -> dict[tuple[str, int], dict[int, tuple[float, float, fl
     return runs
 
 
-def paired(path: str) -> tuple[float, float]:
-    """The mean over the validation split of (average's loss - member rule's loss) per sample, and its standard
-    error, from the final population in results file `path` (every member averaged, as without --average-top)."""
+def _population(path: str) -> tuple[dict[str, object], object, dict[str, np.ndarray]]:
+    """(config, task, the final population's weights) of results file `path`."""
     with h5py.File(path, "r") as f:
         config = json.loads(f.attrs["config"])
         weights = {n: f["population/weights"][n][()] for n in f["population/weights"]}
-    task = load_task(config["task"])
-    _, val, _ = task.data(config["seed"])
-    data = Data(val, torch.device("cpu"))
+    return config, load_task(config["task"]), weights
+
+
+def _per_sample(config: dict[str, object], task: object, weights: dict[str, np.ndarray], split: object
+                ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Per-sample losses on `split` of every member (members x samples) and of their average (every member
+    averaged, as without --average-top), and the split's targets."""
+    data = Data(split, torch.device("cpu"))  # type: ignore[arg-type]
     inputs, targets = [torch.cat(t) for t in zip(*data.in_order())]
     into = getattr(task, "ensemble_in", lambda out: out)
     back = getattr(task, "ensemble_out", lambda mean: mean)
     outputs = []
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        for i in range(config["population"]):
-            model = task.model()
+        for i in range(int(config["population"])):  # type: ignore[call-overload]
+            model = task.model()  # type: ignore[attr-defined]
             model.load_state_dict({n: torch.from_numpy(np.asarray(w[i])) for n, w in weights.items()})
             outputs.append(model.eval()(inputs))
         mean = back(torch.stack([into(o).double() for o in outputs]).mean(0).float())
 
         def per_sample(out: torch.Tensor) -> np.ndarray:
             return np.array([float(task_loss(task, out[j:j + 1], targets[j:j + 1])) for j in range(len(targets))])
-        losses = np.stack([per_sample(o) for o in outputs])  # members x samples
-        averaged = per_sample(mean)
+        return np.stack([per_sample(o) for o in outputs]), per_sample(mean), targets
+
+
+def paired(path: str) -> tuple[float, float]:
+    """The mean over the validation split of (average's loss - member rule's loss) per sample, and its standard
+    error, from the final population in results file `path`."""
+    config, task, weights = _population(path)
+    _, val, _ = task.data(config["seed"])  # type: ignore[attr-defined]
+    losses, averaged, targets = _per_sample(config, task, weights, val)
     rule = np.empty(len(targets))
     for fold in range(FOLDS):
         mask = np.arange(len(targets)) % FOLDS == fold
@@ -81,52 +98,72 @@ def paired(path: str) -> tuple[float, float]:
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
+def disagreement(path: str) -> float:
+    """How far the final population's members disagree, on the training split: (the members' mean loss - their
+    average's loss) / the average's loss.  For a squared error the numerator is the members' spread around the
+    average, which needs no labels (the ambiguity of an ensemble)."""
+    config, task, weights = _population(path)
+    train, _, _ = task.data(config["seed"])  # type: ignore[attr-defined]
+    losses, averaged, _ = _per_sample(config, task, weights, train)
+    return float((losses.mean() - averaged.mean()) / averaged.mean())
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality.margins", description=__doc__.split("\n")[0])
     p.add_argument("pattern", help="a glob of results files (quote it)")
     p.add_argument("--margins", nargs="+", type=float, default=[AUTO_MARGIN, 0.02, 0.0, -0.01])
     p.add_argument("--paired", nargs="+", type=float, metavar="Z", help="replay the paired rule at these Z")
+    p.add_argument("--disagreement", nargs="+", type=float, metavar="K",
+                   help="replay the margin that shrinks with the members' disagreement, at these K")
+    p.add_argument("--seeds", nargs=2, type=int, metavar=("FIRST", "END"), help="only seeds FIRST to END - 1")
     args = p.parse_args(argv)
     runs = read(args.pattern)
+    if args.seeds:
+        runs = {key: {s: v for s, v in seeds.items() if args.seeds[0] <= s < args.seeds[1]}
+                for key, seeds in runs.items()}
+    paths: dict[tuple[str, int, int], str] = {}
+    if args.paired or args.disagreement:
+        for path in sorted(glob.glob(args.pattern)):
+            with h5py.File(path, "r") as f:
+                config = json.loads(f.attrs["config"])
+            paths[config["task"], config["population"], config["seed"]] = path
     if args.paired:
-        return paired_table(args.pattern, runs, args.paired)
-    print("| task | S | seeds | " + " | ".join(f"margin {m:g}" for m in args.margins) + " |")
-    print("|---|---|---|" + "---|" * len(args.margins))
-    for (task, population), seeds in sorted(runs.items()):
-        a = np.array([seeds[s] for s in sorted(seeds)])
-        relative = (a[:, 0] - a[:, 1]) / np.abs(a[:, 1])
-        now = np.where(relative < -AUTO_MARGIN, a[:, 3], a[:, 2])
+        def by_noise(task: str, population: int, seeds: list[int], a: np.ndarray) -> list[np.ndarray]:
+            diffs = np.array([paired(paths[task, population, s]) for s in seeds])
+            return [diffs[:, 0] < z * diffs[:, 1] for z in args.paired]
+        return table(runs, [f"Z = {z:g}" for z in args.paired], by_noise)
+    if args.disagreement:
+        def by_disagreement(task: str, population: int, seeds: list[int], a: np.ndarray) -> list[np.ndarray]:
+            spread = np.array([disagreement(paths[task, population, s]) for s in seeds])
+            return [_relative(a) < -(AUTO_MARGIN - k * spread) for k in args.disagreement]
+        return table(runs, [f"K = {k:g}" for k in args.disagreement], by_disagreement)
+    return table(runs, [f"margin {m:g}" for m in args.margins],
+                 lambda task, population, seeds, a: [_relative(a) < -m for m in args.margins])
+
+
+def _relative(a: np.ndarray) -> np.ndarray:
+    """How far the average's score is below the member rule's, as a fraction of the latter (negative: lower)."""
+    return (a[:, 0] - a[:, 1]) / np.abs(a[:, 1])
+
+
+def table(runs: dict[tuple[str, int], dict[int, tuple[float, float, float, float]]], heads: list[str],
+          rule: Callable[[str, int, list[int], np.ndarray], list[np.ndarray]]) -> None:
+    """One row per (task, S): for each of the replayed rules (`rule` gives, per rule, whether each seed takes
+    the average), the median test loss (seeds better/worse than with the default margin, Wilcoxon p)."""
+    print("| task | S | seeds | " + " | ".join(heads) + " |")
+    print("|---|---|---|" + "---|" * len(heads))
+    for (task, population), by_seed in sorted(runs.items()):
+        seeds = sorted(by_seed)
+        if not seeds:
+            continue
+        a = np.array([by_seed[s] for s in seeds])
+        now = np.where(_relative(a) < -AUTO_MARGIN, a[:, 3], a[:, 2])
         cells = []
-        for margin in args.margins:
-            test = np.where(relative < -margin, a[:, 3], a[:, 2])
+        for average in rule(task, population, seeds, a):
+            test = np.where(average, a[:, 3], a[:, 2])
             better, worse = int((test < now).sum()), int((test > now).sum())
             pvalue = wilcoxon_p(now, test)
             same = pvalue != pvalue  # NaN: no seed differs
-            cells.append(f"{np.median(test):.4g} ({better}/{worse}" + (")" if same else f", p {pvalue:.2f})"))
-        print(f"| {task} | {population} | {len(a)} | " + " | ".join(cells) + " |")
-
-
-def paired_table(pattern: str, runs: dict[tuple[str, int], dict[int, tuple[float, float, float, float]]],
-                 zs: list[float]) -> None:
-    """The paired rule's table: median test loss at each Z (seeds better/worse than the default margin, p)."""
-    paths: dict[tuple[str, int, int], str] = {}
-    for path in sorted(glob.glob(pattern)):
-        with h5py.File(path, "r") as f:
-            config = json.loads(f.attrs["config"])
-        paths[config["task"], config["population"], config["seed"]] = path
-    print("| task | S | seeds | " + " | ".join(f"Z = {z:g}" for z in zs) + " |")
-    print("|---|---|---|" + "---|" * len(zs))
-    for (task, population), seeds in sorted(runs.items()):
-        order = sorted(seeds)
-        a = np.array([seeds[s] for s in order])
-        now = np.where((a[:, 0] - a[:, 1]) / np.abs(a[:, 1]) < -AUTO_MARGIN, a[:, 3], a[:, 2])
-        diffs = np.array([paired(paths[task, population, s]) for s in order])
-        cells = []
-        for z in zs:
-            test = np.where(diffs[:, 0] < z * diffs[:, 1], a[:, 3], a[:, 2])
-            better, worse = int((test < now).sum()), int((test > now).sum())
-            pvalue = wilcoxon_p(now, test)
-            same = pvalue != pvalue
             cells.append(f"{np.median(test):.4g} ({better}/{worse}" + (")" if same else f", p {pvalue:.2f})"))
         print(f"| {task} | {population} | {len(a)} | " + " | ".join(cells) + " |")
 
