@@ -189,9 +189,9 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
     from hsmpi.engine.average import AUTO_MARGIN
 
     returned = {}
-    for seed in (0, 1, 2):
+    for seed in (0, 1, 2):  # seed 2 names the loss as its objective, as the benchmark's runs do: it is kept
         r = hsmpi.run("regression1d", population=4, epochs=4, sessions=2, seed=seed, threads=1, log=None,
-                      out=str(tmp_path / f"seed{seed}"), export_top=0)
+                      out=str(tmp_path / f"seed{seed}"), export_top=0, objective="loss" if seed == 2 else None)
         returned[seed] = (r.test_loss, r.member_test_loss, r.ensemble_test_loss)
     hsmpi.run("regression1d", population=4, epochs=4, sessions=2, seed=9, threads=1, log=None, returns="member",
               out=str(tmp_path / "member"), export_top=0)  # not an `auto` run: left out

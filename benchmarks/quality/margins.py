@@ -5,7 +5,8 @@ A results file of a run with `--returns auto` holds both candidates' test losses
 member's; `test/ensemble_loss`, the population average's) and the two scores the rule compared
 (`test/ensemble_val_loss` and `test/member_val_cv`). So the rule "the average when its score is below the
 member rule's by more than the margin" can be replayed for any margin.  Runs that select on a metric
-(`--objective`, or a task whose objective is not its loss) hold scores of that metric and are left out.
+(`--objective` other than `loss`, or by default a task whose objective is not its loss) hold scores of that
+metric and are left out.
 
     python -m benchmarks.quality.margins 'bench-out/runs/*/hsmpi/seed*/results.h5' --margins 0.05 0.02 0
 
@@ -46,10 +47,10 @@ def read(pattern: str) -> dict[tuple[str, int], dict[int, tuple[float, float, fl
         with h5py.File(path, "r") as f:
             config = json.loads(f.attrs["config"])
             test = f.get("test")
-            if config["returns"] != "auto" or config["objective"] or test is None or "member_val_cv" not in test:
+            if config["returns"] != "auto" or test is None or "member_val_cv" not in test:
                 continue
-            if getattr(load_task(config["task"]), "objective", "loss") != "loss":
-                continue
+            if (config["objective"] or getattr(load_task(config["task"]), "objective", "loss")) != "loss":
+                continue  # its scores are of a metric, not the loss
             runs[config["task"], config["population"]][config["seed"]] = tuple(  # type: ignore[assignment]
                 float(test[n][()]) for n in ("ensemble_val_loss", "member_val_cv", "best_loss", "ensemble_loss"))
     return runs
