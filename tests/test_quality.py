@@ -13,7 +13,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import torch
 
 from benchmarks.quality import methods, tables
 from benchmarks.quality.trial import Problem, train_trial
