@@ -215,12 +215,12 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
 
     task = load_task("regression1d")
     train, _, _ = task.data(0)
-    inputs, _ = [torch.cat(t) for t in zip(*Data(train, torch.device("cpu")).in_order())]
+    inputs, targets = [torch.cat(t) for t in zip(*Data(train, torch.device("cpu")).in_order())]
     average = Average.from_results(str(tmp_path / "seed0" / "results.h5"), members=[0, 1, 2, 3])
     with torch.no_grad():
         outputs = torch.stack([m(inputs) for m in average.members]).double()
         spread = float(((outputs - outputs.mean(0)) ** 2).mean())
-        targets = torch.cat([t for _, t in Data(train, torch.device("cpu")).in_order()]).double()
+        targets = targets.double()
         averaged_loss = float(((outputs.mean(0) - targets.view_as(outputs[0])) ** 2).mean())
     assert margins.disagreement(str(tmp_path / "seed0" / "results.h5")) == pytest.approx(
         spread / averaged_loss, rel=1e-3)

@@ -40,8 +40,10 @@ from hsmpi.engine.data import Data
 from hsmpi.tasks import load_task, task_loss
 
 
-def read(pattern: str) -> dict[tuple[str, int], dict[int, tuple[float, float, float, float]]]:
-    """(task, S) -> seed -> (average's score, member rule's score, member's test loss, average's test loss)."""
+def read(pattern: str, paths: dict[tuple[str, int, int], str] | None = None
+         ) -> dict[tuple[str, int], dict[int, tuple[float, float, float, float]]]:
+    """(task, S) -> seed -> (average's score, member rule's score, member's test loss, average's test loss);
+    `paths`, when given, gets each kept run's file under (task, S, seed)."""
     runs: dict[tuple[str, int], dict[int, tuple[float, float, float, float]]] = defaultdict(dict)
     for path in sorted(glob.glob(pattern)):
         with h5py.File(path, "r") as f:
@@ -53,6 +55,8 @@ def read(pattern: str) -> dict[tuple[str, int], dict[int, tuple[float, float, fl
                 continue  # its scores are of a metric, not the loss
             runs[config["task"], config["population"]][config["seed"]] = tuple(  # type: ignore[assignment]
                 float(test[n][()]) for n in ("ensemble_val_loss", "member_val_cv", "best_loss", "ensemble_loss"))
+            if paths is not None:
+                paths[config["task"], config["population"], config["seed"]] = path
     return runs
 
 
@@ -64,10 +68,10 @@ def _population(path: str) -> tuple[dict[str, object], object, dict[str, np.ndar
     return config, load_task(config["task"]), weights
 
 
-def _per_sample(config: dict[str, object], task: object, weights: dict[str, np.ndarray], split: object
-                ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """Per-sample losses on `split` of every member (members x samples) and of their average (every member
-    averaged, as without --average-top), and the split's targets."""
+def _outputs(config: dict[str, object], task: object, weights: dict[str, np.ndarray], split: object
+             ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Every member's outputs on `split`, their average's (every member averaged, as without --average-top),
+    and the split's targets."""
     data = Data(split, torch.device("cpu"))  # type: ignore[arg-type]
     inputs, targets = [torch.cat(t) for t in zip(*data.in_order())]
     into = getattr(task, "ensemble_in", lambda out: out)
@@ -79,10 +83,7 @@ def _per_sample(config: dict[str, object], task: object, weights: dict[str, np.n
             model.load_state_dict({n: torch.from_numpy(np.asarray(w[i])) for n, w in weights.items()})
             outputs.append(model.eval()(inputs))
         mean = back(torch.stack([into(o).double() for o in outputs]).mean(0).float())
-
-        def per_sample(out: torch.Tensor) -> np.ndarray:
-            return np.array([float(task_loss(task, out[j:j + 1], targets[j:j + 1])) for j in range(len(targets))])
-        return np.stack([per_sample(o) for o in outputs]), per_sample(mean), targets
+    return outputs, mean, targets
 
 
 def paired(path: str) -> tuple[float, float]:
@@ -90,7 +91,12 @@ def paired(path: str) -> tuple[float, float]:
     error, from the final population in results file `path`."""
     config, task, weights = _population(path)
     _, val, _ = task.data(config["seed"])  # type: ignore[attr-defined]
-    losses, averaged, targets = _per_sample(config, task, weights, val)
+    outputs, mean, targets = _outputs(config, task, weights, val)
+
+    def per_sample(out: torch.Tensor) -> np.ndarray:
+        return np.array([float(task_loss(task, out[j:j + 1], targets[j:j + 1])) for j in range(len(targets))])
+    losses = np.stack([per_sample(o) for o in outputs])  # members x samples
+    averaged = per_sample(mean)
     rule = np.empty(len(targets))
     for fold in range(FOLDS):
         mask = np.arange(len(targets)) % FOLDS == fold
@@ -105,8 +111,11 @@ def disagreement(path: str) -> float:
     average, which needs no labels (the ambiguity of an ensemble)."""
     config, task, weights = _population(path)
     train, _, _ = task.data(config["seed"])  # type: ignore[attr-defined]
-    losses, averaged, _ = _per_sample(config, task, weights, train)
-    return float((losses.mean() - averaged.mean()) / averaged.mean())
+    outputs, mean, targets = _outputs(config, task, weights, train)
+    with torch.no_grad():
+        members = float(np.mean([float(task_loss(task, o, targets)) for o in outputs]))
+        averaged = float(task_loss(task, mean, targets))
+    return (members - averaged) / averaged
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,16 +127,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="replay the margin that shrinks with the members' disagreement, at these K")
     p.add_argument("--seeds", nargs=2, type=int, metavar=("FIRST", "END"), help="only seeds FIRST to END - 1")
     args = p.parse_args(argv)
-    runs = read(args.pattern)
+    paths: dict[tuple[str, int, int], str] = {}
+    runs = read(args.pattern, paths)
     if args.seeds:
         runs = {key: {s: v for s, v in seeds.items() if args.seeds[0] <= s < args.seeds[1]}
                 for key, seeds in runs.items()}
-    paths: dict[tuple[str, int, int], str] = {}
-    if args.paired or args.disagreement:
-        for path in sorted(glob.glob(args.pattern)):
-            with h5py.File(path, "r") as f:
-                config = json.loads(f.attrs["config"])
-            paths[config["task"], config["population"], config["seed"]] = path
     if args.paired:
         def by_noise(task: str, population: int, seeds: list[int], a: np.ndarray) -> list[np.ndarray]:
             diffs = np.array([paired(paths[task, population, s]) for s in seeds])

@@ -196,11 +196,12 @@ def _cross_validated(scores: np.ndarray, sizes: np.ndarray, losses: np.ndarray |
         sums = scores * sizes
         total = sums.sum(axis=1)
         loss_sums = None if losses is None else losses * sizes
+        loss_total = None if loss_sums is None else loss_sums.sum(axis=1)
         picked = 0.0
         for f in range(len(sizes)):
             rest = np.where(np.isfinite(total), total - sums[:, f], np.inf)
-            if loss_sums is not None:  # equal scores on the others: the lower loss there first
-                rest = tie_broken(rest, loss_sums.sum(axis=1) - loss_sums[:, f])
+            if loss_sums is not None and loss_total is not None:  # equal scores on the others: lower loss first
+                rest = tie_broken(rest, loss_total - loss_sums[:, f])
             picked += sums[int(np.argmin(rest)), f]
     value = picked / sizes.sum()
     return float(value) if math.isfinite(value) else math.inf
