@@ -67,6 +67,10 @@ def _fraction(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value < 1.0
 
 
+def _probability(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+
+
 def _growth(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and 1.0 <= value <= 4.0
 
@@ -139,6 +143,9 @@ class Search(_Group):
     radius_final: float | None = _field(
         None, "`urs`, `tpe`: shrink the box geometrically from `--radius` (first draw) to this (last draw)",
         metavar="R", means="a fixed box")
+    explore: float = _field(
+        0.0, "`urs`, `tpe`: chance per parameter of a fresh draw from its whole range instead of the box "
+        "(PBT's resample step)", metavar="P", expected="a probability in [0, 1]", valid=_probability)
     candidates: int = _field(16, "`tpe`: draws in the box per new set of values, of which the model picks one",
                              metavar="N", minimum=1)
     resample_probability: float = _field(
@@ -216,7 +223,7 @@ class Search(_Group):
         # The sampler and the selection rule check their own parameters; their messages name them.
         try:
             make_sampler(self.sampler, radius=self.radius, resample_probability=self.resample_probability,
-                         candidates=self.candidates)
+                         candidates=self.candidates, explore=self.explore)
             make_selection(self.select, fraction=self.truncation_fraction)
         except ValueError as err:
             raise ConfigError(str(err)) from None

@@ -27,7 +27,7 @@ from hsmpi.tasks import BUILTIN
 
 # The fields and defaults runs, results files, checkpoints and TOML files have always had.
 DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, session_growth=1.0, seed=0,
-                sampler="urs", radius=0.3, radius_final=None, candidates=16, resample_probability=0.25,
+                sampler="urs", radius=0.3, radius_final=None, explore=0.0, candidates=16, resample_probability=0.25,
                 select="truncation", truncation_fraction=0.25,
                 holdout=0.0, elitism=False, out="hsmpi-out", device="auto", members_per_rank=None,
                 independent_init=False, batch_size=64, threads=0, resume=None, keep_checkpoints=1,

@@ -41,6 +41,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "plateau-0.01": {"plateau": 0.01},  # a session ends once its best improves by under 1% in an epoch
     "plateau-0.03": {"plateau": 0.03},  # ... under 3%
     "independent-init": {"independent_init": True},  # every member starts from its own random weights
+    "explore-0.1": {"explore": 0.1},  # each parameter drawn from its whole range with chance 0.1, else the box
+    "explore-0.25": {"explore": 0.25},  # ... 0.25 (hsmpi-pbt's resample chance, with the box for the rest)
     "m3": {"sessions": 3},  # three sessions of 10 epochs at M = 30 (fewer, longer exploitation steps)
 }
 

@@ -106,4 +106,4 @@ def sampler_for(sampler: Sampler, session: int, sessions: int, radius: float,
         return sampler.with_history(observed, shrunk)
     if radius_final is None or not isinstance(sampler, URS):
         return sampler
-    return URS(radius=shrunk)
+    return URS(radius=shrunk, explore=sampler.explore)

@@ -33,15 +33,24 @@ class URS:
     is cut at the bounds rather than clipped, so no probability piles up on a
     bound.  Unordered choices keep the winner's value, or with probability
     `radius` are drawn afresh.
+
+    With `explore` > 0, each parameter is instead drawn afresh from its whole
+    range with that probability (PBT's resample step), so a population whose
+    winners all sit in one corner still tries values far from it.  At 0 no
+    extra random number is drawn: the draws are those of the plain box.
     """
 
     radius: float = 0.15
+    explore: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.radius, bool) or not (isinstance(self.radius, (int, float)) and 0.0 < self.radius <= 1.0):
             raise SamplerError(f"urs: radius must be in (0, 1], but got {self.radius!r}")
+        _check_probability("urs: explore", self.explore)
 
     def _one(self, param: Param, value: Value, rng: np.random.Generator) -> Value:
+        if self.explore > 0.0 and rng.random() < self.explore:
+            return param.sample(rng)
         if isinstance(param, Choice) and not param.ordered:
             return param.sample(rng) if rng.random() < self.radius else value
         u = param.encode(value)
@@ -52,7 +61,12 @@ class URS:
         return {name: self._one(param, hp[name], rng) for name, param in space.items()}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "urs", "radius": self.radius}
+        return {"name": "urs", "radius": self.radius, **({"explore": self.explore} if self.explore else {})}
+
+
+def _check_probability(what: str, p: object) -> None:
+    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+        raise SamplerError(f"{what} must be in [0, 1], but got {p!r}")
 
 
 @dataclass(frozen=True)
@@ -67,9 +81,7 @@ class Perturb:
     factors: tuple[float, float] = (0.8, 1.2)
 
     def __post_init__(self) -> None:
-        p = self.resample_probability
-        if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-            raise SamplerError(f"perturb: resample_probability must be in [0, 1], but got {p!r}")
+        _check_probability("perturb: resample_probability", self.resample_probability)
         if len(self.factors) != 2 or not all(isinstance(f, (int, float)) and f > 0 for f in self.factors):
             raise SamplerError(f"perturb: factors must be two positive numbers, but got {self.factors!r}")
 
@@ -127,10 +139,11 @@ class TPE:
     radius: float = 0.15
     candidates: int = 16
     observed: tuple[Observation, ...] = ()
+    explore: float = 0.0
 
     def __post_init__(self) -> None:
         try:
-            URS(radius=self.radius)  # URS's check, in tpe's name
+            URS(radius=self.radius, explore=self.explore)  # URS's checks, in tpe's name
         except SamplerError as err:
             raise SamplerError(f"tpe: {str(err).split(': ', 1)[1]}") from None
         c = self.candidates
@@ -138,10 +151,10 @@ class TPE:
             raise SamplerError(f"tpe: candidates must be an integer of at least 1, but got {c!r}")
 
     def with_history(self, observed: Sequence[Observation], radius: float | None = None) -> TPE:
-        return TPE(self.radius if radius is None else radius, self.candidates, tuple(observed))
+        return TPE(self.radius if radius is None else radius, self.candidates, tuple(observed), self.explore)
 
     def neighbour(self, space: Space, hp: Mapping[str, Value], rng: np.random.Generator) -> HParams:
-        box = URS(radius=self.radius)
+        box = URS(radius=self.radius, explore=self.explore)
         draws = [box.neighbour(space, hp, rng) for _ in range(self.candidates)]
         good = [o.hparams for o in self.observed if o.good]
         bad = [o.hparams for o in self.observed if not o.good]
@@ -154,7 +167,8 @@ class TPE:
         return draws[int(np.argmax(ratio))]  # the first of equals
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "tpe", "radius": self.radius, "candidates": self.candidates}
+        return {"name": "tpe", "radius": self.radius, "candidates": self.candidates,
+                **({"explore": self.explore} if self.explore else {})}
 
 
 def observations(hparams: Sequence[Sequence[Mapping[str, Value]]], scores: Sequence[np.ndarray],
@@ -199,12 +213,12 @@ SAMPLERS = {"urs": URS, "perturb": Perturb, "tpe": TPE}
 
 
 def make_sampler(name: str, radius: float = 0.15, resample_probability: float = 0.25,
-                 candidates: int = 16) -> Sampler:
+                 candidates: int = 16, explore: float = 0.0) -> Sampler:
     """Build a sampler from its command-line name."""
     if name == "urs":
-        return URS(radius=radius)
+        return URS(radius=radius, explore=explore)
     if name == "perturb":
         return Perturb(resample_probability=resample_probability)
     if name == "tpe":
-        return TPE(radius=radius, candidates=candidates)
+        return TPE(radius=radius, candidates=candidates, explore=explore)
     raise SamplerError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")

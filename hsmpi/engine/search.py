@@ -139,7 +139,7 @@ class Search:
         c = self.population.config
         self.comm = self.population.comm
         self.space = self.population.task.space
-        self.sampler = make_sampler(c.sampler, c.radius, c.resample_probability, c.candidates)
+        self.sampler = make_sampler(c.sampler, c.radius, c.resample_probability, c.candidates, c.explore)
         self.selection = make_selection(c.select, c.truncation_fraction)
         self.islands = Islands(c.islands, c.migrate_every) if c.islands > 1 else None
         self.prune = Prune(c.prune_fraction)
