@@ -44,8 +44,8 @@ class Method:
 
 # hsmpi's algorithm settings, written out in every hsmpi cell: a stored cell made
 # under other defaults is then never mistaken for one of the current defaults.
-ALGORITHM = ("sampler", "radius", "radius_final", "explore", "candidates", "resample_probability", "select", "truncation_fraction",
-             "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top",
+ALGORITHM = ("sampler", "radius", "radius_final", "explore", "candidates", "resample_probability", "select",
+             "truncation_fraction", "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top",
              "smooth", "islands", "migrate_every", "session_growth",
              "prune_at", "prune_fraction", "plateau", "tie_break")
 
