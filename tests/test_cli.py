@@ -42,6 +42,7 @@ BAD_INPUTS = [
     (["--sampler", "grid"], "invalid choice: 'grid'"),
     (["--radius", "0"], "radius must be in (0, 1]"),
     (["--radius-final", "1.5"], "radius-final: radius must be in (0, 1], but got 1.5"),
+    (["--explore", "1.5"], "explore must be a probability in [0, 1], but got 1.5"),
     (["--holdout", "1"], "holdout must be a fraction in [0, 1), but got 1.0"),
     (["--checkpoint-interval", "-5"], "checkpoint-interval must be 'auto' or seconds >= 0, but got -5.0"),
     (["--checkpoint-interval", "soon"], "argument --checkpoint-interval: expected seconds or 'auto', got 'soon'"),

@@ -93,6 +93,7 @@ def test_sampler_for_shrinks_the_box_geometrically_from_the_first_to_the_last_dr
     assert all(a > b for a, b in zip(radii[:3], radii[1:4]))
     assert sampler_for(URS(0.3), 2, 5, 0.3, None) == URS(0.3)
     assert sampler_for(Perturb(), 2, 5, 0.3, 0.03) == Perturb()
+    assert sampler_for(URS(0.3, explore=0.2), 3, 5, 0.3, 0.03) == URS(radius=radii[3], explore=0.2)
 
 
 def test_sampler_for_gives_tpe_the_history_and_the_shrunk_box() -> None:

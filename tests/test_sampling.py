@@ -60,6 +60,8 @@ def _builders() -> list:
         out.append(pytest.param(cls, id=f"{name}-default"))
         out.append(pytest.param(lambda name=name: make_sampler(name), id=f"{name}-by-name"))
     out.append(pytest.param(lambda: _history_tpe(), id="tpe-with-history"))
+    out.append(pytest.param(lambda: URS(radius=0.3, explore=0.25), id="urs-explore"))
+    out.append(pytest.param(lambda: make_sampler("tpe", explore=0.5), id="tpe-explore-by-name"))
     return out
 
 
@@ -255,6 +257,49 @@ def test_urs_full_radius_covers_the_whole_range() -> None:
     assert x.min() < 0.02 and x.max() > 0.98
 
 
+def test_urs_explore_draws_from_the_whole_range_with_its_chance() -> None:
+    p = Uniform(0.0, 1.0)
+    urs = URS(radius=0.1, explore=0.4)
+    rng = np.random.default_rng(17)
+    x = np.array([urs.neighbour({"x": p}, {"x": 0.5}, rng)["x"] for _ in range(8000)])
+    outside = (x < 0.4) | (x > 0.6)
+    # A fresh draw lands outside the box 80% of the time: 0.4 * 0.8 of all draws.
+    assert abs(outside.mean() - 0.32) < 0.02
+    assert x.min() < 0.02 and x.max() > 0.98
+    # Inside the box: the box's own draws (0.6) plus the fresh draws that land there (0.4 * 0.2).
+    hist, _ = np.histogram(x, bins=10, range=(0.0, 1.0))
+    assert hist[4] + hist[5] == pytest.approx(8000 * 0.68, rel=0.05)
+
+
+def test_urs_explore_is_per_parameter() -> None:
+    space = {"a": Uniform(0.0, 1.0), "b": Uniform(0.0, 1.0)}
+    urs = URS(radius=0.05, explore=0.5)
+    rng = np.random.default_rng(18)
+    far = np.array([[abs(v - 0.5) > 0.05 for v in urs.neighbour(space, {"a": 0.5, "b": 0.5}, rng).values()]
+                    for _ in range(4000)])
+    # Each parameter leaves the box on its own (about 0.45 each), so both together about 0.2, not 0.45.
+    assert abs(far.mean(axis=0) - 0.45).max() < 0.03
+    assert abs(far.all(axis=1).mean() - 0.45 ** 2) < 0.03
+
+
+def test_urs_without_explore_draws_the_same_numbers_as_the_plain_box() -> None:
+    # explore = 0 takes no random number of its own, so runs made before the option are reproduced.
+    hp = _starts()[3]
+    a, b = np.random.default_rng(19), np.random.default_rng(19)
+    for _ in range(50):
+        assert URS(radius=0.3, explore=0.0).neighbour(SPACE, hp, a) == URS(radius=0.3).neighbour(SPACE, hp, b)
+    assert URS(radius=0.3).describe() == {"name": "urs", "radius": 0.3}
+    assert URS(radius=0.3, explore=0.2).describe() == {"name": "urs", "radius": 0.3, "explore": 0.2}
+
+
+def test_tpe_keeps_its_explore_with_the_history() -> None:
+    tpe = make_sampler("tpe", radius=0.3, explore=0.3)
+    assert isinstance(tpe, TPE)
+    bound = tpe.with_history([Observation({"lr": 0.1}, True)], radius=0.1)
+    assert (bound.explore, bound.radius) == (0.3, 0.1)
+    assert bound.describe() == {"name": "tpe", "radius": 0.1, "candidates": 16, "explore": 0.3}
+
+
 # --- TPE -------------------------------------------------------------------------------------------------------
 
 
@@ -439,6 +484,14 @@ def test_perturb_bad_resample_probability(p: object) -> None:
     assert repr(p) in str(err.value)
     with pytest.raises(SamplerError):
         make_sampler("perturb", resample_probability=p)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.1, math.nan, "0.5", None, True])
+@pytest.mark.parametrize("name", ["urs", "tpe"])
+def test_bad_explore(name: str, p: object) -> None:
+    with pytest.raises(SamplerError, match=rf"{name}: explore must be in \[0, 1\]") as err:
+        make_sampler(name, explore=p)  # type: ignore[arg-type]
+    assert repr(p) in str(err.value)
 
 
 @pytest.mark.parametrize("p", [0, 0.0, 0.5, 1, 1.0])
