@@ -85,6 +85,27 @@ def test_inputs_are_standardised_with_the_training_split(name: str) -> None:
         assert abs(float(_tensors(val)[1].double().mean())) > 1e-4
 
 
+def test_a_feature_constant_on_the_training_split_is_only_centred() -> None:
+    from hsmpi.tasks._common import split
+
+    x = np.arange(40, dtype=float).reshape(20, 2)
+    x[:, 1] = 0.0
+    order = np.random.default_rng(5).permutation(20)
+    x[order[-1], 1] = 3.0  # non-blank in one test sample only: constant (0) on the training split
+    train, _, test = split(x, np.arange(20.0), seed=5)
+    assert torch.equal(train.tensors[0][:, 1], torch.zeros(len(train)))
+    assert float(test.tensors[0][:, 1].abs().max()) == 3.0  # centred, not divided by its zero spread
+
+
+def test_digits_inputs_stay_small_on_every_split() -> None:
+    # sklearn's digits have pixels that are blank on some training splits and not in a validation or test
+    # sample; standardising them must not make an input of 1e8 (as it did before: 25 of seeds 0-39).
+    task = load_task("digits")
+    for seed in (1, 3, 15):  # seeds whose val or test split once held such an input
+        for part in task.data(seed):
+            assert float(part.tensors[0].abs().max()) < 1e4
+
+
 def test_breast_cancer_is_the_bundled_data_split_with_a_small_validation_split() -> None:
     from sklearn.datasets import load_breast_cancer
 

@@ -22,8 +22,7 @@ def split_sizes(x: np.ndarray, y: np.ndarray, seed: int, n_train: int, n_val: in
         raise ValueError(f"cannot split {len(x)} samples into {n_train} train, {n_val} val and a test split")
     order = np.random.default_rng(seed).permutation(len(x))
     parts = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
-    mean, std = x[parts[0]].mean(0), x[parts[0]].std(0) + 1e-8
-    x = (x - mean) / std
+    x = (x - x[parts[0]].mean(0)) / _scale(x[parts[0]].std(0))
     if standardize_y and y.dtype.kind == "f":
         y = (y - y[parts[0]].mean()) / (y[parts[0]].std() + 1e-8)
     def make(idx: np.ndarray) -> TensorDataset:
@@ -31,6 +30,14 @@ def split_sizes(x: np.ndarray, y: np.ndarray, seed: int, n_train: int, n_val: in
         ty = ty.float().reshape(-1, 1) if ty.dtype.is_floating_point else ty.long()
         return TensorDataset(torch.as_tensor(x[idx], dtype=torch.float32), ty)
     return make(parts[0]), make(parts[1]), make(parts[2])
+
+
+def _scale(std: np.ndarray) -> np.ndarray:
+    """What standardising divides by: a feature that is constant on the training split (a corner pixel
+    that is always blank) is only centred.  Dividing by its zero spread (plus a tiny epsilon) would turn
+    a validation or test sample where it is not blank into an input of about 1e8.  The other features keep
+    the epsilon they always had, so their data is the same to the bit."""
+    return np.where(std > 0, std + 1e-8, 1.0)
 
 
 def mlp(sizes: list[int], activation: type[torch.nn.Module] = torch.nn.ReLU,
