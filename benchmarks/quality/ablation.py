@@ -14,8 +14,10 @@ VARIANTS: dict[str, dict[str, object]] = {
     "elitism": {"elitism": True},  # return the best member of any session
     "elitism-holdout-0.3": {"elitism": True, "holdout": 0.3},  # ... judged on 30% of validation held back
     "radius-0.15": {"radius": 0.15},  # the paper's box
+    "radius-0.5": {"radius": 0.5},  # a wider box
     "shrink-radius": {"radius_final": 0.05},  # the box shrinks from 0.3 to 0.05 over the sessions
     "fraction-0.5": {"truncation_fraction": 0.5},  # the bottom half copies the top half
+    "fraction-0.125": {"truncation_fraction": 0.125},  # the bottom eighth copies the top eighth
     "average": {"returns": "average"},  # return the final population's averaged prediction
     "average-top4": {"returns": "average", "average_top": 4},  # ... of its best 4 on validation
     "auto": {"returns": "auto"},  # the average when it validates better than the best member (now the default)
