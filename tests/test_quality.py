@@ -127,6 +127,17 @@ def test_wilcoxon_and_tables() -> None:
     assert "(-29%)" in summary[3]  # hsmpi's median 2.5 against 3.5
 
 
+def test_the_cells_csv_holds_every_cell_once_in_order(tmp_path: Path) -> None:
+    cells = {("t", "random"): {s: {"test": 2.0 + s / 3, "seconds": 2.0} for s in (1, 0)},
+             ("b", "hsmpi/m3"): {0: {"test": math.inf, "seconds": 1.234}}}
+    path = tmp_path / "cells.csv"
+    assert tables.write_csv(cells, str(path)) == 3
+    rows = path.read_text().splitlines()
+    assert rows == ["task,method,seed,test_loss,seconds", "b,hsmpi/m3,0,inf,1.23", "t,random,0,2.0,2.00",
+                    f"t,random,1,{2.0 + 1 / 3!r},2.00"]
+    assert float(rows[-1].split(",")[3]) == 2.0 + 1 / 3  # the loss to the last bit
+
+
 def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
     """The --quick smoke run of the whole benchmark (every method) on 2 ranks, and a second call reuses it."""
     for lib in ("hyperopt", "optuna", "propulate", "scipy"):
@@ -146,6 +157,8 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
         assert cell["epochs"] <= 4 * 4 and cell["settings"]["population"] == 4
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert (tmp_path / "figure1b.png").stat().st_size > 10_000
+    csv_rows = (tmp_path / "cells.csv").read_text().splitlines()
+    assert csv_rows[0] == "task,method,seed,test_loss,seconds" and len(csv_rows) == 1 + 32
     # a cell of another budget (or other code) in the same folder is neither reused nor counted in the tables
     stranger = json.loads((tmp_path / "cells/regression1d/hsmpi/seed0.json").read_text())
     stranger["settings"].update(seed=7, population=99)
@@ -155,6 +168,7 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
     assert again.returncode == 0 and "32 of 32 cells stored" in again.stdout
     text = (tmp_path / "results.md").read_text()
     assert "| 123 |" not in text and text.count("| hsmpi | 2 |") == 2  # both tasks' hsmpi rows: seeds 0, 1
+    assert len((tmp_path / "cells.csv").read_text().splitlines()) == 1 + 32  # the stranger is not a row
 
 
 def test_a_stored_cell_is_reused_only_under_the_same_code(tmp_path: Path) -> None:

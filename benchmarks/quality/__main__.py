@@ -2,7 +2,8 @@
 quality benchmark.
 
 Runs every (task, seed, method) cell not stored yet in OUT/cells, then writes
-OUT/results.md (tables) and OUT/*.png (curves, the paper's Fig. 1b).
+OUT/results.md (tables), OUT/cells.csv (every cell the tables count) and OUT/*.png (curves, the
+paper's Fig. 1b).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def report(ns: argparse.Namespace, main: list[Method], abl: list[Method], sweep:
     figures = [tables.curves(cells, ns.tasks, names, os.path.join(ns.out, "curves.png")),
                tables.figure_1b(cells, ns.first_seed, os.path.join(ns.out, "figure1b.png"))]
     lines += ["", "Figures: " + ", ".join(os.path.basename(f) for f in figures if f)]
+    tables.write_csv(cells, os.path.join(ns.out, "cells.csv"))
+    lines += ["", "Every cell of these tables: cells.csv (task, method, seed, test loss, seconds)"]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(ns.out, "results.md"), "w") as f:
         f.write(text)
