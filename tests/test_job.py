@@ -141,3 +141,18 @@ def test_what_counts_as_improved_for_plateau() -> None:
     assert _improved(-0.5, -0.6, 0.1) and not _improved(-0.5, -0.52, 0.1)  # maximised metrics, signed
     assert _improved(0.0, -0.1, 0.1) and not _improved(0.0, 0.0, 0.1)  # from zero: any fall
     assert _improved(math.inf, 3.0, 0.1) and not _improved(3.0, math.inf, 0.1) and not _improved(1.0, math.nan, 0.1)
+
+
+@pytest.mark.parametrize("explore", [0.0, 1.0])
+def test_explore_reaches_the_draws_of_a_run(tmp_path: Path, explore: float) -> None:
+    # A box of half-width 0.01 keeps every new lr within 10**(2 * 0.02) of the winner's; with --explore 1
+    # each one is a fresh draw from [1e-3, 1e-1] instead.
+    _, lines = _run(tmp_path, select="winner", radius=0.01, explore=explore)
+    assert ("explore=1.0" in lines[0]) is (explore > 0)
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        lr, winner = f["history/hparams/lr"][()], f["history/winner"][()]
+        assert json.loads(f.attrs["config"])["explore"] == explore
+    factors = [abs(math.log10(lr[k + 1][i] / lr[k][winner[k]]))
+               for k in range(len(winner) - 1) for i in range(lr.shape[1]) if i != winner[k]]
+    assert len(factors) == 9
+    assert (max(factors) <= 0.04 + 1e-9) is (explore == 0.0)
