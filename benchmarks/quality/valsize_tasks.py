@@ -7,29 +7,21 @@ the size of the validation split").
 
 from __future__ import annotations
 
-from torch.utils.data import TensorDataset
-
-from hsmpi.tasks._common import split_sizes
 from hsmpi.tasks.breast_cancer import BreastCancer
 
-
-class _FixedTrain(BreastCancer):
-    n_train = 255
-
-    def data(self, seed: int) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-        from sklearn.datasets import load_breast_cancer
-
-        x, y = load_breast_cancer(return_X_y=True)
-        return split_sizes(x, y, seed, self.n_train, self.n_val)
+SAMPLES, TRAIN = 569, 255  # the bundled data's size; the training split kept fixed
 
 
-class Val50(_FixedTrain):
+class Val50(BreastCancer):
     n_val = 50
+    test_fraction = (SAMPLES - TRAIN - n_val) / SAMPLES  # BreastCancer.data gives the training split the rest
 
 
-class Val100(_FixedTrain):
+class Val100(BreastCancer):
     n_val = 100
+    test_fraction = (SAMPLES - TRAIN - n_val) / SAMPLES
 
 
-class Val200(_FixedTrain):
+class Val200(BreastCancer):
     n_val = 200
+    test_fraction = (SAMPLES - TRAIN - n_val) / SAMPLES
