@@ -215,6 +215,17 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
     cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
     median = lambda i: float(np.median([v[i] for v in returned.values()]))  # noqa: E731
     assert [float(c) for c in cells] == pytest.approx([median(0), median(1), median(2)], rel=1e-3)
+    # regression1d's 256 validation samples are enough for the margin: a threshold above them returns the average
+    assert all(v[4] == 256 for v in runs["regression1d", 4].values())
+    margins.main([str(tmp_path / "*" / "results.h5"), "--few", "0", "257"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
+    assert [float(c) for c in cells] == pytest.approx([median(0), median(2)], rel=1e-3)
+    with h5py.File(tmp_path / "seed0" / "results.h5", "a") as f:  # as written before these were
+        del f["test/judged_samples"], f["test/member_val_median"]
+    older = margins.read(str(tmp_path / "*" / "results.h5"))["regression1d", 4]
+    assert older[0][:5] == runs["regression1d", 4][0][:5]
+    assert older[0][5] == pytest.approx(runs["regression1d", 4][0][5], rel=1e-5)
     for seed in (0, 1, 2):  # the paired replay rebuilds the population: its mean is the file's two scores' gap
         path = tmp_path / f"seed{seed}" / "results.h5"
         with h5py.File(path, "r") as f:

@@ -15,10 +15,10 @@ import torch
 import hsmpi
 from hsmpi.cli.report import load_history, summary
 from hsmpi.config import Config, ConfigError
-from hsmpi.engine.average import AUTO_MARGIN, Average
+from hsmpi.engine.average import AUTO_FEW_SAMPLES, AUTO_MARGIN, AUTO_SPOILED, Average, PopulationAverage
 from hsmpi.tasks import load_task, task_loss
 
-from tasks_for_tests import NegLoss, TinyAdam
+from tasks_for_tests import NegLoss, TinyAdam, _data
 
 BASE = dict(population=6, epochs=6, sessions=3, seed=3, threads=1, log=None)
 
@@ -113,21 +113,100 @@ def test_average_of_a_classifier_averages_probabilities(tmp_path: Path) -> None:
     assert "accuracy" in result.test_metrics
 
 
+def _wide_data(seed: int) -> Any:
+    """TinyAdam's data with 32 training samples (members that fit them differently) and a validation split of
+    AUTO_FEW_SAMPLES: enough for `auto` to weigh the average against the member."""
+    train, _, _ = _data(seed, n=32)
+    _, val, test = _data(seed + 1000, n=2 * AUTO_FEW_SAMPLES)
+    return train, val, test
+
+
+class _Wide(TinyAdam):
+    def data(self, seed: int) -> Any:
+        return _wide_data(seed)
+
+
+class _WideNegLoss(NegLoss):
+    def data(self, seed: int) -> Any:
+        return _wide_data(seed)
+
+
 def test_auto_weighs_the_average_against_the_best_member_rule_cross_validated(tmp_path: Path) -> None:
     seen = set()
     for seed in range(6):
-        result, out = _run(tmp_path, f"auto{seed}", returns="auto", seed=seed)
+        result, out = _run(tmp_path, f"auto{seed}", task=_Wide(), returns="auto", seed=seed)
         with h5py.File(out / "results.h5", "r") as f:
             average_val, member_val = f["test/ensemble_val_loss"][()], f["best"].attrs["val_loss"]
             member_cv = f["test/member_val_cv"][()]
             val = f["history/val_loss"][-1]
+            assert f["test/judged_samples"][()] == AUTO_FEW_SAMPLES
+            why = f["test/returned_why"][()].decode()
         # the winner's own score is the lowest of S: the cross-validated rule can only be worse or equal
         assert member_val == val.min() and member_cv >= member_val * (1 - 1e-6)
         expected = "average" if average_val < member_cv * (1 - AUTO_MARGIN) else "member"
         assert result.returned == expected, seed
         assert result.best_val_loss == (average_val if expected == "average" else member_val)
+        assert why == result.returned_why and "best-member rule by more than 5%" in why
+        assert why.startswith("it scores better" if expected == "average" else "it does not score better")
         seen.add(expected)
     assert seen == {"average", "member"}  # the seeds cover both outcomes, so both branches ran
+
+
+def test_auto_returns_the_average_when_too_few_samples_judge_it(tmp_path: Path) -> None:
+    """TinyAdam's validation split has 32 samples: `auto` returns the average whichever way they point, and
+    says why in the log and the results file; with --holdout the held-back part is what judges."""
+    seen = set()
+    for seed in range(4):
+        lines: list[str] = []
+        result, out = _run(tmp_path, f"few{seed}", returns="auto", seed=seed, log=lines.append)
+        with h5py.File(out / "results.h5", "r") as f:
+            average_val, member_cv = f["test/ensemble_val_loss"][()], f["test/member_val_cv"][()]
+            assert f["test/judged_samples"][()] == 32 and f["test/returned"][()].decode() == "average"
+            median = np.median(f["population/val_loss"][()])
+            assert f["test/member_val_median"][()] == pytest.approx(median, rel=1e-5)
+        assert result.returned == "average" and result.best_val_loss == average_val
+        assert result.test_loss == result.ensemble_test_loss
+        expected = ("returned: the population average (--returns auto: 32 samples judge the choice, fewer than "
+                    f"{AUTO_FEW_SAMPLES}: too few to choose one member on)")
+        assert expected in lines
+        seen.add(bool(average_val < member_cv * (1 - AUTO_MARGIN)))
+    assert seen == {True, False}  # the margin alone would have returned the member on some of these seeds
+    result, out = _run(tmp_path, "holdout", task=_Wide(), returns="auto", elitism=True, holdout=0.25)
+    with h5py.File(out / "results.h5", "r") as f:
+        assert f["test/judged_samples"][()] == AUTO_FEW_SAMPLES // 4
+    assert result.returned == "average"
+
+
+def test_auto_keeps_the_member_when_one_far_off_member_spoils_the_average(tmp_path: Path) -> None:
+    """A member whose outputs are finite but far off (weights scaled up by 1e3 in the last session) makes the
+    average of a regression score many times the median member's: `auto` returns the best member even on a
+    small split."""
+    lines: list[str] = []
+    result, out = _run(tmp_path, "spoiled", task=_BlowsUp(), returns="auto", log=lines.append)
+    with h5py.File(out / "results.h5", "r") as f:
+        last = f["population/val_loss"][()]
+        average_val = f["test/ensemble_val_loss"][()]
+    assert np.isfinite(last).all() and last.max() > AUTO_SPOILED * 10 * np.median(last)  # finite, far off
+    assert average_val > AUTO_SPOILED * np.median(last)
+    assert result.returned == "member" and "a member far off spoils it" in result.returned_why
+    assert any(line.startswith("returned: the best member (--returns auto: the average scores") for line in lines)
+
+
+def test_auto_choice_on_its_own() -> None:
+    """The rule without a run: few samples return the average unless it is spoiled (a guard that only a
+    positive median can trip: a maximised metric's scores are negative); enough samples weigh the margin."""
+    def choice(score: float, cv: float, samples: int, median: float) -> bool:
+        return PopulationAverage([0, 1], {}, {}, score, cv, samples, median).beats_member()
+
+    few, enough = AUTO_FEW_SAMPLES - 1, AUTO_FEW_SAMPLES
+    assert choice(2.0, 1.0, few, 1.0) and not choice(2.0, 1.0, enough, 1.0)
+    assert not choice(1.0 + 1e-9, 0.1, few, 1.0 / AUTO_SPOILED)  # spoiled
+    assert choice(1.0, 0.1, few, 1.0 / AUTO_SPOILED)  # at the guard exactly: kept
+    assert choice(-0.5, -0.9, few, -0.9)  # a maximised metric: no guard
+    assert choice(0.9, 1.0, enough, 1.0) and not choice(0.96, 1.0, enough, 1.0)
+    assert choice(1.0, np.inf, enough, 1.0) and choice(1.0, 1.0, few, np.inf)
+    assert not PopulationAverage([], {}, {}, np.inf, 1.0, few).beats_member()
+    assert not PopulationAverage([0], {}, {}, np.inf, 1.0, few).beats_member()
 
 
 def test_the_cross_validation_of_the_best_member_rule() -> None:
@@ -152,8 +231,8 @@ def test_the_cross_validation_of_the_best_member_rule() -> None:
 def test_auto_follows_a_maximised_objective_as_it_would_the_loss(tmp_path: Path) -> None:
     """NegLoss's objective is minus the loss, maximised: auto must choose exactly as it does on the loss."""
     for seed in range(4):
-        by_loss, _ = _run(tmp_path, f"loss{seed}", returns="auto", seed=seed)
-        by_metric, _ = _run(tmp_path, f"metric{seed}", task=NegLoss(), returns="auto", seed=seed)
+        by_loss, _ = _run(tmp_path, f"loss{seed}", task=_Wide(), returns="auto", seed=seed)
+        by_metric, _ = _run(tmp_path, f"metric{seed}", task=_WideNegLoss(), returns="auto", seed=seed)
         assert by_metric.returned == by_loss.returned, seed
         assert by_metric.test_loss == by_loss.test_loss
 
@@ -185,6 +264,25 @@ class _Diverges(TinyAdam):
 
     def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
         return _PoisonAfter(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+
+
+class _BlowsUp(TinyAdam):
+    """In the last session, a member with a learning rate above 0.03 has its weights scaled by 1e3 after
+    every step: finite outputs, far off."""
+
+    def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
+        return _ScaleAfter(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+
+
+class _ScaleAfter(torch.optim.Adam):
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        out = super().step(closure)
+        if self.param_groups[0]["lr"] > 0.03:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.mul_(1e3).clamp_(-1e6, 1e6)
+        return out
 
 
 class _PoisonAfter(torch.optim.Adam):

@@ -20,6 +20,12 @@ average when it is better at all; Z > 0 favours the average; Z < 0 asks more of 
 training split (see `disagreement`): the average when its score is below the member rule's by more than
 0.05 - K x the disagreement.  `--seeds FIRST END` keeps seeds FIRST to END - 1 (to choose K on some seeds and
 confirm it on others).
+
+Every replayed rule applies the default's first step as it is: a judged split with fewer than
+AUTO_FEW_SAMPLES samples returns the average (unless AUTO_SPOILED trips).  `--few N ...` replays that
+threshold instead (`--few 0`: the margin alone, the rule before 2026-12-05).  Files written before
+`test/judged_samples` existed get the judged split's size from the task's data, and the members' median
+from `population/val_loss`.
 """
 
 from __future__ import annotations
@@ -35,16 +41,18 @@ import numpy as np
 import torch
 
 from benchmarks.quality.tables import wilcoxon_p
-from hsmpi.engine.average import AUTO_MARGIN, FOLDS
+from hsmpi.engine.average import AUTO_FEW_SAMPLES, AUTO_MARGIN, AUTO_SPOILED, FOLDS
 from hsmpi.engine.data import Data
 from hsmpi.tasks import load_task, task_loss
 
+Run = tuple[float, float, float, float, int, float]
 
-def read(pattern: str, paths: dict[tuple[str, int, int], str] | None = None
-         ) -> dict[tuple[str, int], dict[int, tuple[float, float, float, float]]]:
-    """(task, S) -> seed -> (average's score, member rule's score, member's test loss, average's test loss);
-    `paths`, when given, gets each kept run's file under (task, S, seed)."""
-    runs: dict[tuple[str, int], dict[int, tuple[float, float, float, float]]] = defaultdict(dict)
+
+def read(pattern: str, paths: dict[tuple[str, int, int], str] | None = None) -> dict[tuple[str, int], dict[int, Run]]:
+    """(task, S) -> seed -> (average's score, member rule's score, member's test loss, average's test loss, the
+    judged split's size, the members' median score there); `paths`, when given, gets each kept run's file under
+    (task, S, seed)."""
+    runs: dict[tuple[str, int], dict[int, Run]] = defaultdict(dict)
     for path in sorted(glob.glob(pattern)):
         with h5py.File(path, "r") as f:
             config = json.loads(f.attrs["config"])
@@ -53,11 +61,32 @@ def read(pattern: str, paths: dict[tuple[str, int, int], str] | None = None
                 continue
             if (config["objective"] or getattr(load_task(config["task"]), "objective", "loss")) != "loss":
                 continue  # its scores are of a metric, not the loss
-            runs[config["task"], config["population"]][config["seed"]] = tuple(  # type: ignore[assignment]
-                float(test[n][()]) for n in ("ensemble_val_loss", "member_val_cv", "best_loss", "ensemble_loss"))
+            scores = [float(test[n][()]) for n in ("ensemble_val_loss", "member_val_cv", "best_loss", "ensemble_loss")]
+            if "judged_samples" in test:
+                samples, median = int(test["judged_samples"][()]), float(test["member_val_median"][()])
+            else:  # written before they were
+                samples = _judged_samples(config)
+                last = f["population/val_loss"][()]
+                median = float(np.median(last[np.isfinite(last)])) if np.isfinite(last).any() else np.inf
+            runs[config["task"], config["population"]][config["seed"]] = (*scores, samples, median)  # type: ignore[assignment]
             if paths is not None:
                 paths[config["task"], config["population"], config["seed"]] = path
     return runs
+
+
+def _judged_samples(config: dict[str, object]) -> int:
+    """The size of the split a run's returned model was judged on: validation, or with --holdout its held-back
+    part (as hsmpi.engine.population holds it back)."""
+    _, val, _ = load_task(str(config["task"])).data(config["seed"])  # type: ignore[attr-defined]
+    held = int(round(float(config.get("holdout") or 0.0) * len(val)))  # type: ignore[arg-type]
+    return held if held > 0 else len(val)
+
+
+def default_rule(a: np.ndarray, few: float = AUTO_FEW_SAMPLES, margin: float = AUTO_MARGIN) -> np.ndarray:
+    """Per run (rows of `read`'s tuples), whether `--returns auto` returns the average: hsmpi.engine.average's
+    rule with its threshold `few` and its `margin`."""
+    small = (a[:, 4] < few) & ~((a[:, 5] > 0) & (a[:, 5] < a[:, 0] / AUTO_SPOILED))
+    return np.where(a[:, 4] < few, small, _relative(a) < -margin)
 
 
 def _population(path: str) -> tuple[dict[str, object], object, dict[str, np.ndarray]]:
@@ -125,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--paired", nargs="+", type=float, metavar="Z", help="replay the paired rule at these Z")
     p.add_argument("--disagreement", nargs="+", type=float, metavar="K",
                    help="replay the margin that shrinks with the members' disagreement, at these K")
+    p.add_argument("--few", nargs="+", type=float, metavar="N",
+                   help="replay the default rule with these thresholds of judged samples (0: the margin alone)")
     p.add_argument("--seeds", nargs=2, type=int, metavar=("FIRST", "END"), help="only seeds FIRST to END - 1")
     args = p.parse_args(argv)
     paths: dict[tuple[str, int, int], str] = {}
@@ -132,18 +163,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds:
         runs = {key: {s: v for s, v in seeds.items() if args.seeds[0] <= s < args.seeds[1]}
                 for key, seeds in runs.items()}
+
+    def step(a: np.ndarray, otherwise: np.ndarray) -> np.ndarray:
+        """The default's first step (few judged samples), `otherwise` the rule replayed."""
+        return np.where(a[:, 4] < AUTO_FEW_SAMPLES, default_rule(a), otherwise)
+    if args.few:
+        return table(runs, [f"few {n:g}" for n in args.few],
+                     lambda task, population, seeds, a: [default_rule(a, few=n) for n in args.few])
     if args.paired:
         def by_noise(task: str, population: int, seeds: list[int], a: np.ndarray) -> list[np.ndarray]:
             diffs = np.array([paired(paths[task, population, s]) for s in seeds])
-            return [diffs[:, 0] < z * diffs[:, 1] for z in args.paired]
+            return [step(a, diffs[:, 0] < z * diffs[:, 1]) for z in args.paired]
         return table(runs, [f"Z = {z:g}" for z in args.paired], by_noise)
     if args.disagreement:
         def by_disagreement(task: str, population: int, seeds: list[int], a: np.ndarray) -> list[np.ndarray]:
             spread = np.array([disagreement(paths[task, population, s]) for s in seeds])
-            return [_relative(a) < -(AUTO_MARGIN - k * spread) for k in args.disagreement]
+            return [step(a, _relative(a) < -(AUTO_MARGIN - k * spread)) for k in args.disagreement]
         return table(runs, [f"K = {k:g}" for k in args.disagreement], by_disagreement)
     return table(runs, [f"margin {m:g}" for m in args.margins],
-                 lambda task, population, seeds, a: [_relative(a) < -m for m in args.margins])
+                 lambda task, population, seeds, a: [default_rule(a, margin=m) for m in args.margins])
 
 
 def _relative(a: np.ndarray) -> np.ndarray:
@@ -151,10 +189,10 @@ def _relative(a: np.ndarray) -> np.ndarray:
     return (a[:, 0] - a[:, 1]) / np.abs(a[:, 1])
 
 
-def table(runs: dict[tuple[str, int], dict[int, tuple[float, float, float, float]]], heads: list[str],
+def table(runs: dict[tuple[str, int], dict[int, Run]], heads: list[str],
           rule: Callable[[str, int, list[int], np.ndarray], list[np.ndarray]]) -> None:
     """One row per (task, S): for each of the replayed rules (`rule` gives, per rule, whether each seed takes
-    the average), the median test loss (seeds better/worse than with the default margin, Wilcoxon p)."""
+    the average), the median test loss (seeds better/worse than with the default rule, Wilcoxon p)."""
     print("| task | S | seeds | " + " | ".join(heads) + " |")
     print("|---|---|---|" + "---|" * len(heads))
     for (task, population), by_seed in sorted(runs.items()):
@@ -162,7 +200,7 @@ def table(runs: dict[tuple[str, int], dict[int, tuple[float, float, float, float
         if not seeds:
             continue
         a = np.array([by_seed[s] for s in seeds])
-        now = np.where(_relative(a) < -AUTO_MARGIN, a[:, 3], a[:, 2])
+        now = np.where(default_rule(a), a[:, 3], a[:, 2])
         cells = []
         for average in rule(task, population, seeds, a):
             test = np.where(average, a[:, 3], a[:, 2])

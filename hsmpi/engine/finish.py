@@ -63,6 +63,7 @@ class Result:
     returned: str = "member"  # "member" (the best member) or "average" (the population's averaged prediction)
     member_test_loss: float = math.nan  # the best member's test loss, whichever was returned
     averaged: list[int] = field(default_factory=list)  # the members the average holds
+    returned_why: str = ""  # why `returned` is what it is (with --returns auto, the rule's reason)
     results_file: str = ""  # results.h5, on every rank: where `returned_model()` reads an average from
     task: Any = None
 
@@ -105,6 +106,9 @@ def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None],
             f"{search.unit} {result.best_session + 1}){mark['member']} | population average "
             f"{result.ensemble_test_loss:.5g} ({record['test']['ensemble_members']} members){mark['average']}"
             f"{metrics}")
+        if config.returns == "auto":
+            log(f"returned: the {'population average' if result.returned == 'average' else 'best member'} "
+                f"(--returns auto: {result.returned_why})")
         log(time_summary(record["history"]["time"], search.next_session, time.perf_counter() - start, startup))
         log(f"results: {path} ({time.perf_counter() - start:.1f}s in all)")
     return result
@@ -176,14 +180,15 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     average = population_average(search)
     record: dict[str, Any] = _record(search, champion, member_test, tested, average) if comm.is_root else {}
     judged = comm.bcast(record["best"]["val_loss"] if comm.is_root else None)
-    returns_average = c.returns == "average" or (c.returns == "auto" and average.beats_member())
-    returns_average = returns_average and bool(average.members)
+    chosen, why = average.auto_choice() if c.returns == "auto" else (c.returns == "average", f"--returns {c.returns}")
+    returns_average = chosen and bool(average.members)
     val_loss, test_loss, metrics = judged, member_test, tested
     if returns_average:
         val_loss, test_loss = average.judged["loss"], average.test["loss"]
         metrics = {n: v for n, v in average.test.items() if n != "loss"}
     if comm.is_root:
-        record["test"].update({"returned": "average" if returns_average else "member", "returned_loss": test_loss})
+        record["test"].update({"returned": "average" if returns_average else "member", "returned_loss": test_loss,
+                               "returned_why": why})
         if returns_average:
             record["test"].update({"returned_metrics": metrics, "average_members": np.array(average.members)})
             record["average"] = {"members": list(average.members), "val_loss": float(val_loss)}
@@ -191,7 +196,7 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
                     float(average.test.get("loss", math.nan)), record.get("history", {}), None,
                     best_objective=search.objective.value(average.score if returns_average else best.score),
                     test_metrics=metrics, returned="average" if returns_average else "member",
-                    member_test_loss=float(member_test), averaged=list(average.members),
+                    member_test_loss=float(member_test), averaged=list(average.members), returned_why=why,
                     results_file=os.path.join(c.out, "results.h5"), task=pop.task)
     return result, record
 
@@ -231,7 +236,8 @@ def _record(search: Search, champion: Member, test_loss: float, test_metrics: di
         },
         "test": {"best_loss": test_loss, "ensemble_loss": average.test.get("loss", math.nan),
                  "ensemble_members": len(average.members), "ensemble_val_loss": average.judged.get("loss", math.nan),
-                 "member_val_cv": search.objective.value(average.member_cv)},
+                 "member_val_cv": search.objective.value(average.member_cv), "judged_samples": average.samples,
+                 "member_val_median": search.objective.value(average.member_median)},
         "finite_model": any(math.isfinite(v) for v in h.winner_score),
     }
     if test_metrics:
