@@ -53,6 +53,7 @@ def test_member_returns_the_best_member(tmp_path: Path) -> None:
     assert result.test_loss == result.member_test_loss
     with h5py.File(out / "results.h5", "r") as f:
         assert f["test/returned"][()].decode() == "member"
+        assert "test/returned_why" not in f and result.returned_why == ""  # --returns member has no reason to give
         assert f["test/returned_loss"][()] == f["test/best_loss"][()] == result.test_loss
         assert np.isfinite(f["test/ensemble_val_loss"][()])
     assert json.loads((out / "top.json").read_text())["returned"] == "member"
@@ -169,6 +170,7 @@ def test_auto_returns_the_average_when_too_few_samples_judge_it(tmp_path: Path) 
         expected = ("returned: the population average (--returns auto: 32 samples judge the choice, fewer than "
                     f"{AUTO_FEW_SAMPLES}: too few to choose one member on)")
         assert expected in lines
+        assert f"--returns auto: {result.returned_why}" in summary(load_history(str(out / "results.h5")))
         seen.add(bool(average_val < member_cv * (1 - AUTO_MARGIN)))
     assert seen == {True, False}  # the margin alone would have returned the member on some of these seeds
     result, out = _run(tmp_path, "holdout", task=_Wide(), returns="auto", elitism=True, holdout=0.25)
@@ -207,6 +209,13 @@ def test_auto_choice_on_its_own() -> None:
     assert choice(1.0, np.inf, enough, 1.0) and choice(1.0, 1.0, few, np.inf)
     assert not PopulationAverage([], {}, {}, np.inf, 1.0, few).beats_member()
     assert not PopulationAverage([0], {}, {}, np.inf, 1.0, few).beats_member()
+
+
+def test_the_option_states_the_numbers_auto_uses() -> None:
+    import dataclasses
+
+    doc = next(f.metadata["doc"] for f in dataclasses.fields(Config) if f.name == "returns")
+    assert f"fewer than {AUTO_FEW_SAMPLES} validation samples" in doc and f"by {AUTO_MARGIN:.0%}" in doc
 
 
 def test_the_cross_validation_of_the_best_member_rule() -> None:

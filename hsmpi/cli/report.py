@@ -45,6 +45,8 @@ def load_history(path: str) -> dict[str, Any]:
             out["test"] = {k: float(f[f"test/{k}"][()]) for k in ("best_loss", "ensemble_loss")}
             if "test/returned" in f:  # written since --returns
                 out["test"]["returned"] = f["test/returned"][()].decode()
+            if "test/returned_why" in f:  # --returns auto, since 2026-12-05
+                out["test"]["returned_why"] = f["test/returned_why"][()].decode()
             out["task"], out["source"] = str(f.attrs["task"]), "results"
             return out
     return _from_checkpoint(path)
@@ -79,9 +81,11 @@ def summary(h: dict[str, Any]) -> str:
     names = list(h["hparams"])
     lines = [f"# hsmpi run: {h['task']} ({h['source']})", ""]
     if h["test"]:
-        returned = h["test"].get("returned", "member")
+        returned, why = h["test"].get("returned", "member"), h["test"].get("returned_why")
         lines += [f"test loss: best member {h['test']['best_loss']:.5g}, population average "
                   f"{h['test']['ensemble_loss']:.5g} (the run returned the {returned})", ""]
+        if why:
+            lines[-1:-1] = [f"--returns auto: {why}"]
     objective: Objective = h.get("objective") or Objective()
     by_metric = not objective.is_loss
     chosen = np.array([objective.score(v) for v in h["winner_objective"]]) if by_metric else h["winner_loss"]

@@ -63,7 +63,7 @@ class Result:
     returned: str = "member"  # "member" (the best member) or "average" (the population's averaged prediction)
     member_test_loss: float = math.nan  # the best member's test loss, whichever was returned
     averaged: list[int] = field(default_factory=list)  # the members the average holds
-    returned_why: str = ""  # why `returned` is what it is (with --returns auto, the rule's reason)
+    returned_why: str = ""  # with --returns auto: why `returned` is what it is
     results_file: str = ""  # results.h5, on every rank: where `returned_model()` reads an average from
     task: Any = None
 
@@ -180,15 +180,16 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     average = population_average(search)
     record: dict[str, Any] = _record(search, champion, member_test, tested, average) if comm.is_root else {}
     judged = comm.bcast(record["best"]["val_loss"] if comm.is_root else None)
-    chosen, why = average.auto_choice() if c.returns == "auto" else (c.returns == "average", f"--returns {c.returns}")
+    chosen, why = average.auto_choice() if c.returns == "auto" else (c.returns == "average", "")
     returns_average = chosen and bool(average.members)
     val_loss, test_loss, metrics = judged, member_test, tested
     if returns_average:
         val_loss, test_loss = average.judged["loss"], average.test["loss"]
         metrics = {n: v for n, v in average.test.items() if n != "loss"}
     if comm.is_root:
-        record["test"].update({"returned": "average" if returns_average else "member", "returned_loss": test_loss,
-                               "returned_why": why})
+        record["test"].update({"returned": "average" if returns_average else "member", "returned_loss": test_loss})
+        if why:
+            record["test"]["returned_why"] = why
         if returns_average:
             record["test"].update({"returned_metrics": metrics, "average_members": np.array(average.members)})
             record["average"] = {"members": list(average.members), "val_loss": float(val_loss)}
