@@ -269,39 +269,36 @@ def test_the_average_leaves_out_a_member_that_diverged(tmp_path: Path) -> None:
 
 
 class _Diverges(TinyAdam):
-    """Member 1's outputs go to NaN in the last session (its weights are poisoned after 4 epochs)."""
+    """A member with a learning rate above 0.02 has its weights poisoned (NaN) after every step."""
 
     def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
-        return _PoisonAfter(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+        return _BreaksAbove(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999), limit=0.02,
+                            breaks=lambda p: p.fill_(float("nan")))
 
 
 class _BlowsUp(TinyAdam):
-    """In the last session, a member with a learning rate above 0.03 has its weights scaled by 1e3 after
-    every step: finite outputs, far off."""
+    """A member with a learning rate above 0.03 has its weights scaled by 1e3 after every step: finite outputs,
+    far off (and in the last session, nobody copies over them)."""
 
     def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
-        return _ScaleAfter(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999))
+        return _BreaksAbove(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999), limit=0.03,
+                            breaks=lambda p: p.mul_(1e3).clamp_(-1e6, 1e6))
 
 
-class _ScaleAfter(torch.optim.Adam):
+class _BreaksAbove(torch.optim.Adam):
+    """Adam that applies `breaks` to every parameter after each step while its learning rate is above `limit`."""
+
+    def __init__(self, params: Any, *, limit: float, breaks: Any, **options: Any) -> None:
+        super().__init__(params, **options)
+        self.limit, self.breaks = limit, breaks
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         out = super().step(closure)
-        if self.param_groups[0]["lr"] > 0.03:
+        if self.param_groups[0]["lr"] > self.limit:
             for group in self.param_groups:
                 for p in group["params"]:
-                    p.mul_(1e3).clamp_(-1e6, 1e6)
-        return out
-
-
-class _PoisonAfter(torch.optim.Adam):
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        out = super().step(closure)
-        if self.param_groups[0]["lr"] > 0.02:
-            for group in self.param_groups:
-                for p in group["params"]:
-                    p.fill_(float("nan"))
+                    self.breaks(p)
         return out
 
 
