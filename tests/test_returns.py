@@ -198,7 +198,7 @@ def test_auto_choice_on_its_own() -> None:
     """The rule without a run: few samples return the average unless it is spoiled (a guard that only a
     positive median can trip: a maximised metric's scores are negative); enough samples weigh the margin."""
     def choice(score: float, cv: float, samples: int, median: float) -> bool:
-        return PopulationAverage([0, 1], {}, {}, score, cv, samples, median).beats_member()
+        return PopulationAverage([0, 1], {}, {}, score, cv, samples, median).auto_choice()[0]
 
     few, enough = AUTO_FEW_SAMPLES - 1, AUTO_FEW_SAMPLES
     assert choice(2.0, 1.0, few, 1.0) and not choice(2.0, 1.0, enough, 1.0)
@@ -207,8 +207,8 @@ def test_auto_choice_on_its_own() -> None:
     assert choice(-0.5, -0.9, few, -0.9)  # a maximised metric: no guard
     assert choice(0.9, 1.0, enough, 1.0) and not choice(0.96, 1.0, enough, 1.0)
     assert choice(1.0, np.inf, enough, 1.0) and choice(1.0, 1.0, few, np.inf)
-    assert not PopulationAverage([], {}, {}, np.inf, 1.0, few).beats_member()
-    assert not PopulationAverage([0], {}, {}, np.inf, 1.0, few).beats_member()
+    assert PopulationAverage([], {}, {}, np.inf, 1.0, few).auto_choice() == (False, "no average")
+    assert not PopulationAverage([0], {}, {}, np.inf, 1.0, few).auto_choice()[0]
 
 
 def test_the_option_states_the_numbers_auto_uses() -> None:

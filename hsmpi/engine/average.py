@@ -81,9 +81,9 @@ FOLDS = 5  # --returns auto: folds of the validation split the best-member rule 
 # not (docs/benchmarks.md, "returning the population's average").
 AUTO_MARGIN = 0.05
 # --returns auto: a judged split with fewer samples than this cannot tell the average from the member, and the
-# average is returned.  On breast-cancer and diabetes (100 and 88 samples) it beat what the margin chose
-# whichever way validation pointed; on the tasks with 160 or more the margin's choice was the better one
-# (docs/benchmarks.md, "The returned model against the size of the validation split").
+# average is returned.  With 100 samples or fewer (breast-cancer, diabetes and both with other split sizes) it
+# beat what the margin chose, whichever way validation pointed; with 150 or more it did not help
+# (docs/benchmarks.md, "`--returns auto` on small validation splits").
 AUTO_FEW_SAMPLES = 128
 # ... unless the average scores worse than this many times the population's median member: one member far
 # off (diverged, with finite outputs) can spoil an average of regressions without bound.  A classifier's
@@ -104,10 +104,6 @@ class PopulationAverage:
     member_cv: float = math.inf  # the best-member rule's cross-validated score there (what `auto` compares)
     samples: int = 0  # the judged split's size
     member_median: float = math.inf  # the median of the averaged members' scores there
-
-    def beats_member(self) -> bool:
-        """`--returns auto`'s choice (see `auto_choice`)."""
-        return self.auto_choice()[0]
 
     def auto_choice(self) -> tuple[bool, str]:
         """`--returns auto`'s choice, and why: the average when the judged split has fewer than
