@@ -190,7 +190,7 @@ class Search(_Group):
         "auto",
         "what the run returns: `member` (the best member, as in the paper), `average` (the final population's "
         "averaged prediction; `Result.returned_model()` reads it from the results file) or `auto` (the "
-        "average when fewer than 128 validation samples judge the choice, else when it scores better on "
+        "average for a classifier judged on fewer than 128 validation samples, else when it scores better on "
         "validation than the best-member rule, cross-validated, by 5%; chosen from the benchmark, "
         "docs/benchmarks.md)")
     average_top: int | None = _field(

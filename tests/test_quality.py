@@ -215,17 +215,33 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
     cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
     median = lambda i: float(np.median([v[i] for v in returned.values()]))  # noqa: E731
     assert [float(c) for c in cells] == pytest.approx([median(0), median(1), median(2)], rel=1e-3)
-    # regression1d's 256 validation samples are enough for the margin: a threshold above them returns the average
-    assert all(v[4] == 256 for v in runs["regression1d", 4].values())
+    # regression1d is a regression (256 validation samples): the margin decides it at any threshold
+    assert all(v[4] == 256 and not v[6] for v in runs["regression1d", 4].values())
     margins.main([str(tmp_path / "*" / "results.h5"), "--few", "0", "257"])
     row = capsys.readouterr().out.strip().splitlines()[-1]
     cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
-    assert [float(c) for c in cells] == pytest.approx([median(0), median(2)], rel=1e-3)
-    with h5py.File(tmp_path / "seed0" / "results.h5", "a") as f:  # as written before these were
-        del f["test/judged_samples"], f["test/member_val_median"]
-    older = margins.read(str(tmp_path / "*" / "results.h5"))["regression1d", 4]
-    assert older[0][:5] == runs["regression1d", 4][0][:5]
-    assert older[0][5] == pytest.approx(runs["regression1d", 4][0][5], rel=1e-5)
+    assert [float(c) for c in cells] == pytest.approx([median(0), median(0)], rel=1e-3)
+    # breast-cancer's 100 labelled samples: the default returns the average; a threshold of 0 replays the margin
+    classes = tmp_path / "classes"
+    for seed in (0, 1):
+        r = hsmpi.run("breast-cancer", population=4, epochs=4, sessions=2, seed=seed, threads=1, log=None,
+                      out=str(classes / f"seed{seed}"), export_top=0)
+        assert r.returned == "average"
+    kept = margins.read(str(classes / "*" / "results.h5"))["breast-cancer", 4]
+    assert all(v[4] == 100 and v[6] for v in kept.values())
+    margins.main([str(classes / "*" / "results.h5"), "--few", "0", "128"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
+    by_margin = [v[3] if v[0] < v[1] - AUTO_MARGIN * abs(v[1]) else v[2] for v in kept.values()]
+    assert [float(c) for c in cells] == pytest.approx([float(np.median(by_margin)),
+                                                       float(np.median([v[3] for v in kept.values()]))], rel=1e-3)
+    for folder, key in ((tmp_path / "seed0", ("regression1d", 4)), (classes / "seed0", ("breast-cancer", 4))):
+        with h5py.File(folder / "results.h5", "a") as f:  # as written before these were
+            del f["test/judged_samples"], f["test/member_val_median"], f["test/judged_classes"]
+        now = runs[key][0] if key[0] == "regression1d" else kept[0]
+        older = margins.read(str(folder.parent / "*" / "results.h5"))[key][0]
+        assert older[:5] == now[:5] and older[6] == now[6]
+        assert older[5] == pytest.approx(now[5], rel=1e-5)
     for seed in (0, 1, 2):  # the paired replay rebuilds the population: its mean is the file's two scores' gap
         path = tmp_path / f"seed{seed}" / "results.h5"
         with h5py.File(path, "r") as f:

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 import hsmpi
 from hsmpi.cli.report import load_history, summary
@@ -153,36 +154,52 @@ def test_auto_weighs_the_average_against_the_best_member_rule_cross_validated(tm
     assert seen == {"average", "member"}  # the seeds cover both outcomes, so both branches ran
 
 
-def test_auto_returns_the_average_when_too_few_samples_judge_it(tmp_path: Path) -> None:
-    """TinyAdam's validation split has 32 samples: `auto` returns the average whichever way they point, and
-    says why in the log and the results file; with --holdout the held-back part is what judges."""
+def test_auto_returns_the_average_when_too_few_labelled_samples_judge_it(tmp_path: Path) -> None:
+    """_TinyClasses' validation split has 32 labelled samples: `auto` returns the average whichever way they
+    point (of probabilities, or of logits for a task without ensemble hooks), and says why in the log and the
+    results file; with --holdout the held-back part is what judges."""
     seen = set()
     for seed in range(4):
         lines: list[str] = []
-        result, out = _run(tmp_path, f"few{seed}", returns="auto", seed=seed, log=lines.append)
+        result, out = _run(tmp_path, f"few{seed}", task=_TinyClasses(), returns="auto", seed=seed,
+                           log=lines.append)
         with h5py.File(out / "results.h5", "r") as f:
             average_val, member_cv = f["test/ensemble_val_loss"][()], f["test/member_val_cv"][()]
-            assert f["test/judged_samples"][()] == 32 and f["test/returned"][()].decode() == "average"
+            assert f["test/judged_samples"][()] == 32 and f["test/judged_classes"][()] == 1
+            assert f["test/returned"][()].decode() == "average"
             median = np.median(f["population/val_loss"][()])
             assert f["test/member_val_median"][()] == pytest.approx(median, rel=1e-5)
         assert result.returned == "average" and result.best_val_loss == average_val
         assert result.test_loss == result.ensemble_test_loss
-        expected = ("returned: the population average (--returns auto: 32 samples judge the choice, fewer than "
-                    f"{AUTO_FEW_SAMPLES}: too few to choose one member on)")
+        expected = ("returned: the population average (--returns auto: 32 labelled samples judge the choice, "
+                    f"fewer than {AUTO_FEW_SAMPLES}: too few to choose one classifier on)")
         assert expected in lines
         assert f"--returns auto: {result.returned_why}" in summary(load_history(str(out / "results.h5")))
         seen.add(bool(average_val < member_cv * (1 - AUTO_MARGIN)))
-    assert seen == {True, False}  # the margin alone would have returned the member on some of these seeds
-    result, out = _run(tmp_path, "holdout", task=_Wide(), returns="auto", elitism=True, holdout=0.25)
+    assert False in seen  # the margin alone would have returned the member on some of these seeds
+    logits, _ = _run(tmp_path, "logits", task=_TinyLogits(), returns="auto")
+    assert logits.returned == "average" and logits.returned_why.startswith("32 labelled samples")
+    result, out = _run(tmp_path, "holdout", task=_TinyClasses(), returns="auto", elitism=True, holdout=0.5)
     with h5py.File(out / "results.h5", "r") as f:
-        assert f["test/judged_samples"][()] == AUTO_FEW_SAMPLES // 4
+        assert f["test/judged_samples"][()] == 16
     assert result.returned == "average"
 
 
+def test_auto_weighs_a_regression_by_the_margin_on_any_split(tmp_path: Path) -> None:
+    """TinyAdam's 32 validation samples are float targets: a regression, which the margin decides."""
+    for seed in range(3):
+        result, out = _run(tmp_path, f"regression{seed}", returns="auto", seed=seed)
+        with h5py.File(out / "results.h5", "r") as f:
+            assert f["test/judged_samples"][()] == 32 and f["test/judged_classes"][()] == 0
+            average_val, member_cv = f["test/ensemble_val_loss"][()], f["test/member_val_cv"][()]
+        expected = "average" if average_val < member_cv * (1 - AUTO_MARGIN) else "member"
+        assert result.returned == expected and "best-member rule by more than 5%" in result.returned_why
+
+
 def test_auto_keeps_the_member_when_one_far_off_member_spoils_the_average(tmp_path: Path) -> None:
-    """A member whose outputs are finite but far off (weights scaled up by 1e3 in the last session) makes the
-    average of a regression score many times the median member's: `auto` returns the best member even on a
-    small split."""
+    """A classifier that averages logits, one of whose members has finite but huge ones (weights scaled up by
+    1e3 after every step): the average scores many times the median member, and `auto` returns the best member
+    even on a small split."""
     lines: list[str] = []
     result, out = _run(tmp_path, "spoiled", task=_BlowsUp(), returns="auto", log=lines.append)
     with h5py.File(out / "results.h5", "r") as f:
@@ -195,27 +212,29 @@ def test_auto_keeps_the_member_when_one_far_off_member_spoils_the_average(tmp_pa
 
 
 def test_auto_choice_on_its_own() -> None:
-    """The rule without a run: few samples return the average unless it is spoiled (a guard that only a
-    positive median can trip: a maximised metric's scores are negative); enough samples weigh the margin."""
-    def choice(score: float, cv: float, samples: int, median: float) -> bool:
-        return PopulationAverage([0, 1], {}, {}, score, cv, samples, median).auto_choice()[0]
+    """The rule without a run: few labelled samples return the average unless it is spoiled (a guard that only
+    a positive median can trip: a maximised metric's scores are negative); a regression, or enough samples,
+    weigh the margin."""
+    def choice(score: float, cv: float, samples: int, median: float, classes: bool = True) -> bool:
+        return PopulationAverage([0, 1], {}, {}, score, cv, samples, median, classes).auto_choice()[0]
 
     few, enough = AUTO_FEW_SAMPLES - 1, AUTO_FEW_SAMPLES
     assert choice(2.0, 1.0, few, 1.0) and not choice(2.0, 1.0, enough, 1.0)
+    assert not choice(2.0, 1.0, few, 1.0, classes=False) and choice(0.9, 1.0, few, 1.0, classes=False)
     assert not choice(1.0 + 1e-9, 0.1, few, 1.0 / AUTO_SPOILED)  # spoiled
     assert choice(1.0, 0.1, few, 1.0 / AUTO_SPOILED)  # at the guard exactly: kept
     assert choice(-0.5, -0.9, few, -0.9)  # a maximised metric: no guard
     assert choice(0.9, 1.0, enough, 1.0) and not choice(0.96, 1.0, enough, 1.0)
     assert choice(1.0, np.inf, enough, 1.0) and choice(1.0, 1.0, few, np.inf)
     assert PopulationAverage([], {}, {}, np.inf, 1.0, few).auto_choice() == (False, "no average")
-    assert not PopulationAverage([0], {}, {}, np.inf, 1.0, few).auto_choice()[0]
+    assert not PopulationAverage([0], {}, {}, np.inf, 1.0, few, classes=True).auto_choice()[0]
 
 
 def test_the_option_states_the_numbers_auto_uses() -> None:
     import dataclasses
 
     doc = next(f.metadata["doc"] for f in dataclasses.fields(Config) if f.name == "returns")
-    assert f"fewer than {AUTO_FEW_SAMPLES} validation samples" in doc and f"by {AUTO_MARGIN:.0%}" in doc
+    assert f"classifier judged on fewer than {AUTO_FEW_SAMPLES} validation samples" in doc and f"by {AUTO_MARGIN:.0%}" in doc
 
 
 def test_the_cross_validation_of_the_best_member_rule() -> None:
@@ -268,6 +287,30 @@ def test_the_average_leaves_out_a_member_that_diverged(tmp_path: Path) -> None:
     assert np.isfinite(result.test_loss)
 
 
+class _TinyLogits(TinyAdam):
+    """TinyAdam's data as two classes (target above 1 or not): 32 labelled validation samples; a 3-16-2 MLP on
+    cross-entropy, without ensemble hooks (its average is of logits)."""
+
+    def data(self, seed: int) -> Any:
+        return tuple(TensorDataset(x, (y > 1.0).long().view(-1)) for x, y in (d.tensors for d in _data(seed)))
+
+    def model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(output, target)
+
+
+class _TinyClasses(_TinyLogits):
+    """_TinyLogits averaging class probabilities, as the built-in classifiers do."""
+
+    def ensemble_in(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(output, dim=-1)
+
+    def ensemble_out(self, mean: torch.Tensor) -> torch.Tensor:
+        return torch.log(mean.clamp_min(1e-12))
+
+
 class _Diverges(TinyAdam):
     """A member with a learning rate above 0.02 has its weights poisoned (NaN) after every step."""
 
@@ -276,12 +319,12 @@ class _Diverges(TinyAdam):
                             breaks=lambda p: p.fill_(float("nan")))
 
 
-class _BlowsUp(TinyAdam):
-    """A member with a learning rate above 0.03 has its weights scaled by 1e3 after every step: finite outputs,
+class _BlowsUp(_TinyLogits):
+    """A member with a learning rate above 0.02 has its weights scaled by 1e3 after every step: finite outputs,
     far off (and in the last session, nobody copies over them)."""
 
     def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
-        return _BreaksAbove(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999), limit=0.03,
+        return _BreaksAbove(list(params), lr=hp["lr"], betas=(hp["beta1"], 0.999), limit=0.02,
                             breaks=lambda p: p.mul_(1e3).clamp_(-1e6, 1e6))
 
 

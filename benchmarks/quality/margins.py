@@ -21,10 +21,10 @@ training split (see `disagreement`): the average when its score is below the mem
 0.05 - K x the disagreement.  `--seeds FIRST END` keeps seeds FIRST to END - 1 (to choose K on some seeds and
 confirm it on others).
 
-Every replayed rule applies the default's first step as it is: a judged split with fewer than
-AUTO_FEW_SAMPLES samples returns the average (unless AUTO_SPOILED trips).  `--few N ...` replays that
+Every replayed rule applies the default's first step as it is: a judged split of class labels with fewer
+than AUTO_FEW_SAMPLES samples returns the average (unless AUTO_SPOILED trips).  `--few N ...` replays that
 threshold instead (`--few 0`: the margin alone, the rule before 2026-12-05).  Files written before
-`test/judged_samples` existed get the judged split's size from the task's data, and the members' median
+`test/judged_classes` existed get the judged split's size and kind from the task's data, and the members' median
 from `population/val_loss`.
 """
 
@@ -45,13 +45,13 @@ from hsmpi.engine.average import AUTO_FEW_SAMPLES, AUTO_MARGIN, AUTO_SPOILED, FO
 from hsmpi.engine.data import Data
 from hsmpi.tasks import load_task, task_loss
 
-Run = tuple[float, float, float, float, int, float]
+Run = tuple[float, float, float, float, int, float, bool]
 
 
 def read(pattern: str, paths: dict[tuple[str, int, int], str] | None = None) -> dict[tuple[str, int], dict[int, Run]]:
     """(task, S) -> seed -> (average's score, member rule's score, member's test loss, average's test loss, the
-    judged split's size, the members' median score there); `paths`, when given, gets each kept run's file under
-    (task, S, seed)."""
+    judged split's size, the members' median score there, whether it holds class labels); `paths`, when given,
+    gets each kept run's file under (task, S, seed)."""
     runs: dict[tuple[str, int], dict[int, Run]] = defaultdict(dict)
     for path in sorted(glob.glob(pattern)):
         with h5py.File(path, "r") as f:
@@ -62,31 +62,35 @@ def read(pattern: str, paths: dict[tuple[str, int, int], str] | None = None) -> 
             if (config["objective"] or getattr(load_task(config["task"]), "objective", "loss")) != "loss":
                 continue  # its scores are of a metric, not the loss
             scores = [float(test[n][()]) for n in ("ensemble_val_loss", "member_val_cv", "best_loss", "ensemble_loss")]
-            if "judged_samples" in test:
+            if "judged_classes" in test:
                 samples, median = int(test["judged_samples"][()]), float(test["member_val_median"][()])
+                classes = bool(test["judged_classes"][()])
             else:  # written before they were
-                samples = _judged_samples(config)
+                samples, classes = _judged_split(config)
                 last = f["population/val_loss"][()]
                 median = float(np.median(last[np.isfinite(last)])) if np.isfinite(last).any() else np.inf
-            runs[config["task"], config["population"]][config["seed"]] = (*scores, samples, median)  # type: ignore[assignment]
+            runs[config["task"], config["population"]][config["seed"]] = (  # type: ignore[assignment]
+                *scores, samples, median, classes)
             if paths is not None:
                 paths[config["task"], config["population"], config["seed"]] = path
     return runs
 
 
-def _judged_samples(config: dict[str, object]) -> int:
-    """The size of the split a run's returned model was judged on: validation, or with --holdout its held-back
-    part (as hsmpi.engine.population holds it back)."""
+def _judged_split(config: dict[str, object]) -> tuple[int, bool]:
+    """The size of the split a run's returned model was judged on (validation, or with --holdout its held-back
+    part, as hsmpi.engine.population holds it back), and whether its targets are class labels."""
     _, val, _ = load_task(str(config["task"])).data(config["seed"])  # type: ignore[attr-defined]
     held = int(round(float(config.get("holdout") or 0.0) * len(val)))  # type: ignore[arg-type]
-    return held if held > 0 else len(val)
+    target = val[0][1] if not hasattr(val, "tensors") else val.tensors[1]
+    return held if held > 0 else len(val), not torch.as_tensor(target).is_floating_point()
 
 
 def default_rule(a: np.ndarray, few: float = AUTO_FEW_SAMPLES, margin: float = AUTO_MARGIN) -> np.ndarray:
     """Per run (rows of `read`'s tuples), whether `--returns auto` returns the average: hsmpi.engine.average's
     rule with its threshold `few` and its `margin`."""
-    small = (a[:, 4] < few) & ~((a[:, 5] > 0) & (a[:, 5] < a[:, 0] / AUTO_SPOILED))
-    return np.where(a[:, 4] < few, small, _relative(a) < -margin)
+    step = (a[:, 6] > 0) & (a[:, 4] < few)
+    kept = (a[:, 5] > 0) & (a[:, 5] < a[:, 0] / AUTO_SPOILED)
+    return np.where(step, ~kept, _relative(a) < -margin)
 
 
 def _population(path: str) -> tuple[dict[str, object], object, dict[str, np.ndarray]]:
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def step(a: np.ndarray, otherwise: np.ndarray) -> np.ndarray:
         """The default's first step (few judged samples), `otherwise` the rule replayed."""
-        return np.where(a[:, 4] < AUTO_FEW_SAMPLES, default_rule(a), otherwise)
+        return np.where((a[:, 6] > 0) & (a[:, 4] < AUTO_FEW_SAMPLES), default_rule(a), otherwise)
     if args.few:
         return table(runs, [f"few {n:g}" for n in args.few],
                      lambda task, population, seeds, a: [default_rule(a, few=n) for n in args.few])

@@ -3,7 +3,10 @@ rule fares as the validation split shrinks (docs/benchmarks.md, "The returned mo
 validation split").
 
 - `Val50` ... `Val200`: breast-cancer (classification, cross-entropy) with 255 training samples;
-- `DiabetesVal60` ... `DiabetesVal180`: diabetes (regression, squared error) with 200 training samples.
+- `DiabetesVal60` ... `DiabetesVal180`: diabetes (regression, squared error) with 200 training samples;
+- `Synth3Class` and `SynthSGD`: two tasks the rule was not chosen on, drawn from scikit-learn's generators
+  with each seed, 300 training / 100 validation / 200 test samples: a three-class classification (Adam,
+  cross-entropy) and a regression trained with SGD (momentum and weight decay searched).
 
 The rest of each data set is the test split.
 
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsmpi.tasks._common import split_sizes
+import torch
+
+from hsmpi.algorithm.space import LogUniform, Uniform
+from hsmpi.tasks._common import Classification, mlp, split_sizes
 from hsmpi.tasks.breast_cancer import BreastCancer
 from hsmpi.tasks.diabetes import Diabetes
 
@@ -67,3 +73,48 @@ class DiabetesVal120(_DiabetesVal):
 
 class DiabetesVal180(_DiabetesVal):
     n_val = 180
+
+
+class Synth3Class(Classification):
+    """600 samples of 20 features (8 informative, 4 redundant), three classes, 5% of labels flipped."""
+
+    space = {
+        "lr": LogUniform(1e-4, 1e-1),
+        "beta1": Uniform(0.5, 0.99),
+        "weight_decay": LogUniform(1e-7, 1e-2),
+    }
+
+    def data(self, seed: int) -> Any:
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(n_samples=600, n_features=20, n_informative=8, n_redundant=4, n_classes=3,
+                                   flip_y=0.05, random_state=seed)
+        return split_sizes(x, y, seed, 300, 100)
+
+    def model(self) -> torch.nn.Module:
+        return mlp([20, 32, 32, 3])
+
+    def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], 0.999), weight_decay=hp["weight_decay"])
+
+
+class SynthSGD:
+    """600 samples of 15 features (8 informative), a linear target with noise, MLP trained with SGD."""
+
+    space = {
+        "lr": LogUniform(1e-4, 1e-1),
+        "momentum": Uniform(0.0, 0.95),
+        "weight_decay": LogUniform(1e-6, 1e-2),
+    }
+
+    def data(self, seed: int) -> Any:
+        from sklearn.datasets import make_regression
+
+        x, y = make_regression(n_samples=600, n_features=15, n_informative=8, noise=30.0, random_state=seed)
+        return split_sizes(x, y, seed, 300, 100)
+
+    def model(self) -> torch.nn.Module:
+        return mlp([15, 32, 32, 1])
+
+    def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])

@@ -80,15 +80,17 @@ FOLDS = 5  # --returns auto: folds of the validation split the best-member rule 
 # since both estimates are noisy: narrower wins switched to an average that was worse on test more often than
 # not (docs/benchmarks.md, "returning the population's average").
 AUTO_MARGIN = 0.05
-# --returns auto: a judged split with fewer samples than this cannot tell the average from the member, and the
-# average is returned.  With 100 samples or fewer (breast-cancer, diabetes and both with other split sizes) it
-# beat what the margin chose, whichever way validation pointed; with 150 or more it did not help
+# --returns auto: a classifier's judged split (class labels) with fewer samples than this cannot tell the
+# average from the member, and the average is returned.  With 125 samples or fewer it beat what the margin
+# chose on every classification measured, whichever way validation pointed; with 150 or more it did not help.
+# A regression is left to the margin: on one trained with SGD the average lost even on 100 samples
 # (docs/benchmarks.md, "`--returns auto` on small validation splits").
 AUTO_FEW_SAMPLES = 128
 # ... unless the average scores worse than this many times the population's median member: one member far
-# off (diverged, with finite outputs) can spoil an average of regressions without bound.  A classifier's
-# validation loss can be near 0, where ratios grow large with no harm: at 10, this guard kept the member on 2
-# of 80 runs with 50 validation samples, and the average was the better model on both.
+# off (its outputs finite but huge) can spoil an average of logits, or of any outputs a task's `ensemble_in`
+# does not bound.  A classifier's validation loss can be near 0, where ratios grow large with no harm: at 10,
+# this guard kept the member on 2 of 80 runs with 50 validation samples, and the average was the better model
+# on both.
 AUTO_SPOILED = 100.0
 
 
@@ -104,20 +106,21 @@ class PopulationAverage:
     member_cv: float = math.inf  # the best-member rule's cross-validated score there (what `auto` compares)
     samples: int = 0  # the judged split's size
     member_median: float = math.inf  # the median of the averaged members' scores there
+    classes: bool = False  # the judged split's targets are class labels (an integer dtype)
 
     def auto_choice(self) -> tuple[bool, str]:
-        """`--returns auto`'s choice, and why: the average when the judged split has fewer than
-        AUTO_FEW_SAMPLES samples (unless it is spoiled: AUTO_SPOILED), else when it scores better than the
-        best-member rule by more than AUTO_MARGIN of that rule's score (scores are lower-is-better; a
+        """`--returns auto`'s choice, and why: the average when the judged split holds class labels and has
+        fewer than AUTO_FEW_SAMPLES samples (unless it is spoiled: AUTO_SPOILED), else when it scores better
+        than the best-member rule by more than AUTO_MARGIN of that rule's score (scores are lower-is-better; a
         metric's can be negative)."""
         if not self.members or not math.isfinite(self.score):
             return False, "no average"
-        if self.samples < AUTO_FEW_SAMPLES:
+        if self.classes and self.samples < AUTO_FEW_SAMPLES:
             if 0 < self.member_median < self.score / AUTO_SPOILED:
                 return False, (f"the average scores {self.score / self.member_median:.3g} times the median "
                                "member: a member far off spoils it")
-            return True, (f"{self.samples} samples judge the choice, fewer than {AUTO_FEW_SAMPLES}: too few to "
-                          "choose one member on")
+            return True, (f"{self.samples} labelled samples judge the choice, fewer than {AUTO_FEW_SAMPLES}: "
+                          "too few to choose one classifier on")
         if not math.isfinite(self.member_cv):
             return True, "no member rule scored"
         if self.score < self.member_cv - AUTO_MARGIN * abs(self.member_cv):
@@ -182,9 +185,9 @@ def population_average(search: Search) -> PopulationAverage:
         rows = sorted(finite)
         losses = summed[at + fold_scores.size:].reshape(fold_losses.shape)[rows] if search.ties_by_loss else None
         cv = _cross_validated(scored[rows], sizes, losses)
-    samples = len(targets[0])
+    samples, classes = len(targets[0]), not (targets[0].is_floating_point() or targets[0].is_complex())
     if not members:
-        return PopulationAverage([], {}, {}, math.inf, cv, samples)
+        return PopulationAverage([], {}, {}, math.inf, cv, samples, classes=classes)
     median = float(np.median((scored[members] * sizes).sum(axis=1) / sizes.sum()))
     values, offset = [], 0
     for target, shape in zip(targets, shapes):
@@ -199,7 +202,7 @@ def population_average(search: Search) -> PopulationAverage:
     key = "loss" if objective.is_loss else objective.name
     score = objective.score(judged[key]) if key in judged else math.inf
     return PopulationAverage(members, judged, test, score if math.isfinite(score) else math.inf, cv, samples,
-                             median if math.isfinite(median) else math.inf)
+                             median if math.isfinite(median) else math.inf, classes)
 
 
 def _score(task: Any, objective: Any, output: torch.Tensor, target: torch.Tensor) -> float:

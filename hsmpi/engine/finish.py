@@ -238,6 +238,7 @@ def _record(search: Search, champion: Member, test_loss: float, test_metrics: di
         "test": {"best_loss": test_loss, "ensemble_loss": average.test.get("loss", math.nan),
                  "ensemble_members": len(average.members), "ensemble_val_loss": average.judged.get("loss", math.nan),
                  "member_val_cv": search.objective.value(average.member_cv), "judged_samples": average.samples,
+                 "judged_classes": int(average.classes),
                  "member_val_median": search.objective.value(average.member_median)},
         "finite_model": any(math.isfinite(v) for v in h.winner_score),
     }

@@ -31,7 +31,8 @@ Layout (S members, m sessions, R ranks):
   for a task with metrics), `returned` ("member" or "average": what the run
   returned, --returns), `returned_loss` (its test loss), `returned_why` (with --returns auto: why),
   `member_val_cv` (the best-member rule's score cross-validated), `judged_samples`
-  (the size of the split that judged the choice), `member_val_median` (the
+  (the size of the split that judged the choice), `judged_classes` (1: its
+  targets are class labels), `member_val_median` (the
   averaged members' median score there), and when the average
   was returned `returned_metrics/<name>` and `average_members` (who it holds).
 """
