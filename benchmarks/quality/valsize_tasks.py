@@ -4,7 +4,7 @@ validation split").
 
 - `Val50` ... `Val200`: breast-cancer (classification, cross-entropy) with 255 training samples;
 - `DiabetesVal60` ... `DiabetesVal180`: diabetes (regression, squared error) with 200 training samples;
-- `Synth3Class` and `SynthSGD`: two tasks the rule was not chosen on, drawn from scikit-learn's generators
+- `Synth3Class` (and `Synth3Class150`, with 150 validation samples) and `SynthSGD`: two tasks the rule was not chosen on, drawn from scikit-learn's generators
   with each seed, 300 training / 100 validation / 200 test samples: a three-class classification (Adam,
   cross-entropy) and a regression trained with SGD (momentum and weight decay searched).
 
@@ -84,18 +84,26 @@ class Synth3Class(Classification):
         "weight_decay": LogUniform(1e-7, 1e-2),
     }
 
+    n_val = 100
+
     def data(self, seed: int) -> Any:
         from sklearn.datasets import make_classification
 
         x, y = make_classification(n_samples=600, n_features=20, n_informative=8, n_redundant=4, n_classes=3,
                                    flip_y=0.05, random_state=seed)
-        return split_sizes(x, y, seed, 300, 100)
+        return split_sizes(x, y, seed, 300, self.n_val)
 
     def model(self) -> torch.nn.Module:
         return mlp([20, 32, 32, 3])
 
     def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], 0.999), weight_decay=hp["weight_decay"])
+
+
+class Synth3Class150(Synth3Class):
+    """Synth3Class with 150 validation samples (and 150 test samples)."""
+
+    n_val = 150
 
 
 class SynthSGD:
