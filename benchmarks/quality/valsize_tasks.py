@@ -4,9 +4,10 @@ validation split").
 
 - `Val50` ... `Val200`: breast-cancer (classification, cross-entropy) with 255 training samples;
 - `DiabetesVal60` ... `DiabetesVal180`: diabetes (regression, squared error) with 200 training samples;
-- `Synth3Class` (and `Synth3Class150`, with 150 validation samples) and `SynthSGD`: two tasks the rule was not chosen on, drawn from scikit-learn's generators
+- `Synth3Class` and `SynthSGD`: two tasks the rule was not chosen on, drawn from scikit-learn's generators
   with each seed, 300 training / 100 validation / 200 test samples: a three-class classification (Adam,
-  cross-entropy) and a regression trained with SGD (momentum and weight decay searched).
+  cross-entropy) and a regression trained with SGD (momentum and weight decay searched); `Synth3Class150`
+  has 150 validation samples (and 150 test).
 
 The rest of each data set is the test split.
 
