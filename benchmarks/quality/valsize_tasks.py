@@ -7,7 +7,7 @@ validation split").
 - `Synth3Class` and `SynthSGD`: two tasks the rule was not chosen on, drawn from scikit-learn's generators
   with each seed, 300 training / 100 validation / 200 test samples: a three-class classification (Adam,
   cross-entropy) and a regression trained with SGD (momentum and weight decay searched); `Synth3Class150`
-  has 150 validation samples (and 150 test).
+  and `Synth3Class200` have 150 and 200 validation samples (and 150 and 100 test).
 
 The rest of each data set is the test split.
 
@@ -105,6 +105,12 @@ class Synth3Class150(Synth3Class):
     """Synth3Class with 150 validation samples (and 150 test samples)."""
 
     n_val = 150
+
+
+class Synth3Class200(Synth3Class):
+    """Synth3Class with 200 validation samples (and 100 test samples)."""
+
+    n_val = 200
 
 
 class SynthSGD:
