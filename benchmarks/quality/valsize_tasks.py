@@ -26,32 +26,16 @@ from hsmpi.tasks.breast_cancer import BreastCancer
 from hsmpi.tasks.diabetes import Diabetes
 
 SAMPLES, TRAIN = 569, 255  # breast-cancer's bundled data's size; the training split kept fixed
-DIABETES_SAMPLES, DIABETES_TRAIN = 442, 200
+DIABETES_TRAIN = 200
 
 
-class Val50(BreastCancer):
-    n_val = 50
-    test_fraction = (SAMPLES - TRAIN - n_val) / SAMPLES  # BreastCancer.data gives the training split the rest
+def _breast_cancer_val(n_val: int) -> type[BreastCancer]:
+    """BreastCancer with `n_val` validation samples and TRAIN training samples: its own `data` gives the
+    training split what the validation and test splits leave."""
+    return type(f"Val{n_val}", (BreastCancer,), {"n_val": n_val, "test_fraction": (SAMPLES - TRAIN - n_val) / SAMPLES})
 
 
-class Val100(BreastCancer):
-    n_val = 100
-    test_fraction = (SAMPLES - TRAIN - n_val) / SAMPLES
-
-
-class Val125(BreastCancer):
-    n_val = 125
-    test_fraction = (SAMPLES - TRAIN - n_val) / SAMPLES
-
-
-class Val150(BreastCancer):
-    n_val = 150
-    test_fraction = (SAMPLES - TRAIN - n_val) / SAMPLES
-
-
-class Val200(BreastCancer):
-    n_val = 200
-    test_fraction = (SAMPLES - TRAIN - n_val) / SAMPLES
+Val50, Val100, Val125, Val150, Val200 = (_breast_cancer_val(n) for n in (50, 100, 125, 150, 200))
 
 
 class _DiabetesVal(Diabetes):
