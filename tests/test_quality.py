@@ -171,6 +171,36 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
     assert len((tmp_path / "cells.csv").read_text().splitlines()) == 1 + 32  # the stranger is not a row
 
 
+def test_the_benchmark_runs_every_method_on_a_task_of_ones_own(tmp_path: Path) -> None:
+    """`--tasks path/file.py:Class` benchmarks a user's task: its cells get a folder of their own, and a task that
+    is regression1d under another name gives every method regression1d's results to the bit."""
+    task = tmp_path / "mine.py"
+    task.write_text("from hsmpi.tasks.regression1d import Regression1D\n\n\nclass Same(Regression1D):\n    pass\n")
+    spec = f"{task}:Same"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "benchmarks.quality", "--quick", "--seeds", "1", "--tasks", "regression1d", spec,
+           "--methods", "hsmpi", "random", "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for method in ("hsmpi", "random"):
+        theirs = json.loads((tmp_path / f"out/cells/regression1d/{method}/seed0.json").read_text())
+        ours = json.loads((tmp_path / f"out/cells/mine.Same/{method}/seed0.json").read_text())
+        assert ours["settings"]["task"] == spec and math.isfinite(ours["test"])
+        assert ours["test"] == theirs["test"] and ours["epochs"] == theirs["epochs"]
+    assert (tmp_path / "out/runs/mine.Same/hsmpi/seed0/results.h5").is_file()
+    assert f"## {spec}" in (tmp_path / "out/results.md").read_text()
+
+
+def test_a_task_the_benchmark_cannot_load_is_one_clear_error_under_mpirun(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [*mpirun_cmd(2), sys.executable, "-m", "benchmarks.quality", "--quick", "--tasks", "regression1d",
+           f"{tmp_path}/absent.py:Task", "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.count("error: task file") == 1, done.stderr  # once, not once per rank
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_stored_cell_is_reused_only_under_the_same_code(tmp_path: Path) -> None:
     from benchmarks.quality.runner import Cell, Method, code_fingerprint, load_cell, settings_of, write_json
 

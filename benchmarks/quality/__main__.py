@@ -3,7 +3,8 @@ quality benchmark.
 
 Runs every (task, seed, method) cell not stored yet in OUT/cells, then writes
 OUT/results.md (tables), OUT/cells.csv (every cell the tables count) and OUT/*.png (curves, the
-paper's Fig. 1b).
+paper's Fig. 1b).  `--tasks` takes the built-in tasks' names and tasks of your own, written as for
+`python -m hsmpi --task` (`path/to/file.py:Class` or `module:Class`): every method then runs on your task.
 """
 
 from __future__ import annotations
@@ -15,19 +16,29 @@ import time
 from typing import Any
 
 from benchmarks.quality import ablation, tables
-from benchmarks.quality.runner import Cell, Method, baselines, check_available, code_fingerprint, run_cells
+from benchmarks.quality.runner import Cell, Method, baselines, check_available, code_fingerprint, run_cells, task_label
 from hsmpi.parallel.comm import world
-from hsmpi.tasks import BUILTIN
+from hsmpi.tasks import BUILTIN, TaskError, load_task
 
 QUICK = {"population": 4, "epochs": 4, "sessions": 2, "seeds": 2}
 FULL = {"population": 16, "epochs": 30, "sessions": 6, "seeds": 10}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Prints help and usage errors on rank 0 only: under mpirun every rank parses the same command line."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if world().is_root:
+            super()._print_message(message, file)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench-out", help="folder for cells, tables and figures (default bench-out)")
     p.add_argument("--quick", action="store_true", help="a smoke run: S=4, M=4, m=2, 2 seeds")
-    p.add_argument("--tasks", nargs="+", default=list(BUILTIN), choices=list(BUILTIN))
+    p.add_argument("--tasks", nargs="+", default=list(BUILTIN), metavar="TASK",
+                   help=f"built-in tasks ({', '.join(BUILTIN)}; default all) or your own as path/to/file.py:Class "
+                        "or module:Class")
     p.add_argument("--seeds", type=int, help="how many seeds (default 10, quick 2)")
     p.add_argument("--first-seed", type=int, default=0,
                    help="seeds FIRST..FIRST+N-1 (default 0; e.g. 10 to confirm on seeds no default was chosen on)")
@@ -52,8 +63,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error(f"-m ({ns.sessions}) must not exceed -M ({ns.epochs})")
     if ns.variants and not ns.ablation:
         p.error("--variants needs --ablation")
-    if ns.sweep_m is not None and ns.sweep_m not in BUILTIN:
-        p.error(f"--sweep-m: unknown task {ns.sweep_m!r}; expected one of {list(BUILTIN)}")
+    for spec in [*ns.tasks, *([ns.sweep_m] if ns.sweep_m is not None else [])]:
+        if spec not in BUILTIN:
+            try:
+                load_task(spec)
+            except TaskError as err:
+                p.error(str(err))
+    labels = [task_label(t) for t in ns.tasks]
+    if len(set(labels)) < len(labels):
+        p.error(f"--tasks: two tasks would share a folder ({', '.join(sorted(labels))}); name each once")
     return ns
 
 

@@ -27,6 +27,7 @@ from benchmarks.quality import methods
 from benchmarks.quality.trial import Problem
 from hsmpi.io.files import replace_atomically
 from hsmpi.parallel.comm import SerialComm
+from hsmpi.tasks import BUILTIN
 
 Fn = Callable[[Problem, SerialComm, dict[str, Any]], methods.Outcome]
 
@@ -81,7 +82,17 @@ class Cell:
     method: Method
 
     def path(self, out: str) -> str:
-        return os.path.join(out, "cells", self.task, self.method.label, f"seed{self.seed}.json")
+        return os.path.join(out, "cells", task_label(self.task), self.method.label, f"seed{self.seed}.json")
+
+
+def task_label(spec: str) -> str:
+    """A task's name in the benchmark's folders: a built-in task's own, `stem.Class` for `path/stem.py:Class`
+    and `module.Class` for `module:Class` (no path separators, so one folder per task)."""
+    if spec in BUILTIN:
+        return spec
+    where, _, name = spec.rpartition(":")
+    stem = os.path.splitext(os.path.basename(where))[0] if where.endswith(".py") else where
+    return f"{stem}.{name}"
 
 
 @functools.cache
@@ -158,7 +169,7 @@ def run_cells(cells: list[Cell], comm: SerialComm, out: str, population: int, ep
 def _one(cell: Cell, comm: SerialComm, out: str, population: int, epochs: int, sessions: int,
          log: Callable[[str], None], sequential: bool) -> None:
     problem = Problem(cell.task, cell.seed, population, epochs, sessions,
-                      workdir=os.path.join(out, "runs", cell.task, cell.method.label, f"seed{cell.seed}"))
+                      workdir=os.path.join(out, "runs", task_label(cell.task), cell.method.label, f"seed{cell.seed}"))
     outcome = cell.method.fn(problem, SerialComm() if sequential else comm, dict(cell.method.options))
     if sequential or comm.is_root:
         record = {"settings": settings_of(cell, population, epochs, sessions), **outcome.to_dict()}
