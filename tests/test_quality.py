@@ -45,6 +45,30 @@ def test_trial_matches_an_hsmpi_member_trained_alone(problem: Problem, tmp_path:
     assert c.test == pytest.approx(result.test_loss, rel=1e-6)
 
 
+def test_with_trial_init_independent_a_trial_is_the_member_with_its_own_initial_weights(tmp_path: Path) -> None:
+    """--trial-init independent: trial i is hsmpi's member i run with --independent-init (member 0's own weights
+    are the shared ones; every other member's differ)."""
+    from benchmarks.quality.__main__ import parse, plan
+    from benchmarks.quality.runner import OWN_INIT, baselines
+    from hsmpi.engine.job import run
+
+    result = run("diabetes", comm=SerialComm(), log=None, population=3, epochs=3, sessions=1, seed=3,
+                 out=str(tmp_path), export_top=0, threads=1, independent_init=True, returns="member")
+    own = Problem("diabetes", seed=3, population=4, epochs=3, sessions=1, independent_init=True)
+    shared = Problem("diabetes", seed=3, population=4, epochs=3, sessions=1)
+    i, hp = result.best_member, result.best_hparams
+    assert train_trial(own, i, hp, 3).test == pytest.approx(result.test_loss, rel=1e-6)
+    for index in (1, 2):
+        assert train_trial(own, index, hp, 3).test != pytest.approx(train_trial(shared, index, hp, 3).test, rel=1e-4)
+    # the external tools get the option and a label of their own; hsmpi's cells are its own settings
+    labels = {m.label: m.options for m in baselines(16, "independent")}
+    assert labels["random" + OWN_INIT] == {"trial_init": "independent"} and "random" not in labels
+    assert labels["hyperopt-tpe-s4" + OWN_INIT] == {"startup": 4, "trial_init": "independent"}
+    assert "trial_init" not in labels["hsmpi"] and "trial_init" not in labels["hsmpi-pbt"]
+    _, chosen, _, _ = plan(parse(["--trial-init", "independent", "--methods", "hsmpi", "random"]))
+    assert [m.label for m in chosen] == ["hsmpi", "random" + OWN_INIT]
+
+
 @pytest.mark.parametrize("fn,options", [
     (methods.random_search, {}),
     (methods.hyperopt_tpe, {}),

@@ -16,7 +16,16 @@ import time
 from typing import Any
 
 from benchmarks.quality import ablation, tables
-from benchmarks.quality.runner import Cell, Method, baselines, check_available, code_fingerprint, run_cells, task_label
+from benchmarks.quality.runner import (
+    OWN_INIT,
+    Cell,
+    Method,
+    baselines,
+    check_available,
+    code_fingerprint,
+    run_cells,
+    task_label,
+)
 from hsmpi.parallel.comm import world
 from hsmpi.tasks import BUILTIN, TaskError, load_task
 
@@ -46,6 +55,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("-M", "--epochs", type=int, help="epochs per member / trial (default 30)")
     p.add_argument("-m", "--sessions", type=int, help="hsmpi's sessions (default 6)")
     p.add_argument("--methods", nargs="+", help="labels to run (default: all of the main table)")
+    p.add_argument("--trial-init", choices=("shared", "independent"), default="shared",
+                   help="the external tools' trials start from the seed's shared initial weights (default), or "
+                        "each from its own (their labels then end in @own-init)")
     p.add_argument("--ablation", action="store_true", help="also run hsmpi's ablation variants")
     p.add_argument("--variants", nargs="+", choices=list(ablation.VARIANTS),
                    help="with --ablation: only these variants (default: all)")
@@ -77,14 +89,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def plan(ns: argparse.Namespace) -> tuple[list[Cell], list[Method], list[Method], list[Method]]:
     """The cells to run and the method lists of the main, ablation and sweep tables."""
-    main = baselines(ns.population)
+    main = baselines(ns.population, ns.trial_init)
     if ns.methods:
-        known = {m.label for m in main}
+        known = {m.label.removesuffix(OWN_INIT) for m in main}
         unknown = [x for x in ns.methods if x not in known]
         if unknown:
             raise SystemExit(f"benchmarks.quality: error: unknown method(s) {unknown}; "
                              f"expected some of {sorted(known)}")
-        main = [m for m in main if m.label in ns.methods]
+        main = [m for m in main if m.label.removesuffix(OWN_INIT) in ns.methods]
     seeds = range(ns.first_seed, ns.first_seed + ns.seeds)
     cells = [Cell(t, s, m) for t in ns.tasks for s in seeds for m in main]
     abl = ablation.variants(ns.variants) if ns.ablation else []

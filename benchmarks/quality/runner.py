@@ -59,19 +59,27 @@ def hsmpi_defaults(**changes: Any) -> dict[str, Any]:
     return {**{k: defaults[k] for k in ALGORITHM}, **changes}
 
 
-def baselines(population: int) -> list[Method]:
-    """The methods of the main table, hsmpi's defaults first."""
+OWN_INIT = "@own-init"  # the label's suffix of a baseline whose trials each start from their own weights
+
+
+def baselines(population: int, trial_init: str = "shared") -> list[Method]:
+    """The methods of the main table, hsmpi's defaults first.  With `trial_init` "independent" the external
+    tools' trials each start from their own initial weights, under labels ending in OWN_INIT (their cells
+    never take the place of the shared-init ones)."""
     scaled = max(2, population // 4)
+    own = trial_init == "independent"
+    suffix, init = (OWN_INIT, {"trial_init": "independent"}) if own else ("", {})
     return [
         Method("hsmpi", methods.hsmpi_method, hsmpi_defaults(), parallel=True),
         Method("hsmpi-pbt", methods.hsmpi_method, hsmpi_defaults(select="truncation", sampler="perturb"),
                parallel=True),
-        Method("random", methods.random_search),
-        Method("hyperopt-tpe", methods.hyperopt_tpe, {}, needs="hyperopt"),
-        Method(f"hyperopt-tpe-s{scaled}", methods.hyperopt_tpe, {"startup": scaled}, needs="hyperopt"),
-        Method("optuna-tpe", methods.optuna_tpe, {}, needs="optuna"),
-        Method("optuna-hyperband", methods.optuna_hyperband, {}, needs="optuna"),
-        Method("propulate", methods.propulate, {}, parallel=True, needs="propulate"),
+        Method("random" + suffix, methods.random_search, dict(init)),
+        Method("hyperopt-tpe" + suffix, methods.hyperopt_tpe, dict(init), needs="hyperopt"),
+        Method(f"hyperopt-tpe-s{scaled}" + suffix, methods.hyperopt_tpe, {"startup": scaled, **init},
+               needs="hyperopt"),
+        Method("optuna-tpe" + suffix, methods.optuna_tpe, dict(init), needs="optuna"),
+        Method("optuna-hyperband" + suffix, methods.optuna_hyperband, dict(init), needs="optuna"),
+        Method("propulate" + suffix, methods.propulate, dict(init), parallel=True, needs="propulate"),
     ]
 
 
@@ -169,6 +177,7 @@ def run_cells(cells: list[Cell], comm: SerialComm, out: str, population: int, ep
 def _one(cell: Cell, comm: SerialComm, out: str, population: int, epochs: int, sessions: int,
          log: Callable[[str], None], sequential: bool) -> None:
     problem = Problem(cell.task, cell.seed, population, epochs, sessions,
+                      independent_init=cell.method.options.get("trial_init") == "independent",
                       workdir=os.path.join(out, "runs", task_label(cell.task), cell.method.label, f"seed{cell.seed}"))
     outcome = cell.method.fn(problem, SerialComm() if sequential else comm, dict(cell.method.options))
     if sequential or comm.is_root:

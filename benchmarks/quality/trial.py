@@ -1,7 +1,8 @@
 """One trial of a baseline: a network trained from scratch with fixed hyperparameters.
 
 A trial is built exactly like an hsmpi member (`Member.create`): the same
-shared initial weights (seeded by the run seed), the same optimizer from the
+shared initial weights (seeded by the run seed; with `Problem.independent_init`
+trial i's own, those of hsmpi's member i with `--independent-init`), the same optimizer from the
 task, and the data-order stream of member `index`, so the only thing that
 differs between methods is how the hyperparameters are chosen.  A task's
 learning-rate schedule (its `scheduler` hook) spans the run's M epochs, as an
@@ -34,6 +35,9 @@ class Problem:
     epochs: int  # M: epochs per trial
     sessions: int  # m: hsmpi's sessions
     workdir: str | None = None  # where hsmpi runs keep their output (a temporary folder when None)
+    # Each trial its own initial weights (the benchmark's --trial-init independent); by default every trial
+    # starts from the seed's shared weights, as the paper compares methods and as hsmpi's members do by default.
+    independent_init: bool = False
     task: Any = None
     data: dict[str, Data] = field(default_factory=dict)
 
@@ -76,7 +80,7 @@ def train_trial(problem: Problem, index: int, hp: HParams, epochs: int, report: 
     check_hparams(problem.task.space, hp)
     start = time.perf_counter()
     # The training split's size and M, as hsmpi gives its members: a task's scheduler hook spans the same steps.
-    member = Member.create(problem.task, index, hp, problem.seed, torch.device("cpu"),
+    member = Member.create(problem.task, index, hp, problem.seed, torch.device("cpu"), problem.independent_init,
                            train_size=len(problem.data["train"]), epochs=problem.epochs)
     val: list[float] = []
     for epoch in range(1, epochs + 1):
