@@ -197,9 +197,9 @@ class Search(_Group):
         None, "`average`/`auto`: average the final population's best K on validation only", metavar="K",
         means="every member with a finite validation score", minimum=1)
     independent_init: bool = _field(
-        False,
-        "each member its own initial weights; `--no-independent-init`: all start from the same weights, "
-        "as in the paper")
+        True,
+        "each member its own initial weights, so the first session also chooses among starting points; "
+        "`--no-independent-init`: all start from the same weights, as in the paper")
     objective: str | None = _field(
         None, "what selection, the winner and the returned model follow: `loss` or a name the task's "
         "`metrics` returns", metavar="NAME", means="the task's objective attribute, else loss",

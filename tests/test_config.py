@@ -30,7 +30,8 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, ses
                 sampler="urs", radius=0.3, radius_final=None, explore=0.0, candidates=16, resample_probability=0.25,
                 select="truncation", truncation_fraction=0.25,
                 holdout=0.0, elitism=False, out="hsmpi-out", device="auto", members_per_rank=None,
-                independent_init=False, batch_size=64, threads=0, resume=None, keep_checkpoints=1,
+                independent_init=True,  # False until 2026-12-05 (docs/benchmarks.md, "Independent initial weights")
+                batch_size=64, threads=0, resume=None, keep_checkpoints=1,
                 checkpoint_interval="auto", stop_after=None, progress=False, export_top=3, vectorize="auto",
                 objective=None, direction=None, workers=0,  # these three came with the task hooks
                 checkpoint_async=True,  # and this one with sharded checkpoints

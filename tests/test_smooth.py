@@ -35,7 +35,7 @@ def _by_hand(task: Any, member: int, hp: dict[str, Any], epochs: int) -> list[fl
     train, val, _ = task.data(SEED)
     cpu = torch.device("cpu")
     data = Data(train, cpu)
-    m = Member.create(task, member, hp, SEED, cpu, train_size=len(data), epochs=M)
+    m = Member.create(task, member, hp, SEED, cpu, Config().independent_init, train_size=len(data), epochs=M)
     losses = []
     for _ in range(epochs):
         m.train(data, 1)

@@ -7,8 +7,8 @@ from benchmarks.quality.runner import Method, hsmpi_defaults
 
 # Each variant changes one documented option of hsmpi from its defaults.
 VARIANTS: dict[str, dict[str, object]] = {
-    "paper-minimal": {"select": "winner", "radius": 0.15, "returns": "member"},  # one winner, radius 0.15, the
-    # last winner returned
+    "paper-minimal": {"select": "winner", "radius": 0.15, "returns": "member", "independent_init": False},  # one
+    # winner, radius 0.15, the last winner returned, every member from the same weights
     "member": {"returns": "member"},  # return the best member always (the default until the ablation below)
     "winner": {"select": "winner"},  # the paper's selection rule, otherwise the defaults
     "elitism": {"elitism": True},  # return the best member of any session
@@ -42,7 +42,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "objective-loss-smooth-2": {"objective": "loss", "smooth": 2},
     "plateau-0.01": {"plateau": 0.01},  # a session ends once its best improves by under 1% in an epoch
     "plateau-0.03": {"plateau": 0.03},  # ... under 3%
-    "independent-init": {"independent_init": True},  # every member starts from its own random weights
+    "independent-init": {"independent_init": True},  # every member from its own weights (the default since
+    # 2026-12-05: the same cells as the defaults' since)
+    "shared-init": {"independent_init": False},  # every member from the same weights (the default before)
     "explore-0.1": {"explore": 0.1},  # each parameter drawn from its whole range with chance 0.1, else the box
     "explore-0.25": {"explore": 0.25},  # ... 0.25 (hsmpi-pbt's resample chance, with the box for the rest)
     "m3": {"sessions": 3},  # three sessions of 10 epochs at M = 30 (fewer, longer exploitation steps)
