@@ -34,6 +34,7 @@ import hsmpi
 from hsmpi.algorithm.space import sample_space
 from hsmpi.algorithm.streams import DATA_ORDER, HPARAMS, derive_seed, init_seed
 from hsmpi.cli import interval_arg
+from hsmpi.config import Config
 from hsmpi.engine.data import Data
 from hsmpi.engine.member import Member
 from hsmpi.parallel import flatstate
@@ -120,7 +121,7 @@ def plain_loops(task_name: str, members: list[int], epochs: int, seed: int, batc
         hp = sample_space(task.space, np.random.default_rng(derive_seed(seed, HPARAMS, i)))
         # Member i's own initial weights and data order, so that both sides train the same numbers (on
         # CPU, other weights can mean other amounts of slow denormal arithmetic: 5-10% either way).
-        torch.manual_seed(init_seed(seed, i, False))
+        torch.manual_seed(init_seed(seed, i, Config().independent_init))  # as hsmpi.run's members start
         model = task.model()
         opt = task.optimizer(model.parameters(), hp)
         gen = torch.Generator().manual_seed(derive_seed(seed, DATA_ORDER, i))

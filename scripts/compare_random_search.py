@@ -1,10 +1,10 @@
 """hsmpi against random search at the same epoch budget, over several seeds.
 
 Random search here is hsmpi with one session (-m 1): S members, each with its
-own hyperparameters drawn from the same space, trained for M epochs from the
-same initial weights, the one with the best validation loss chosen.  So both
-methods share the task, model, initial weights, optimizer, data split and the
-first S draws; only the sessions differ.
+own hyperparameters drawn from the same space, trained for M epochs from its
+initial weights (member i's are the same in both runs), the one with the best
+validation loss chosen.  So both methods share the task, model, initial
+weights, optimizer, data split and the first S draws; only the sessions differ.
 
     python scripts/compare_random_search.py --task friedman1 -n 4 -S 8 -M 30 -m 6 --seeds 5
 

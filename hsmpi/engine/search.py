@@ -157,8 +157,8 @@ class Search:
     def start(cls, population: Population, schedule: list[int] | None = None) -> Search:
         """Step 1: sample S hyperparameter sets, one from each member's own stream, and build the members.
 
-        Before any training, the best state is the shared initial one.  `schedule`: epochs per session (a
-        resumed run's), else the settings'.
+        Before any training, the best state is member 0's initial one (every member's, with shared weights).
+        `schedule`: epochs per session (a resumed run's), else the settings'.
         """
         comm, c = population.comm, population.config
         steps, rungs = with_rungs(schedule or session_epochs(c.epochs, c.sessions, c.session_growth), c.prune_at)
