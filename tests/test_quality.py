@@ -215,7 +215,7 @@ def test_the_benchmark_runs_every_method_on_a_task_of_ones_own(tmp_path: Path) -
     assert f"## {spec}" in (tmp_path / "out/results.md").read_text()
 
 
-def test_a_task_the_benchmark_cannot_load_is_one_clear_error_under_mpirun(tmp_path: Path) -> None:
+def test_a_task_it_cannot_load_or_an_unknown_method_is_one_clear_error_under_mpirun(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [*mpirun_cmd(2), sys.executable, "-m", "benchmarks.quality", "--quick", "--tasks", "regression1d",
            f"{tmp_path}/absent.py:Task", "--out", str(tmp_path / "out")]
@@ -223,6 +223,11 @@ def test_a_task_the_benchmark_cannot_load_is_one_clear_error_under_mpirun(tmp_pa
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.count("error: task file") == 1, done.stderr  # once, not once per rank
     assert not (tmp_path / "out").exists()
+    cmd = [*mpirun_cmd(2), sys.executable, "-m", "benchmarks.quality", "--quick", "--methods", "hsmpi", "rnd",
+           "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.count("unknown method(s) ['rnd']") == 1, done.stderr
 
 
 def test_a_stored_cell_is_reused_only_under_the_same_code(tmp_path: Path) -> None:

@@ -81,6 +81,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                 load_task(spec)
             except TaskError as err:
                 p.error(str(err))
+    known = {m.label.removesuffix(OWN_INIT) for m in baselines(ns.population)}
+    unknown = [x for x in ns.methods or [] if x not in known]
+    if unknown:
+        p.error(f"--methods: unknown method(s) {unknown}; expected some of {sorted(known)}")
     labels = [task_label(t) for t in ns.tasks]
     if len(set(labels)) < len(labels):
         p.error(f"--tasks: two tasks would share a folder ({', '.join(sorted(labels))}); name each once")
@@ -90,12 +94,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def plan(ns: argparse.Namespace) -> tuple[list[Cell], list[Method], list[Method], list[Method]]:
     """The cells to run and the method lists of the main, ablation and sweep tables."""
     main = baselines(ns.population, ns.trial_init)
-    if ns.methods:
-        known = {m.label.removesuffix(OWN_INIT) for m in main}
-        unknown = [x for x in ns.methods if x not in known]
-        if unknown:
-            raise SystemExit(f"benchmarks.quality: error: unknown method(s) {unknown}; "
-                             f"expected some of {sorted(known)}")
+    if ns.methods:  # checked by parse
         main = [m for m in main if m.label.removesuffix(OWN_INIT) in ns.methods]
     seeds = range(ns.first_seed, ns.first_seed + ns.seeds)
     cells = [Cell(t, s, m) for t in ns.tasks for s in seeds for m in main]
