@@ -230,6 +230,22 @@ def test_a_task_it_cannot_load_or_an_unknown_method_is_one_clear_error_under_mpi
     assert done.stderr.count("unknown method(s) ['rnd']") == 1, done.stderr
 
 
+def test_a_task_only_some_ranks_can_load_ends_every_rank_with_one_error(tmp_path: Path) -> None:
+    """A task file one node cannot import (here rank 1's constructor fails): every rank stops at once with the
+    first rank's error, none waits in a collective for a rank that left."""
+    task = tmp_path / "onerank.py"
+    task.write_text("import os\nfrom hsmpi.tasks.regression1d import Regression1D\n\n\nclass OneRank(Regression1D):\n"
+                    "    def __init__(self):\n"
+                    "        if '1' in (os.environ.get('PMI_RANK'), os.environ.get('OMPI_COMM_WORLD_RANK')):\n"
+                    "            raise RuntimeError('not on this node')\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [*mpirun_cmd(2), sys.executable, "-m", "benchmarks.quality", "--quick", "--methods", "random", "--tasks",
+           f"{task}:OneRank", "--out", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.count("error: on another rank: task") == 1 and "not on this node" in done.stderr
+
+
 def test_a_stored_cell_is_reused_only_under_the_same_code(tmp_path: Path) -> None:
     from benchmarks.quality.runner import Cell, Method, code_fingerprint, load_cell, settings_of, write_json
 

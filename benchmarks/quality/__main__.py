@@ -10,6 +10,7 @@ paper's Fig. 1b).  `--tasks` takes the built-in tasks' names and tasks of your o
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -26,8 +27,9 @@ from benchmarks.quality.runner import (
     run_cells,
     task_label,
 )
+from hsmpi.errors import UsageError, agreed
 from hsmpi.parallel.comm import world
-from hsmpi.tasks import BUILTIN, TaskError, load_task
+from hsmpi.tasks import BUILTIN, load_task
 
 QUICK = {"population": 4, "epochs": 4, "sessions": 2, "seeds": 2}
 FULL = {"population": 16, "epochs": 30, "sessions": 6, "seeds": 10}
@@ -77,9 +79,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error("--variants needs --ablation")
     for spec in [*ns.tasks, *([ns.sweep_m] if ns.sweep_m is not None else [])]:
         if spec not in BUILTIN:
-            try:
-                load_task(spec)
-            except TaskError as err:
+            try:  # on every rank alike: a file one node cannot see ends every rank, none waits in a collective
+                agreed(world(), functools.partial(load_task, spec))
+            except UsageError as err:
                 p.error(str(err))
     known = {m.label.removesuffix(OWN_INIT) for m in baselines(ns.population)}
     unknown = [x for x in ns.methods or [] if x not in known]
