@@ -115,13 +115,14 @@ def plain_loops(task_name: str, members: list[int], epochs: int, seed: int, batc
     """K plain training loops (this rank's members' first hyperparameters, initial weights and data
     orders), one after another, then one validation and one test pass each."""
     task = load_task(task_name)
+    independent = Config().independent_init  # the weights hsmpi.run's members start from
     start = time.perf_counter()
     train, val, test = (Data(d, torch.device("cpu")) for d in task.data(seed))
     for i in members:
         hp = sample_space(task.space, np.random.default_rng(derive_seed(seed, HPARAMS, i)))
         # Member i's own initial weights and data order, so that both sides train the same numbers (on
         # CPU, other weights can mean other amounts of slow denormal arithmetic: 5-10% either way).
-        torch.manual_seed(init_seed(seed, i, Config().independent_init))  # as hsmpi.run's members start
+        torch.manual_seed(init_seed(seed, i, independent))
         model = task.model()
         opt = task.optimizer(model.parameters(), hp)
         gen = torch.Generator().manual_seed(derive_seed(seed, DATA_ORDER, i))

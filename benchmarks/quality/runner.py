@@ -67,8 +67,7 @@ def baselines(population: int, trial_init: str = "shared") -> list[Method]:
     tools' trials each start from their own initial weights, under labels ending in OWN_INIT (their cells
     never take the place of the shared-init ones)."""
     scaled = max(2, population // 4)
-    own = trial_init == "independent"
-    suffix, init = (OWN_INIT, {"trial_init": "independent"}) if own else ("", {})
+    suffix, init = (OWN_INIT, {"trial_init": "independent"}) if trial_init == "independent" else ("", {})
     return [
         Method("hsmpi", methods.hsmpi_method, hsmpi_defaults(), parallel=True),
         Method("hsmpi-pbt", methods.hsmpi_method, hsmpi_defaults(select="truncation", sampler="perturb"),

@@ -1,12 +1,12 @@
 """One trial of a baseline: a network trained from scratch with fixed hyperparameters.
 
 A trial is built exactly like an hsmpi member (`Member.create`): the same
-shared initial weights (seeded by the run seed; with `Problem.independent_init`
-trial i's own, those of hsmpi's member i with `--independent-init`), the same optimizer from the
-task, and the data-order stream of member `index`, so the only thing that
-differs between methods is how the hyperparameters are chosen.  A task's
-learning-rate schedule (its `scheduler` hook) spans the run's M epochs, as an
-hsmpi member's does; a trial that stops early (pruned) stops partway along it.
+shared initial weights (seeded by the run seed; with `Problem.independent_init`,
+trial i's own, as hsmpi's member i gets with `--independent-init`), the same
+optimizer from the task, and the data-order stream of member `index`, so the
+only thing that differs between methods is how the hyperparameters are chosen.
+A task's learning-rate schedule (its `scheduler` hook) spans the run's M epochs,
+as an hsmpi member's does; a trial that stops early (pruned) stops partway along it.
 """
 
 from __future__ import annotations
