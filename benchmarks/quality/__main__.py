@@ -61,8 +61,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="the external tools' trials start from the seed's shared initial weights (default), or "
                         "each from its own (their labels then end in @own-init)")
     p.add_argument("--ablation", action="store_true", help="also run hsmpi's ablation variants")
-    p.add_argument("--variants", nargs="+", choices=list(ablation.VARIANTS),
-                   help="with --ablation: only these variants (default: all)")
+    p.add_argument("--variants", nargs="+", choices=list(ablation.VARIANTS), metavar="VARIANT",
+                   help="with --ablation: only these variants (default: all): " + ", ".join(ablation.VARIANTS))
     p.add_argument("--sweep-m", metavar="TASK", help="also sweep hsmpi's sessions m at fixed M on TASK")
     ns = p.parse_args(argv)
     base = QUICK if ns.quick else FULL
