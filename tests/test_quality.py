@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -151,6 +152,30 @@ def test_wilcoxon_and_tables() -> None:
     assert "(-29%)" in summary[3]  # hsmpi's median 2.5 against 3.5
 
 
+def test_the_goal_rows_name_who_separates_from_hsmpi_and_count_per_method() -> None:
+    """Paired seeds decide: a method worse on every seed is beaten, one better on every seed beats hsmpi, and one
+    that is worse by a hair on half the seeds and better on the others separates from nothing."""
+    pytest.importorskip("scipy")
+    seeds = range(12)
+
+    def cells_of(values: dict[int, float], seconds: float = 1.0) -> dict[int, dict[str, Any]]:
+        return {s: {"test": v, "seconds": seconds} for s, v in values.items()}
+
+    base = {s: 1.0 + 0.1 * s for s in seeds}
+    cells = {("a", "hsmpi"): cells_of(base, 2.0),
+             ("a", "random"): cells_of({s: v + 0.5 for s, v in base.items()}),
+             ("a", "propulate"): cells_of({s: v + (0.01 if s % 2 else -0.01) for s, v in base.items()}, 3.0),
+             ("b", "hsmpi"): cells_of(base),
+             ("b", "random"): cells_of({s: v - 0.2 for s, v in base.items()}),
+             ("b", "propulate"): cells_of({s: v + 0.3 for s, v in base.items()})}
+    rows = tables.goal_rows(cells, ["a", "b", "no-such-task"], ["hsmpi", "random", "propulate"])
+    assert rows[2] == "| a | propulate (1.55) | random | none | 0.55, 0.54 (propulate) | 2.0, 3.0 |"  # tied medians
+    assert rows[3].startswith("| b | random (1.35) | propulate | random | 0.55, 0.55 (random) |")
+    assert "Over 2 tasks: hsmpi has the lowest median on 0, an IQR no wider than the lowest other method's on 1" \
+        in rows[5]
+    assert rows[-2:] == ["- random: 1 / 1", "- propulate: 1 / 0"]
+
+
 def test_the_cells_csv_holds_every_cell_once_in_order(tmp_path: Path) -> None:
     cells = {("t", "random"): {s: {"test": 2.0 + s / 3, "seconds": 2.0} for s in (1, 0)},
              ("b", "hsmpi/m3"): {0: {"test": math.inf, "seconds": 1.234}}}
@@ -174,6 +199,7 @@ def test_quick_benchmark_runs_end_to_end_under_mpirun(tmp_path: Path) -> None:
     text = (tmp_path / "results.md").read_text()
     for label in ("hsmpi", "hsmpi-pbt", "random", "hyperopt-tpe", "optuna-tpe", "optuna-hyperband", "propulate"):
         assert f"| {label} |" in text
+    assert "## hsmpi against each method" in text and "| regression1d | " in text and "- propulate: " in text
     cells = list(tmp_path.glob("cells/*/*/seed*.json"))
     assert len(cells) == 2 * 2 * 8  # tasks x seeds x methods
     for path in cells:

@@ -121,6 +121,8 @@ def report(ns: argparse.Namespace, main: list[Method], abl: list[Method], sweep:
              "## Median test loss per task (in brackets: hsmpi's median relative to the method's; "
              "negative: hsmpi's is lower)", ""]
     lines += tables.summary_rows(cells, ns.tasks, names)
+    lines += ["", f"## hsmpi against each method (Wilcoxon p < {tables.SIGNIFICANT} on the paired seeds)", ""]
+    lines += tables.goal_rows(cells, ns.tasks, names)
     for task in ns.tasks:
         lines += ["", f"## {task}", ""] + tables.task_table(cells, task, names + ["hsmpi#ensemble_test"])
     if abl:

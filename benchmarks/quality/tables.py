@@ -127,6 +127,71 @@ def summary_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks:
     return rows
 
 
+SIGNIFICANT = 0.1  # the goal's level: a Wilcoxon p below it, with more seeds on one side, separates two methods
+
+
+def _compare(ref: dict[int, dict[str, Any]], runs: dict[int, dict[str, Any]]) -> tuple[int, int, float]:
+    """Seeds where the reference is better and worse than the method, and the Wilcoxon p, on the shared seeds."""
+    shared = sorted(set(ref) & set(runs))
+    a = _finite([ref[s]["test"] for s in shared])
+    b = _finite([runs[s]["test"] for s in shared])
+    return int((a < b).sum()), int((a > b).sum()), wilcoxon_p(a, b)
+
+
+def _separates(better: int, worse: int, p: float) -> int:
+    """+1: the reference is significantly better; -1: significantly worse; 0: neither."""
+    if not (math.isfinite(p) and p < SIGNIFICANT) or better == worse:
+        return 0
+    return 1 if better > worse else -1
+
+
+def goal_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str], methods: list[str],
+              reference: str = "hsmpi", timed_against: str = "propulate") -> list[str]:
+    """Markdown: the reference against the other methods, criterion by criterion, per task and in total:
+    the lowest median, which methods are significantly better or worse (Wilcoxon p < SIGNIFICANT on the
+    shared seeds), its IQR against that of the method with the lowest median of the others, and its
+    median seconds per cell against `timed_against`'s."""
+    others = [m for m in methods if m != reference]
+    rows = [f"| task | lowest median | {reference} significantly better than | significantly better than "
+            f"{reference} | IQR width: {reference}, lowest other's | seconds per cell: {reference}, "
+            f"{timed_against} |", "|---|---|---|---|---|---|"]
+    ahead = {m: 0 for m in others}
+    behind = {m: 0 for m in others}
+    counted = lowest_count = narrower = 0
+    for task in tasks:
+        ref = cells.get((task, reference), {})
+        present = [m for m in others if cells.get((task, m))]
+        if not ref or not present:
+            continue
+        counted += 1
+        values = {m: _finite([c["test"] for c in cells[(task, m)].values()]) for m in [reference] + present}
+        medians = {m: float(np.median(v)) for m, v in values.items()}
+        lowest = min(medians, key=lambda m: (medians[m], m == reference))  # a tie is not the lowest
+        lowest_count += lowest == reference
+        wins, losses = [], []
+        for m in present:
+            sign = _separates(*_compare(ref, cells[(task, m)]))
+            if sign > 0:
+                wins.append(m)
+                ahead[m] += 1
+            elif sign < 0:
+                losses.append(m)
+                behind[m] += 1
+        best_other = min(present, key=lambda m: medians[m])
+        width = {m: _q(values[m])[2] - _q(values[m])[0] for m in (reference, best_other)}
+        narrower += width[reference] <= width[best_other] * (1 + 1e-9)  # equal up to rounding: no wider
+        seconds = [float(np.median([c["seconds"] for c in cells.get((task, m), {}).values()] or [math.nan]))
+                   for m in (reference, timed_against)]
+        rows.append(f"| {task} | {lowest} ({medians[lowest]:.4g}) | {', '.join(wins) or 'none'} "
+                    f"| {', '.join(losses) or 'none'} | {width[reference]:.3g}, {width[best_other]:.3g} "
+                    f"({best_other}) | {seconds[0]:.1f}, {seconds[1]:.1f} |")
+    rows += ["", f"Over {counted} tasks: {reference} has the lowest median on {lowest_count}, an IQR no wider than "
+             f"the lowest other method's on {narrower}. Tasks where {reference} is significantly better than / "
+             "worse than each method:", ""]
+    rows += [f"- {m}: {ahead[m]} / {behind[m]}" for m in others]
+    return rows
+
+
 def curves(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str], methods: list[str],
            path: str) -> str | None:
     """Median best-so-far validation loss against cumulative epochs, one panel per task."""
