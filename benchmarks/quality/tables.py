@@ -83,10 +83,8 @@ def task_table(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: st
         q25, q50, q75 = _q(v)
         shared = [s for s in seeds if s in ref]
         if name != reference and shared:
-            a = _finite([_value(ref[s], key) for s in shared])
-            b = _finite([_value(runs[s], which) for s in shared])
-            better = f"{int((a < b).sum())}/{len(shared)}"
-            p = wilcoxon_p(a, b)
+            wins, _, p = _compare(ref, runs, key, which)
+            better = f"{wins}/{len(shared)}"
             pval = f"{p:.3f}" if math.isfinite(p) else "n/a"
         else:
             better, pval = "-", "-"
@@ -130,11 +128,12 @@ def summary_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks:
 SIGNIFICANT = 0.1  # the goal's level: a Wilcoxon p below it, with more seeds on one side, separates two methods
 
 
-def _compare(ref: dict[int, dict[str, Any]], runs: dict[int, dict[str, Any]]) -> tuple[int, int, float]:
+def _compare(ref: dict[int, dict[str, Any]], runs: dict[int, dict[str, Any]], ref_key: str = "test",
+             key: str = "test") -> tuple[int, int, float]:
     """Seeds where the reference is better and worse than the method, and the Wilcoxon p, on the shared seeds."""
     shared = sorted(set(ref) & set(runs))
-    a = _finite([ref[s]["test"] for s in shared])
-    b = _finite([runs[s]["test"] for s in shared])
+    a = _finite([_value(ref[s], ref_key) for s in shared])
+    b = _finite([_value(runs[s], key) for s in shared])
     return int((a < b).sum()), int((a > b).sum()), wilcoxon_p(a, b)
 
 
