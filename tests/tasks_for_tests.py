@@ -140,6 +140,19 @@ class Slow(TinyAdam):
         return torch.nn.functional.mse_loss(output, target)
 
 
+class SlowData(TinyAdam):
+    """TinyAdam whose data takes SLOW_DATA_SECONDS to load, so a test can see who is charged for it."""
+
+    def data(self, seed: int) -> Any:
+        import time
+
+        time.sleep(SLOW_DATA_SECONDS)
+        return _data(seed)
+
+
+SLOW_DATA_SECONDS = 0.5
+
+
 class MismatchedSplits(TinyAdam):
     """Validation inputs with 4 features where training has 3."""
 

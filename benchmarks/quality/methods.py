@@ -37,7 +37,7 @@ class Outcome:
     val: float  # that model's validation loss
     hp: HParams
     epochs: int  # epochs spent, all trials together
-    seconds: float  # wall-clock of the whole method
+    seconds: float  # wall-clock of the whole method, loading the task's data included
     ranks: int  # processes it ran on
     curve: list[list[float]]  # [cumulative epochs, best validation loss so far]
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +79,8 @@ class Ledger:
         """The chosen trial: lowest final validation loss (of full-length trials when `complete_only`)."""
         pool = [t for t in self.trials if len(t.val) == self.problem.epochs] if complete_only else self.trials
         chosen = min(pool or self.trials, key=lambda t: (t.final_val, t.index))
-        return Outcome(chosen.test, chosen.final_val, chosen.hp, self.spent, time.perf_counter() - self.start, 1,
+        seconds = time.perf_counter() - self.start + self.problem.load_seconds
+        return Outcome(chosen.test, chosen.final_val, chosen.hp, self.spent, seconds, 1,
                        self.curve, {"trials": len(self.trials), **extra}, chosen.prediction)
 
 
@@ -265,7 +266,7 @@ def propulate(problem: Problem, comm: SerialComm, options: dict[str, Any]) -> Ou
                                generations=generations, checkpoint_path=where)
         runner.propulate(logging_interval=10**9)
         comm.barrier()
-    return _merge(comm, ledger, problem, time.perf_counter() - start)
+    return _merge(comm, ledger, problem, time.perf_counter() - start + problem.load_seconds)
 
 
 def _merge(comm: SerialComm, ledger: Ledger, problem: Problem, seconds: float) -> Outcome:
