@@ -42,7 +42,7 @@ class Problem:
     data: dict[str, Data] = field(default_factory=dict)
     # Seconds this process took to load the task's data.  A baseline's cell counts them, since hsmpi loads its
     # data inside the run it is timed on: every method's seconds are the same work, data to chosen model.
-    load_seconds: float = 0.0
+    load_seconds: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self.task = load_task(self.task_name)
