@@ -140,6 +140,9 @@ class Slow(TinyAdam):
         return torch.nn.functional.mse_loss(output, target)
 
 
+SLOW_DATA_SECONDS = 0.5
+
+
 class SlowData(TinyAdam):
     """TinyAdam whose data takes SLOW_DATA_SECONDS to load, so a test can see who is charged for it."""
 
@@ -148,9 +151,6 @@ class SlowData(TinyAdam):
 
         time.sleep(SLOW_DATA_SECONDS)
         return _data(seed)
-
-
-SLOW_DATA_SECONDS = 0.5
 
 
 class MismatchedSplits(TinyAdam):
