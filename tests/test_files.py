@@ -5,11 +5,13 @@ The full-disk tests mount a small tmpfs (root on Linux; skipped with the reason 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +19,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import hsmpi
 from hsmpi.engine.job import Stopped
-from hsmpi.io import checkpoint, hdf5
+from hsmpi.engine.member import Member
+from hsmpi.engine.observers import _Pending
+from hsmpi.io import checkpoint, files, hdf5
 from hsmpi.io.files import DiskError, remove_litter, write_atomic
+from hsmpi.parallel import flatstate
 from hsmpi.parallel.comm import SerialComm
+from hsmpi.parallel.share import Saved
 
 from conftest import ROOT, mpirun_cmd, rank_pid, run_hsmpi
+from tasks_for_tests import TinyAdam
 
 OPTIONS = dict(population=8, epochs=12, sessions=12, seed=2, threads=1, checkpoint_interval=0, export_top=0)
 
@@ -172,3 +180,35 @@ def test_stopped_runs_leave_no_litter(tmp_path: Path) -> None:
     with pytest.raises(Stopped):
         hsmpi.run("regression1d", comm=SerialComm(), log=None, out=str(tmp_path), stop_after=2, **OPTIONS)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")], os.listdir(tmp_path)
+
+
+def test_the_share_buffer_is_lent_back_once_the_states_are_in_the_shard_before_its_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last checkpoint's writer frees the share buffer (which the returned model goes out through) as
+    soon as every member's bytes are in the shard, not after its fsync and rename; the shard holds the
+    members' states even when the buffer is overwritten from then on."""
+    cpu = torch.device("cpu")
+    task = TinyAdam()
+    members = {str(i): Member.create(task, i, {"lr": 0.01, "beta1": 0.9}, seed=3, device=cpu) for i in range(3)}
+    expected = {key: Saved.of(m, flatstate.Buffer(cpu)).data for key, m in members.items()}
+    gate = threading.Event()
+
+    def before_rename(path: str) -> None:  # the shard is written and fsynced: hold the writer there
+        gate.wait(120)
+
+    monkeypatch.setattr(files, "_test_only_pause", before_rename)
+    name = checkpoint.shard_file("s0001-test", 0)
+    pending, buffer = _Pending(0, "s0001-test", None, "the checkpoint"), flatstate.Buffer(cpu)
+    pending.start(str(tmp_path), name, dict(members), buffer)
+    try:
+        assert pending.released.wait(30), "the writer did not lend the buffer back before its rename"
+        assert not (tmp_path / name).exists()
+        buffer.host.fill_(255)  # step 4 uses the buffer now
+    finally:
+        gate.set()
+        assert pending.thread is not None
+        pending.thread.join(120)
+    assert pending.failure is None and pending.record is not None
+    index = json.loads(checkpoint.index_of("s0001-test", [pending.record]))
+    for key, data in expected.items():
+        assert np.array_equal(checkpoint.read_state(str(tmp_path / "checkpoint.h5"), index, key)[1], data), key

@@ -216,8 +216,8 @@ class _Pending:
     training) just before writing it, in the order the members train;
     `hold(i)` lets member i train again only once its state is packed, and
     `hold_buffer()` lets step 4 have the buffer back once the last one is
-    written.  States kept as bytes already (the best so far) are written from
-    those bytes, last.
+    in the file (not waiting for its fsync).  States kept as bytes already
+    (the best so far) are written from those bytes, last.
     """
 
     def __init__(self, k: int, generation: str, manifest: dict[str, Any] | None, what: str) -> None:
@@ -278,7 +278,8 @@ class _Pending:
         try:
             headers.update({key: s.header if isinstance(s, Saved) else s.header() for key, s in states.items()})
             nbytes = sum(h.nbytes for h in headers.values())
-            self.record = checkpoint.write_shard(out, name, keys, payload, nbytes, self.what)
+            self.record = checkpoint.write_shard(out, name, keys, payload, nbytes, self.what,
+                                                 written=self.released.set)
             self.record["seconds"] = time.perf_counter() - start
         except Exception as err:  # noqa: BLE001 - told on every rank at the boundary, as one error
             self.failure = err

@@ -212,11 +212,12 @@ Payload = Callable[[str], tuple[str, np.ndarray]]  # key -> (its header as JSON,
 
 
 def write_shard(folder: str, name: str, keys: Iterable[str], payload: Payload, nbytes: int,
-                what: str) -> dict[str, Any]:
+                what: str, written: Callable[[], None] | None = None) -> dict[str, Any]:
     """Write one rank's shard `name` (relative to `folder`) holding `keys`; its record for the manifest.
 
     `payload(key)` gives each state as it is written (its bytes may live in a
-    reused buffer: each is written before the next is asked for).
+    reused buffer: each is written before the next is asked for); `written()`
+    is called once every state is in the file, before it is closed and fsynced.
     """
     path = os.path.join(folder, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -231,6 +232,8 @@ def write_shard(folder: str, name: str, keys: Iterable[str], payload: Payload, n
             hdf5.attr(f[f"states/{key}"], "header", header)
             hdf5.attr(f[f"states/{key}"], "crc32", crc)
             states[key] = {"file": name, "nbytes": int(data.nbytes), "crc32": int(crc)}
+        if written is not None:
+            written()
 
     write_atomic(path, fill, nbytes, what)
     return {"file": name, "size": os.path.getsize(path), "states": states}
