@@ -227,10 +227,10 @@ def write_shard(folder: str, name: str, keys: Iterable[str], payload: Payload, n
         hdf5.attr(f, "format", SHARD_FORMAT)
         for key in keys:
             header, data = payload(key)
-            hdf5.dataset(f, f"states/{key}", data)
+            stored = hdf5.dataset(f, f"states/{key}", data)
             crc = zlib.crc32(data.data) if data.size else 0
-            hdf5.attr(f[f"states/{key}"], "header", header)
-            hdf5.attr(f[f"states/{key}"], "crc32", crc)
+            hdf5.attr(stored, "header", header)
+            hdf5.attr(stored, "crc32", crc)
             states[key] = {"file": name, "nbytes": int(data.nbytes), "crc32": int(crc)}
         if written is not None:
             written()

@@ -64,20 +64,24 @@ def _name(name: str) -> bytes:
 
 
 def attr(obj: Any, name: str, value: Any) -> None:
-    """Attribute `name` = `value` (str, number, bool or array) on the group, dataset or file `obj`."""
+    """Attribute `name` = `value` (str, number, bool or array) on the group, dataset or file `obj` (or the
+    low-level id `dataset` returns)."""
     array = as_array(value)
     file_type = h5t.py_create(array.dtype, logical=True)
-    handle = h5a.create(obj.id, _name(name), file_type, h5s.create_simple(array.shape))
+    loc = obj if isinstance(obj, h5d.DatasetID) else obj.id
+    handle = h5a.create(loc, _name(name), file_type, h5s.create_simple(array.shape))
     handle.write(array, mtype=h5t.py_create(array.dtype))
 
 
-def dataset(group: Any, path: str, value: Any) -> None:
-    """Dataset at `path` (relative to `group`, parents made as needed) holding `value`, contiguous."""
+def dataset(group: Any, path: str, value: Any) -> h5d.DatasetID:
+    """Dataset at `path` (relative to `group`, parents made as needed) holding `value`, contiguous; its
+    low-level id, which `attr` takes (no lookup by path)."""
     array = as_array(value)
     file_type = h5t.py_create(array.dtype, logical=True)
     handle = h5d.create(group.id, _name(path), file_type, h5s.create_simple(array.shape), lcpl=_LCPL)
     if array.size:
         handle.write(h5s.ALL, h5s.ALL, array, mtype=h5t.py_create(array.dtype))
+    return handle
 
 
 def group(parent: Any, path: str) -> h5py.Group:
