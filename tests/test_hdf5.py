@@ -103,3 +103,26 @@ def test_python_objects_are_refused(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "f.h5", "w") as f:
         with pytest.raises(TypeError, match="object array of NoneType, dict"):
             hdf5.dataset(f, "d", np.array([{"a": 1}, None], dtype=object))
+
+
+ROWS: dict[str, tuple[tuple[int, ...], Any, list[Any]]] = {  # name: (one row's shape, dtype, the rows)
+    "float32 matrix rows": ((2, 3), np.float32, [np.arange(6, dtype=np.float32).reshape(2, 3) * k for k in range(3)]),
+    "scalar rows": ((), np.int64, [np.int64(5), np.array(-1), 7]),
+    "float64 given to float32": ((4,), np.float32, [np.linspace(0, 1, 4), np.full(4, 1e-3)]),
+    "empty rows": ((0,), np.float32, [np.zeros(0, dtype=np.float32)] * 2),
+}
+
+
+@pytest.mark.parametrize("key", list(ROWS))
+def test_rows_written_one_at_a_time_read_back_like_h5py(tmp_path: Path, key: str) -> None:
+    shape, dtype, rows = ROWS[key]
+    with h5py.File(tmp_path / "high.h5", "w") as f:
+        high = f.create_dataset("w/x", (len(rows), *shape), dtype=dtype)
+        for j, row in enumerate(rows):
+            high[j] = row
+    with h5py.File(tmp_path / "low.h5", "w") as f:
+        low = hdf5.rows(f, "w/x", len(rows), shape, dtype)
+        for j, row in reversed(list(enumerate(rows))):  # in any order
+            hdf5.write_row(low, j, row)
+    with h5py.File(tmp_path / "high.h5") as high_file, h5py.File(tmp_path / "low.h5") as low_file:
+        _same(high_file["w/x"][()], low_file["w/x"][()])

@@ -84,6 +84,24 @@ def dataset(group: Any, path: str, value: Any) -> h5d.DatasetID:
     return handle
 
 
+def rows(group: Any, path: str, count: int, shape: tuple[int, ...], dtype: Any) -> h5d.DatasetID:
+    """A new numeric dataset at `path` of `count` rows of `shape`, each written later by `write_row` (one
+    row at a time: whoever writes it need not hold them all at once); its low-level id."""
+    file_type = h5t.py_create(np.dtype(dtype), logical=True)
+    return h5d.create(group.id, _name(path), file_type, h5s.create_simple((count, *shape)), lcpl=_LCPL)
+
+
+def write_row(rows: h5d.DatasetID, row: int, value: Any) -> None:
+    """Row `row` of a dataset that `rows` made = `value` (the row's shape; converted to the dataset's type)."""
+    space = rows.get_space()
+    dims = space.shape
+    array = np.ascontiguousarray(value).reshape((1, *dims[1:]))
+    if not array.size:
+        return
+    space.select_hyperslab((row, *(0 for _ in dims[1:])), array.shape)
+    rows.write(h5s.create_simple(array.shape), space, array, mtype=h5t.py_create(array.dtype))
+
+
 def group(parent: Any, path: str) -> h5py.Group:
     """A new group at `path` under `parent` (parents made as needed)."""
     return h5py.Group(h5g.create(parent.id, _name(path), lcpl=_LCPL))

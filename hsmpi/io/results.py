@@ -75,11 +75,10 @@ def write_part(out: str, name: str, members: Sequence[int], weights: Sequence[Ca
     def fill(f: h5py.File) -> None:
         hdf5.attr(f, "format", PART_FORMAT)
         hdf5.attr(f, "members", np.asarray(members, dtype=np.int64))
-        datasets = {n: f.create_dataset(f"weights/{n}", (len(members), *shape), dtype=np.dtype(dtype))
-                    for n, (shape, dtype) in shapes.items()}
+        datasets = {n: hdf5.rows(f, f"weights/{n}", len(members), shape, dtype) for n, (shape, dtype) in shapes.items()}
         for j, get in enumerate(weights):
             for n, array in get().items():
-                datasets[n][j] = array
+                hdf5.write_row(datasets[n], j, array)
     nbytes = len(members) * sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
     write_atomic(path, fill, nbytes, "the population's weights")
 
