@@ -59,6 +59,20 @@ def as_array(value: Any) -> np.ndarray:
     return array
 
 
+_TYPES: dict[tuple[np.dtype, bool], h5t.TypeID] = {}
+
+
+def _type(dtype: np.dtype, logical: bool = False) -> h5t.TypeID:
+    """HDF5's type for `dtype` (`logical`: as stored in the file), made once per numeric dtype: making one
+    costs about as much as writing a small dataset.  Strings' types are made each time."""
+    if dtype.kind == "O":
+        return h5t.py_create(dtype, logical=logical)
+    made = _TYPES.get((dtype, logical))
+    if made is None:
+        made = _TYPES[(dtype, logical)] = h5t.py_create(dtype, logical=logical)
+    return made
+
+
 def _name(name: str) -> bytes:
     return name.encode("utf-8")
 
@@ -67,27 +81,27 @@ def attr(obj: Any, name: str, value: Any) -> None:
     """Attribute `name` = `value` (str, number, bool or array) on the group, dataset or file `obj` (or the
     low-level id `dataset` returns)."""
     array = as_array(value)
-    file_type = h5t.py_create(array.dtype, logical=True)
+    file_type = _type(array.dtype, logical=True)
     loc = obj if isinstance(obj, h5d.DatasetID) else obj.id
     handle = h5a.create(loc, _name(name), file_type, h5s.create_simple(array.shape))
-    handle.write(array, mtype=h5t.py_create(array.dtype))
+    handle.write(array, mtype=_type(array.dtype))
 
 
 def dataset(group: Any, path: str, value: Any) -> h5d.DatasetID:
     """Dataset at `path` (relative to `group`, parents made as needed) holding `value`, contiguous; its
     low-level id, which `attr` takes (no lookup by path)."""
     array = as_array(value)
-    file_type = h5t.py_create(array.dtype, logical=True)
+    file_type = _type(array.dtype, logical=True)
     handle = h5d.create(group.id, _name(path), file_type, h5s.create_simple(array.shape), lcpl=_LCPL)
     if array.size:
-        handle.write(h5s.ALL, h5s.ALL, array, mtype=h5t.py_create(array.dtype))
+        handle.write(h5s.ALL, h5s.ALL, array, mtype=_type(array.dtype))
     return handle
 
 
 def rows(group: Any, path: str, count: int, shape: tuple[int, ...], dtype: Any) -> h5d.DatasetID:
     """A new numeric dataset at `path` of `count` rows of `shape`, each written later by `write_row` (one
     row at a time: whoever writes it need not hold them all at once); its low-level id."""
-    file_type = h5t.py_create(np.dtype(dtype), logical=True)
+    file_type = _type(np.dtype(dtype), logical=True)
     return h5d.create(group.id, _name(path), file_type, h5s.create_simple((count, *shape)), lcpl=_LCPL)
 
 
@@ -99,7 +113,7 @@ def write_row(rows: h5d.DatasetID, row: int, value: Any) -> None:
     if not array.size:
         return
     space.select_hyperslab((row, *(0 for _ in dims[1:])), array.shape)
-    rows.write(h5s.create_simple(array.shape), space, array, mtype=h5t.py_create(array.dtype))
+    rows.write(h5s.create_simple(array.shape), space, array, mtype=_type(array.dtype))
 
 
 def group(parent: Any, path: str) -> h5py.Group:
