@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import hsmpi
+from hsmpi.engine.device import cpu_kernels
 from hsmpi.io.results import read_results
 
 from conftest import run_hsmpi, task_spec
@@ -120,6 +121,7 @@ def test_the_default_job_writes_a_results_file_that_plain_h5py_reads(tmp_path: P
         assert mpi and "\x00" not in mpi and mpi == clean(mpi)
         assert f"MPI {mpi}" in result.stdout.splitlines()[0]  # the settings line names the same library
         assert (f.attrs["task"], f.attrs["ranks"], f.attrs["population"]) == ("regression1d", 2, 8)
+        assert (f.attrs["torch_version"], f.attrs["cpu_kernels"]) == (torch.__version__, cpu_kernels())
         assert f["history/val_loss"].shape == (6, 8)
         assert np.isfinite(f["test/best_loss"][()])
         assert json.loads(f.attrs["config"])["select"] == "truncation"

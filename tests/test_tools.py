@@ -19,11 +19,12 @@ import yaml  # type: ignore[import-untyped]
 import hsmpi
 from hsmpi.cli import main
 from hsmpi.cli.replay import replay
+from hsmpi.engine.device import cpu_kernels
 from hsmpi.engine.job import Stopped
 from hsmpi.parallel.comm import SerialComm
 from hsmpi.tasks import load_task
 
-from conftest import ROOT, run_hsmpi
+from conftest import ROOT, mpirun_cmd, run_hsmpi
 from tasks_for_tests import TinyAdam
 
 
@@ -85,6 +86,23 @@ def test_doctor_reports_every_rank_once() -> None:
     rows = [line for line in result.stdout.splitlines() if re.match(r"\| [01] \|", line)]
     assert len(rows) == 2 and "| 0 of 2 |" in rows[0] and "| 1 of 2 |" in rows[1]
     assert "HDF5 file locking" in result.stdout
+    assert all(row.endswith(f"| {cpu_kernels()} |") for row in rows)
+    assert "different vector kernels" not in result.stdout
+
+
+def test_doctor_warns_when_the_ranks_run_different_cpu_kernels() -> None:
+    """Rank 1 pins PyTorch's kernels to the plainest level: its floats can round otherwise than rank 0's,
+    so doctor names both and says how to make them agree."""
+    script = ('r=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-0}}}; '
+              'if [ "$r" = 1 ]; then export ATEN_CPU_CAPABILITY=default; fi; exec "$0" -m hsmpi doctor')
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([*mpirun_cmd(2), "bash", "-c", script, sys.executable], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if re.match(r"\| [01] \|", line)]
+    assert "ATEN_CPU_CAPABILITY" not in rows[0] and rows[1].endswith("| DEFAULT, ATEN_CPU_CAPABILITY=default |")
+    warning = [line for line in result.stdout.splitlines() if "different vector kernels" in line]
+    assert len(warning) == 1 and "MKL_CBWR" in warning[0]
 
 
 def test_replay_of_a_one_session_run_is_the_search_itself(tmp_path: Path) -> None:

@@ -14,14 +14,15 @@ from hsmpi.text import say
 def _rank_facts(comm: SerialComm) -> dict[str, Any]:
     import torch
 
-    from hsmpi.engine.device import pick_device
+    from hsmpi.engine.device import cpu_kernels, pick_device
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     names = sorted({torch.cuda.get_device_name(i) for i in range(count)})
     return {"rank": comm.rank, "host": os.uname().nodename, "local_rank": comm.local_rank,
             "local_size": comm.local_size, "pid": os.getpid(), "gpus": count, "gpu_names": names,
             "device": str(pick_device("auto", comm.local_rank)),
-            "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"), "threads": torch.get_num_threads()}
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"), "threads": torch.get_num_threads(),
+            "kernels": cpu_kernels()}
 
 
 def doctor(comm: SerialComm) -> int:
@@ -46,13 +47,14 @@ def doctor(comm: SerialComm) -> int:
         f"{'off (HDF5_USE_FILE_LOCKING=' + locking + ')' if locking.upper() == 'FALSE' else 'on'}"
         " (turn it off on parallel file systems that do not support it)",
         "",
-        "| rank | host | local rank | GPUs seen | CUDA_VISIBLE_DEVICES | hsmpi would use | torch threads |",
-        "|---|---|---|---|---|---|---|",
+        "| rank | host | local rank | GPUs seen | CUDA_VISIBLE_DEVICES | hsmpi would use | torch threads "
+        "| CPU kernels |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for f in facts:
         gpus = f"{f['gpus']} ({', '.join(f['gpu_names'])})" if f["gpus"] else "0"
         lines.append(f"| {f['rank']} | {f['host']} | {f['local_rank']} of {f['local_size']} | {gpus} | "
-                     f"{f['visible']} | {f['device']} | {f['threads']} |")
+                     f"{f['visible']} | {f['device']} | {f['threads']} | {f['kernels']} |")
     warnings = []
     per_host: dict[str, list[str]] = {}
     for f in facts:
@@ -62,6 +64,12 @@ def doctor(comm: SerialComm) -> int:
         if cuda and len(set(cuda)) < len(cuda):
             warnings.append(f"on {host}, {len(cuda)} ranks share {len(set(cuda))} GPU(s): fine for small "
                             "models (or use --members-per-rank with --vectorize), slow for large ones")
+    kernels = sorted({f["kernels"] for f in facts})
+    if len(kernels) > 1:
+        warnings.append(f"the ranks' CPUs run different vector kernels ({'; '.join(kernels)}): on CPU a run's "
+                        "results then depend on which members land on which node; pin the kernels to a level "
+                        "every node has (ATEN_CPU_CAPABILITY, MKL_CBWR, ONEDNN_MAX_CPU_ISA; e.g. avx2, AVX2, "
+                        "AVX2) in the job's environment")
     lines += [f"warning: {w}" for w in warnings]
     say("\n".join(lines))
     return 0

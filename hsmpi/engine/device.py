@@ -33,3 +33,18 @@ def set_threads(threads: int, local_size: int) -> int:
         threads = max(1, cores // max(1, local_size))
     torch.set_num_threads(threads)
     return threads
+
+
+# Settings that choose which vector kernels the CPU math runs, and so how its floats round.
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_kernels() -> str:
+    """Which vector kernels PyTorch runs on this CPU (e.g. "AVX512"), with any setting above that pins them.
+
+    Two processors that run different kernels round some results differently
+    in the last bit, and a selection decided by that bit changes the rest of
+    a run: runs agree to the bit only where this agrees (on CPU).
+    """
+    pinned = [f"{name}={os.environ[name]}" for name in KERNEL_SETTINGS if os.environ.get(name)]
+    return ", ".join([torch.backends.cpu.get_cpu_capability(), *pinned])
