@@ -194,8 +194,8 @@ def test_the_cells_csv_holds_every_cell_once_in_order(tmp_path: Path) -> None:
     path = tmp_path / "cells.csv"
     assert tables.write_csv(cells, str(path)) == 3
     rows = path.read_text().splitlines()
-    assert rows == ["task,method,seed,test_loss,seconds", "b,hsmpi/m3,0,inf,1.23", "t,random,0,2.0,2.00",
-                    f"t,random,1,{2.0 + 1 / 3!r},2.00"]
+    assert rows == ["task,method,seed,test_loss,seconds", "b,hsmpi/m3,0,inf,1.234", "t,random,0,2.0,2.000",
+                    f"t,random,1,{2.0 + 1 / 3!r},2.000"]
     assert float(rows[-1].split(",")[3]) == 2.0 + 1 / 3  # the loss to the last bit
 
 
