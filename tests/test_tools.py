@@ -90,19 +90,34 @@ def test_doctor_reports_every_rank_once() -> None:
     assert "different vector kernels" not in result.stdout
 
 
-def test_doctor_warns_when_the_ranks_run_different_cpu_kernels() -> None:
-    """Rank 1 pins PyTorch's kernels to the plainest level: its floats can round otherwise than rank 0's,
-    so doctor names both and says how to make them agree."""
+def _rank_1_pins_its_kernels(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`python -m hsmpi args` on 2 ranks, rank 1 with PyTorch's kernels pinned to the plainest level (its
+    floats can round otherwise than rank 0's)."""
     script = ('r=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-0}}}; '
-              'if [ "$r" = 1 ]; then export ATEN_CPU_CAPABILITY=default; fi; exec "$0" -m hsmpi doctor')
+              'if [ "$r" = 1 ]; then export ATEN_CPU_CAPABILITY=default; fi; exec "$0" -m hsmpi "$@"')
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([*mpirun_cmd(2), "bash", "-c", script, sys.executable], capture_output=True,
-                            text=True, timeout=60, env=env)
+    return subprocess.run([*mpirun_cmd(2), "bash", "-c", script, sys.executable, *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_doctor_warns_when_the_ranks_run_different_cpu_kernels() -> None:
+    """doctor names both ranks' kernels and says how to make them agree."""
+    result = _rank_1_pins_its_kernels(["doctor"])
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if re.match(r"\| [01] \|", line)]
     assert "ATEN_CPU_CAPABILITY" not in rows[0] and rows[1].endswith("| DEFAULT, ATEN_CPU_CAPABILITY=default |")
     warning = [line for line in result.stdout.splitlines() if "different vector kernels" in line]
     assert len(warning) == 1 and "MKL_CBWR" in warning[0]
+
+
+def test_a_run_on_ranks_with_different_cpu_kernels_says_so_once_and_records_them(tmp_path: Path) -> None:
+    result = _rank_1_pins_its_kernels(["-S", "2", "-M", "2", "-m", "1", "--threads", "1", "--out", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stdout.splitlines() if "different vector kernels" in line]
+    assert len(warning) == 1 and "depend on which members land on which rank" in warning[0]
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        assert f.attrs["cpu_kernels"] == (f"{cpu_kernels()} on 1 rank(s) from rank 0; "
+                                          "DEFAULT, ATEN_CPU_CAPABILITY=default on 1 rank(s) from rank 1")
 
 
 def test_replay_of_a_one_session_run_is_the_search_itself(tmp_path: Path) -> None:

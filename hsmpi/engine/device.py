@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -48,3 +49,12 @@ def cpu_kernels() -> str:
     """
     pinned = [f"{name}={os.environ[name]}" for name in KERNEL_SETTINGS if os.environ.get(name)]
     return ", ".join([torch.backends.cpu.get_cpu_capability(), *pinned])
+
+
+def kernels_of_ranks(kernels: Sequence[str]) -> str:
+    """The ranks' `cpu_kernels()` in a few words: the one they share, or each distinct one with how many
+    ranks run it and the first of them."""
+    distinct = list(dict.fromkeys(kernels))
+    if len(distinct) == 1:
+        return distinct[0]
+    return "; ".join(f"{k} on {kernels.count(k)} rank(s) from rank {kernels.index(k)}" for k in distinct)

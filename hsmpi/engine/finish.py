@@ -33,7 +33,6 @@ import torch
 from hsmpi import __version__
 from hsmpi.algorithm.space import HParams, describe_space
 from hsmpi.engine.average import Average, PopulationAverage, population_average
-from hsmpi.engine.device import cpu_kernels
 from hsmpi.engine.history import PHASES
 from hsmpi.engine.member import Member
 from hsmpi.engine.observers import Checkpoints
@@ -140,7 +139,7 @@ def _write_outputs(search: Search, record: dict[str, Any], path: str, start: flo
     def results() -> None:
         if not comm.is_root:
             return
-        meta = {"hsmpi_version": __version__, "torch_version": torch.__version__, "cpu_kernels": cpu_kernels(),
+        meta = {"hsmpi_version": __version__, "torch_version": torch.__version__, "cpu_kernels": pop.kernels,
                 "population": pop.size, "ranks": comm.size, "threads": pop.threads, "device_type": pop.device.type,
                 "mpi": comm.library(), "wall_seconds": time.perf_counter() - start, "finite_model": finite}
         settings = dataclasses.replace(config, population=pop.size).to_dict()

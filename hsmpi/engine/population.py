@@ -22,7 +22,7 @@ from hsmpi.algorithm.space import HParams, SpaceError, check_hparams
 from hsmpi.config import Config
 from hsmpi.engine import batched, vectorize
 from hsmpi.engine.data import Data
-from hsmpi.engine.device import pick_device, set_threads
+from hsmpi.engine.device import cpu_kernels, kernels_of_ranks, pick_device, set_threads
 from hsmpi.engine.member import Member
 from hsmpi.errors import SetupError, agree
 from hsmpi.parallel import flatstate
@@ -46,6 +46,7 @@ class Population:
         self.blocks = layout(size, comm.size)
         self.device = device
         self.threads = threads
+        self.kernels = cpu_kernels()  # the ranks' CPU kernels in a few words (hsmpi.engine.device.kernels_of_ranks)
         self.data = data
         self.members = members
         self.local = {m.index: m for m in members}
@@ -170,9 +171,17 @@ def prepare(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         error = str(err)
     agree(comm, error)
     threads = set_threads(config.threads, comm.local_size)
+    ranks_kernels = comm.allgather(cpu_kernels())
+    kernels = kernels_of_ranks(ranks_kernels)
+    if comm.is_root and device.type == "cpu" and len(set(ranks_kernels)) > 1:
+        log(f"warning: the ranks' CPUs run different vector kernels ({kernels}), which round some results "
+            "differently: this run's results depend on which members land on which rank; pin the kernels to a "
+            "level every node has (ATEN_CPU_CAPABILITY, MKL_CBWR, ONEDNN_MAX_CPU_ISA) for runs that agree")
     data: dict[str, Data] = {}
     agree(comm, _load_data(task, config, device, data))
-    return Population(config, task, comm, size, device, threads, data, [], log if comm.is_root else _quiet)
+    population = Population(config, task, comm, size, device, threads, data, [], log if comm.is_root else _quiet)
+    population.kernels = kernels
+    return population
 
 
 def _quiet(_: str) -> None:

@@ -3,8 +3,8 @@
 Layout (S members, m sessions, R ranks):
 - attributes of `/`: format, hsmpi version, task, population, ranks, every
   setting of the run (also as JSON in `config`), the space as JSON in `space`,
-  `torch_version` and `cpu_kernels` (rank 0's: which vector kernels its CPU
-  math ran, hsmpi.engine.device.cpu_kernels; runs agree to the bit only where
+  `torch_version` and `cpu_kernels` (which vector kernels the ranks' CPU math
+  ran, hsmpi.engine.device.kernels_of_ranks; runs agree to the bit only where
   they agree),
   `finite_model` (false: no member ever had a finite validation loss or objective);
 - `history/`: `train_loss`, `val_loss` (m x S), `winner`, `winner_loss` (the
