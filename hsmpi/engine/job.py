@@ -167,7 +167,8 @@ def settings_line(search: Search) -> str:
     return (f"hsmpi {__version__} | task {c.task} | S={pop.size} members on {comm.size} ranks "
             f"({per_rank} per rank) | M={sum(epochs)} epochs in m={len(epochs)} sessions{lengths}{rungs} | "
             f"sampler {c.sampler}({sampler}) | select {c.select}{f'({selection})' if selection else ''} | "
-            f"seed {c.seed} | init {'independent' if c.independent_init else 'shared'} | device {pop.device} | "
+            f"seed {c.seed} | init {'independent' if c.independent_init else 'shared'} | device {pop.device}"
+            f"{f' (kernels {pop.kernels})' if pop.device.type == 'cpu' else ''} | "
             f"threads {pop.threads} | MPI {library}")
 
 
