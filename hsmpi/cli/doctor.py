@@ -35,6 +35,8 @@ def doctor(comm: SerialComm) -> int:
     import numpy
     import torch
 
+    from hsmpi.engine.device import mixed_kernels
+
     mpi = comm.details()
     locking = os.environ.get("HDF5_USE_FILE_LOCKING", "")
     lines = [
@@ -64,12 +66,9 @@ def doctor(comm: SerialComm) -> int:
         if cuda and len(set(cuda)) < len(cuda):
             warnings.append(f"on {host}, {len(cuda)} ranks share {len(set(cuda))} GPU(s): fine for small "
                             "models (or use --members-per-rank with --vectorize), slow for large ones")
-    kernels = sorted({f["kernels"] for f in facts})
-    if len(kernels) > 1:
-        warnings.append(f"the ranks' CPUs run different vector kernels ({'; '.join(kernels)}): on CPU a run's "
-                        "results then depend on which members land on which node; pin the kernels to a level "
-                        "every node has (ATEN_CPU_CAPABILITY, MKL_CBWR, ONEDNN_MAX_CPU_ISA; e.g. avx2, AVX2, "
-                        "AVX2) in the job's environment")
+    mixed = mixed_kernels([f["kernels"] for f in facts])
+    if mixed:
+        warnings.append(mixed)
     lines += [f"warning: {w}" for w in warnings]
     say("\n".join(lines))
     return 0

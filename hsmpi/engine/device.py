@@ -58,3 +58,13 @@ def kernels_of_ranks(kernels: Sequence[str]) -> str:
     if len(distinct) == 1:
         return distinct[0]
     return "; ".join(f"{k} on {kernels.count(k)} rank(s) from rank {kernels.index(k)}" for k in distinct)
+
+
+def mixed_kernels(kernels: Sequence[str]) -> str | None:
+    """What to tell a user whose ranks (their `cpu_kernels()`) run different kernels; None when they agree."""
+    if len(set(kernels)) < 2:
+        return None
+    return (f"the ranks' CPUs run different vector kernels ({kernels_of_ranks(kernels)}), which round some "
+            "results differently: on CPU a run's results then depend on which members land on which rank; pin "
+            "the kernels to a level every node has (ATEN_CPU_CAPABILITY, MKL_CBWR, ONEDNN_MAX_CPU_ISA; e.g. "
+            "avx2, AVX2, AVX2) in the job's environment for runs that agree")

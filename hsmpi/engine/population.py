@@ -22,7 +22,7 @@ from hsmpi.algorithm.space import HParams, SpaceError, check_hparams
 from hsmpi.config import Config
 from hsmpi.engine import batched, vectorize
 from hsmpi.engine.data import Data
-from hsmpi.engine.device import cpu_kernels, kernels_of_ranks, pick_device, set_threads
+from hsmpi.engine.device import cpu_kernels, kernels_of_ranks, mixed_kernels, pick_device, set_threads
 from hsmpi.engine.member import Member
 from hsmpi.errors import SetupError, agree
 from hsmpi.parallel import flatstate
@@ -38,7 +38,8 @@ class Population:
     """The members one rank trains (`members`, by index in `local`), and the layout of all S of them."""
 
     def __init__(self, config: Config, task: Any, comm: SerialComm, size: int, device: torch.device,
-                 threads: int, data: dict[str, Data], members: list[Member], log: Callable[[str], None]) -> None:
+                 threads: int, data: dict[str, Data], members: list[Member], log: Callable[[str], None],
+                 kernels: str) -> None:
         self.config = config
         self.task = task
         self.comm = comm
@@ -46,7 +47,7 @@ class Population:
         self.blocks = layout(size, comm.size)
         self.device = device
         self.threads = threads
-        self.kernels = cpu_kernels()  # the ranks' CPU kernels in a few words (hsmpi.engine.device.kernels_of_ranks)
+        self.kernels = kernels  # the ranks' CPU kernels in a few words (hsmpi.engine.device.kernels_of_ranks)
         self.data = data
         self.members = members
         self.local = {m.index: m for m in members}
@@ -171,17 +172,14 @@ def prepare(config: Config, task: Any, comm: SerialComm, log: Callable[[str], No
         error = str(err)
     agree(comm, error)
     threads = set_threads(config.threads, comm.local_size)
-    ranks_kernels = comm.allgather(cpu_kernels())
-    kernels = kernels_of_ranks(ranks_kernels)
-    if comm.is_root and device.type == "cpu" and len(set(ranks_kernels)) > 1:
-        log(f"warning: the ranks' CPUs run different vector kernels ({kernels}), which round some results "
-            "differently: this run's results depend on which members land on which rank; pin the kernels to a "
-            "level every node has (ATEN_CPU_CAPABILITY, MKL_CBWR, ONEDNN_MAX_CPU_ISA) for runs that agree")
+    kernels = comm.allgather(cpu_kernels())
+    mixed = mixed_kernels(kernels)
+    if comm.is_root and device.type == "cpu" and mixed:
+        log(f"warning: {mixed}")
     data: dict[str, Data] = {}
     agree(comm, _load_data(task, config, device, data))
-    population = Population(config, task, comm, size, device, threads, data, [], log if comm.is_root else _quiet)
-    population.kernels = kernels
-    return population
+    return Population(config, task, comm, size, device, threads, data, [], log if comm.is_root else _quiet,
+                      kernels_of_ranks(kernels))
 
 
 def _quiet(_: str) -> None:
