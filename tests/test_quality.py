@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,16 @@ def test_hsmpi_selects_on_the_loss_as_the_baselines_do_unless_told_the_tasks_obj
         val, winners = f["history/val_loss"][()], f["history/winner"][()]
         if objective is None:
             assert all(val[k, w] == val[k].min() for k, w in enumerate(winners))
+
+
+def test_hsmpi_without_a_folder_leaves_no_temporary_files_behind(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script that calls the benchmark's hsmpi without a folder gets its numbers, and the run's files go with
+    the temporary folder they were written to."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = methods.hsmpi_method(Problem("regression1d", seed=1, population=2, epochs=2, sessions=1), SerialComm(), {})
+    assert math.isfinite(out.test) and "results" not in out.extra
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_every_method_is_charged_for_loading_the_data(tmp_path: Path) -> None:

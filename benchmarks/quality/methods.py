@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -293,9 +294,23 @@ def hsmpi_method(problem: Problem, comm: SerialComm, options: dict[str, Any]) ->
 
     It selects on the validation loss, as every baseline's trials do (the tables judge the test loss), unless
     `options` name an objective (None: the task's own)."""
+    if problem.workdir:
+        return _hsmpi_in(problem.workdir, problem, comm, options)
+    # No folder given: the run's files go to a temporary one, removed once its numbers are read, so that
+    # calls from a script do not fill the temporary directory (the outcome then names no results file). A
+    # run that raised leaves its folder, and no rank waits for the others to remove it.
+    out = comm.bcast(tempfile.mkdtemp(prefix="hsmpi-bench-") if comm.is_root else None)
+    outcome = _hsmpi_in(out, problem, comm, options)
+    comm.barrier()
+    if comm.is_root:
+        shutil.rmtree(out, ignore_errors=True)
+    outcome.extra.pop("results", None)
+    return outcome
+
+
+def _hsmpi_in(out: str, problem: Problem, comm: SerialComm, options: dict[str, Any]) -> Outcome:
     from hsmpi.engine.job import run
 
-    out = problem.workdir or comm.bcast(tempfile.mkdtemp(prefix="hsmpi-bench-") if comm.is_root else None)
     settings = {"population": problem.population, "epochs": problem.epochs, "sessions": problem.sessions,
                 "seed": problem.seed, "out": out, "export_top": 0, "threads": 1, "objective": "loss", **options}
     start = time.perf_counter()
