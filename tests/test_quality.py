@@ -192,11 +192,30 @@ def test_the_goal_rows_name_who_separates_from_hsmpi_and_count_per_method() -> N
              ("b", "random"): cells_of({s: v - 0.2 for s, v in base.items()}),
              ("b", "propulate"): cells_of({s: v + 0.3 for s, v in base.items()})}
     rows = tables.goal_rows(cells, ["a", "b", "no-such-task"], ["hsmpi", "random", "propulate"])
-    assert rows[2] == "| a | propulate (1.55) | random | none | 0.55, 0.54 (propulate) | 2.0, 3.0 |"  # tied medians
-    assert rows[3].startswith("| b | random (1.35) | propulate | random | 0.55, 0.55 (random) |")
+    share = tables.lowest_share(cells, "a", ["hsmpi", "random", "propulate"])
+    assert 0 < share < 1  # propulate's median is a hair above or below hsmpi's, by the seeds drawn
+    assert rows[2] == f"| a | propulate (1.55) | {share:.0%} | random | none | 0.55, 0.54 (propulate) | 2.0, 3.0 |"
+    assert rows[3].startswith("| b | random (1.35) | 0% | propulate | random | 0.55, 0.55 (random) |")
     assert "Over 2 tasks: hsmpi has the lowest median on 0, an IQR no wider than the lowest other method's on 1" \
         in rows[5]
     assert rows[-2:] == ["- random: 1 / 1", "- propulate: 1 / 0"]
+
+
+def test_the_share_of_resampled_seeds_where_hsmpi_has_the_lowest_median() -> None:
+    """Lower on every seed: the lowest in every resample; higher on every seed, or equal (a tie is not the
+    lowest): in none; without another method or shared seeds, not defined."""
+    base = {s: {"test": 1.0 + 0.1 * s} for s in range(20)}
+    shifted = {d: {s: {"test": c["test"] + d} for s, c in base.items()} for d in (-0.05, 0.05)}
+    cells = {("t", "hsmpi"): base, ("t", "lower"): shifted[-0.05], ("t", "higher"): shifted[0.05],
+             ("t", "same"): dict(base), ("u", "hsmpi"): {0: {"test": 1.0}}, ("u", "other"): {1: {"test": 1.0}}}
+    assert tables.lowest_share(cells, "t", ["hsmpi", "higher"]) == 1.0
+    assert tables.lowest_share(cells, "t", ["hsmpi", "higher", "lower"]) == 0.0
+    assert tables.lowest_share(cells, "t", ["hsmpi", "same"]) == 0.0
+    assert math.isnan(tables.lowest_share(cells, "t", ["hsmpi"]))
+    assert math.isnan(tables.lowest_share(cells, "u", ["hsmpi", "other"]))  # no seed in common
+    # Half the seeds a hair lower, half a hair higher: the median's side depends on the draw.
+    mixed = {s: {"test": c["test"] + (0.01 if s % 2 else -0.01)} for s, c in base.items()}
+    assert 0.2 < tables.lowest_share({**cells, ("t", "mixed"): mixed}, "t", ["hsmpi", "mixed"]) < 0.8
 
 
 def test_the_cells_csv_holds_every_cell_once_in_order(tmp_path: Path) -> None:
