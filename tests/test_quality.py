@@ -218,6 +218,52 @@ def test_the_share_of_resampled_seeds_where_hsmpi_has_the_lowest_median() -> Non
     assert 0.2 < tables.lowest_share({**cells, ("t", "mixed"): mixed}, "t", ["hsmpi", "mixed"]) < 0.8
 
 
+def test_compare_joins_cells_files_into_the_medians_and_the_goal_check(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Cells of one run split over two files (a cell in both, the same) give the tables of the whole; a method
+    with fewer seeds is named; the same cell with two values, a missing file or another CSV is one error line."""
+    pytest.importorskip("scipy")
+    from benchmarks.quality import compare
+
+    cells = {("t", "hsmpi"): {s: {"test": 1.0 + s, "seconds": 2.0} for s in range(6)},
+             ("t", "random"): {s: {"test": 1.5 + s, "seconds": 1.0} for s in range(5)}}
+    whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
+    tables.write_csv(cells, str(whole))
+    tables.write_csv({("t", "hsmpi"): {0: cells[("t", "hsmpi")][0]}}, str(part))
+    assert compare.main([str(part), str(whole)]) == 0
+    out = capsys.readouterr().out
+    assert "- t: the methods have different seeds (hsmpi 6, random 5)" in out
+    assert "| hsmpi | 3.5 |" in out and "| random | 3.5 (+0%) |" in out  # medians over each method's own seeds
+    # The medians tie (a tie is not the lowest), but on the five shared seeds hsmpi is lower on each: the lowest
+    # in every resample of them, and significantly better.
+    assert "| t | random (3.5) | 100% | random | none |" in out
+
+    (tmp_path / "other.csv").write_text("task,method,seed,test_loss,seconds\nt,hsmpi,0,9.0,1.000\n")
+    assert compare.main([str(whole), str(tmp_path / "other.csv")]) == 2
+    assert capsys.readouterr().err.strip() == (f"benchmarks.quality.compare: t hsmpi seed 0: test loss 1.0 in {whole} "
+                                               f"but 9.0 in {tmp_path / 'other.csv'}")
+    assert compare.main([str(tmp_path / "missing.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    assert compare.main([str(tmp_path / "x.csv")]) == 2
+    assert "is not a benchmark cells file" in capsys.readouterr().err
+
+
+def test_compare_remakes_the_docs_table_of_every_method_at_32_x_60(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command docs/benchmarks.md gives for its one-machine 32 x 60 table, on the cells in docs/data."""
+    pytest.importorskip("scipy")
+    from benchmarks.quality import compare
+
+    data = ROOT / "docs" / "data"
+    files = ["every-method-32x60-seeds-0-19-2026-12-06.csv", "hsmpi-propulate-32x60-seeds-0-9-2026-12-05.csv",
+             "wall-clock-32x60-2026-12-05.csv"]
+    assert compare.main([str(data / f) for f in files] + ["--tasks", "regression1d", "breast-cancer"]) == 0
+    out = capsys.readouterr().out
+    assert "different seeds" not in out
+    assert "| regression1d | hsmpi (0.0008427) | 96% |" in out
+    assert "| breast-cancer | hyperopt-tpe-s8 (0.1046) | 19% |" in out
+
+
 def test_the_cells_csv_holds_every_cell_once_in_order(tmp_path: Path) -> None:
     cells = {("t", "random"): {s: {"test": 2.0 + s / 3, "seconds": 2.0} for s in (1, 0)},
              ("b", "hsmpi/m3"): {0: {"test": math.inf, "seconds": 1.234}}}

@@ -1,0 +1,96 @@
+"""The benchmark's medians and goal check, remade from `cells.csv` files alone (no training).
+
+A table in docs/benchmarks.md often joins the cells of several runs (each method where it ran, each seed set
+in its own run); their `cells.csv` files are in docs/data. This reads any number of them and prints what
+`results.md` prints from a run's own cells: the median test loss per task and method, then hsmpi against
+each method (the lowest median, in what share of resampled seed sets hsmpi's is the lowest, who is
+significantly better or worse on the paired seeds, the IQRs, the seconds per cell against Propulate's).
+
+    python -m benchmarks.quality.compare docs/data/every-method-32x60-seeds-0-19-2026-12-06.csv \\
+        docs/data/hsmpi-propulate-32x60-seeds-0-9-2026-12-05.csv docs/data/wall-clock-32x60-2026-12-05.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import Counter
+from typing import Any
+
+from benchmarks.quality import tables
+
+COLUMNS = ["task", "method", "seed", "test_loss", "seconds"]
+
+
+class CellsError(ValueError):
+    """A cells file that cannot be read, or two files that disagree on one cell."""
+
+
+def read_cells(paths: list[str]) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """(task, method) -> seed -> {"test", "seconds"} from `cells.csv` files. A cell in two files must have the
+    same test loss in both (the same run's cells, copied); two different values are an error, not a choice."""
+    cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    where: dict[tuple[str, str, int], str] = {}
+    for path in paths:
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+                header = list(rows[0]) if rows else []
+        except OSError as e:
+            raise CellsError(f"cannot read {path}: {e.strerror}") from None
+        if header[:len(COLUMNS)] != COLUMNS:
+            raise CellsError(f"{path} is not a benchmark cells file: its columns must start with {','.join(COLUMNS)}")
+        for line, row in enumerate(rows, start=2):
+            try:
+                task, method, seed = row["task"], row["method"], int(row["seed"])
+                cell = {"test": float(row["test_loss"]), "seconds": float(row["seconds"])}
+            except (TypeError, ValueError):
+                raise CellsError(f"{path}, line {line}: not a cell ({', '.join(map(str, row.values()))})") from None
+            held = cells.setdefault((task, method), {}).get(seed)
+            if held is not None and held["test"] != cell["test"]:
+                raise CellsError(f"{task} {method} seed {seed}: test loss {held['test']!r} in "
+                                 f"{where[task, method, seed]} but {cell['test']!r} in {path}")
+            cells[(task, method)].setdefault(seed, cell)
+            where.setdefault((task, method, seed), path)
+    return cells
+
+
+def report(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str] | None = None,
+           methods: list[str] | None = None) -> list[str]:
+    """Markdown lines: how many seeds each method has per task where they differ, the medians, the goal check."""
+    tasks = tasks or list(dict.fromkeys(t for t, _ in cells))
+    methods = methods or sorted(dict.fromkeys(m for _, m in cells), key=lambda m: m != "hsmpi")
+    lines = []
+    for task in tasks:
+        counts = Counter({m: len(cells.get((task, m), {})) for m in methods})
+        if len(set(counts.values()) - {0}) > 1:
+            seeds = ", ".join(f"{m} {n}" for m, n in counts.items() if n)
+            lines.append(f"- {task}: the methods have different seeds ({seeds}); paired tests use the shared ones")
+    lines += ["", "## Median test loss per task (in brackets: hsmpi's median relative to the method's)", ""]
+    lines += tables.summary_rows(cells, tasks, methods)
+    lines += ["", f"## hsmpi against each method (Wilcoxon p < {tables.SIGNIFICANT} on the paired seeds)", ""]
+    lines += tables.goal_rows(cells, tasks, methods)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality.compare", description=__doc__.split("\n")[0])
+    p.add_argument("cells", nargs="+", help="cells.csv files (a run's, or those in docs/data)")
+    p.add_argument("--tasks", nargs="+", help="only these tasks, in this order (default: all, as first read)")
+    p.add_argument("--methods", nargs="+", help="only these methods, in this order (default: all, hsmpi first)")
+    args = p.parse_args(argv)
+    try:
+        cells = read_cells(args.cells)
+    except CellsError as e:
+        print(f"benchmarks.quality.compare: {e}", file=sys.stderr)
+        return 2
+    if not any(m == "hsmpi" for _, m in cells) or (args.methods and "hsmpi" not in args.methods):
+        print("benchmarks.quality.compare: the cells hold no hsmpi rows to compare the methods with", file=sys.stderr)
+        return 2
+    print("\n".join(report(cells, args.tasks, args.methods)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
