@@ -151,8 +151,10 @@ def lowest_share(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: 
     is not the lowest): the seeds every method ran, drawn with replacement, the same draw for every method. It
     says how firmly "the lowest median" holds; among methods within a few percent of one another, at 20 seeds,
     it is often a toss. NaN with fewer than two shared seeds or no other method."""
-    runs = [cells[(task, m)] for m in [reference] + [m for m in methods if m != reference] if cells.get((task, m))]
-    if len(runs) < 2 or reference not in methods or not cells.get((task, reference)):
+    if reference not in methods or not cells.get((task, reference)):
+        return math.nan
+    runs = [cells[(task, reference)]] + [cells[(task, m)] for m in methods if m != reference and cells.get((task, m))]
+    if len(runs) < 2:
         return math.nan
     shared = sorted(set.intersection(*(set(r) for r in runs)))
     if len(shared) < 2:
