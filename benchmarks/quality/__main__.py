@@ -117,12 +117,8 @@ def report(ns: argparse.Namespace, main: list[Method], abl: list[Method], sweep:
     lines = [f"# hsmpi quality benchmark: S={ns.population}, M={ns.epochs}, m={ns.sessions}, "
              f"seeds {ns.first_seed}-{ns.first_seed + ns.seeds - 1}", "",
              f"Command: `mpirun -n {ranks} python -m benchmarks.quality {' '.join(sys.argv[1:])}` "
-             f"({seconds / 60:.1f} min for the cells run this time)", "",
-             "## Median test loss per task (in brackets: hsmpi's median relative to the method's; "
-             "negative: hsmpi's is lower)", ""]
-    lines += tables.summary_rows(cells, ns.tasks, names)
-    lines += ["", f"## hsmpi against each method (Wilcoxon p < {tables.SIGNIFICANT} on the paired seeds)", ""]
-    lines += tables.goal_rows(cells, ns.tasks, names)
+             f"({seconds / 60:.1f} min for the cells run this time)", ""]
+    lines += tables.median_and_goal_sections(cells, ns.tasks, names)
     for task in ns.tasks:
         lines += ["", f"## {task}", ""] + tables.task_table(cells, task, names + ["hsmpi#ensemble_test"])
     if abl:

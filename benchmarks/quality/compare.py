@@ -20,8 +20,6 @@ from typing import Any
 
 from benchmarks.quality import tables
 
-COLUMNS = ["task", "method", "seed", "test_loss", "seconds"]
-
 
 class CellsError(ValueError):
     """A cells file that cannot be read, or two files that disagree on one cell."""
@@ -39,8 +37,9 @@ def read_cells(paths: list[str]) -> dict[tuple[str, str], dict[int, dict[str, An
                 header = list(rows[0]) if rows else []
         except OSError as e:
             raise CellsError(f"cannot read {path}: {e.strerror}") from None
-        if header[:len(COLUMNS)] != COLUMNS:
-            raise CellsError(f"{path} is not a benchmark cells file: its columns must start with {','.join(COLUMNS)}")
+        if tuple(header[:len(tables.CSV_COLUMNS)]) != tables.CSV_COLUMNS:
+            raise CellsError(f"{path} is not a benchmark cells file: its columns must start with "
+                             f"{','.join(tables.CSV_COLUMNS)}")
         for line, row in enumerate(rows, start=2):
             try:
                 task, method, seed = row["task"], row["method"], int(row["seed"])
@@ -67,11 +66,7 @@ def report(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[
         if len(set(counts.values()) - {0}) > 1:
             seeds = ", ".join(f"{m} {n}" for m, n in counts.items() if n)
             lines.append(f"- {task}: the methods have different seeds ({seeds}); paired tests use the shared ones")
-    lines += ["", "## Median test loss per task (in brackets: hsmpi's median relative to the method's)", ""]
-    lines += tables.summary_rows(cells, tasks, methods)
-    lines += ["", f"## hsmpi against each method (Wilcoxon p < {tables.SIGNIFICANT} on the paired seeds)", ""]
-    lines += tables.goal_rows(cells, tasks, methods)
-    return lines
+    return lines + [""] + tables.median_and_goal_sections(cells, tasks, methods)
 
 
 def main(argv: list[str] | None = None) -> int:

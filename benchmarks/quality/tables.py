@@ -28,6 +28,9 @@ def load_cells(out: str, keep: Callable[[dict[str, Any]], bool] | None = None
     return cells
 
 
+CSV_COLUMNS = ("task", "method", "seed", "test_loss", "seconds")  # cells.csv's header, read back by compare.py
+
+
 def write_csv(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], path: str) -> int:
     """Every cell as one row (task, method, seed, test loss, seconds to the millisecond: two methods' cells
     can differ by less than a hundredth), sorted, so that a later run can be compared with this one cell by
@@ -35,7 +38,7 @@ def write_csv(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], path: str
     rows = sorted((task, method, seed, c["test"], c["seconds"])
                   for (task, method), by_seed in cells.items() for seed, c in by_seed.items())
     with open(path, "w") as f:
-        f.write("task,method,seed,test_loss,seconds\n")
+        f.write(",".join(CSV_COLUMNS) + "\n")
         f.writelines(f"{t},{m},{s},{test!r},{sec:.3f}\n" for t, m, s, test, sec in rows)
     return len(rows)
 
@@ -163,6 +166,16 @@ def lowest_share(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: 
     draw = np.random.default_rng(0).integers(0, len(shared), size=(draws, len(shared)))
     medians = np.median(x[:, draw], axis=2)  # (methods, draws)
     return float((medians[0] < medians[1:].min(axis=0)).mean())
+
+
+def median_and_goal_sections(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str],
+                             methods: list[str]) -> list[str]:
+    """Markdown: the median test loss per task and method, then hsmpi against each method (`goal_rows`)."""
+    lines = ["## Median test loss per task (in brackets: hsmpi's median relative to the method's; negative: hsmpi's "
+             "is lower)", ""]
+    lines += summary_rows(cells, tasks, methods)
+    lines += ["", f"## hsmpi against each method (Wilcoxon p < {SIGNIFICANT} on the paired seeds)", ""]
+    return lines + goal_rows(cells, tasks, methods)
 
 
 def goal_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str], methods: list[str],
