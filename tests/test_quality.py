@@ -262,6 +262,16 @@ def test_compare_remakes_the_docs_table_of_every_method_at_32_x_60(capsys: pytes
     assert "different seeds" not in out
     assert "| regression1d | hsmpi (0.0008427) | 96% |" in out
     assert "| breast-cancer | hyperopt-tpe-s8 (0.1046) | 19% |" in out
+    assert compare.main([str(data / f) for f in files] + ["--tasks", "regression1d", "breast-cancer", "--methods",
+                                                          "hsmpi", "hsmpi-pbt", "hyperopt-tpe-s8", "--paired"]) == 0
+    out = capsys.readouterr().out  # the docs' table: the seeds where hsmpi is better / worse, the Wilcoxon p
+    assert "| hsmpi-pbt | 0.001131 (14/6, 0.030) | 0.1046 (14/6, 0.28) |" in out
+    assert "| hyperopt-tpe-s8 | 0.001921 (17/3, <0.001) | 0.1046 (16/4, 0.017) |" in out
+
+
+def test_p_values_are_printed_as_in_the_docs() -> None:
+    assert [tables.format_p(p) for p in (0.0004, 0.0297, 0.0999, 0.1, 0.284, 1.0, math.nan)] == \
+        ["<0.001", "0.030", "0.099", "0.10", "0.28", "1.00", "n/a"]
 
 
 def test_the_cells_csv_holds_every_cell_once_in_order(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "explore-0.1": {"explore": 0.1},  # each parameter drawn from its whole range with chance 0.1, else the box
     "explore-0.25": {"explore": 0.25},  # ... 0.25 (hsmpi-pbt's resample chance, with the box for the rest)
     "m3": {"sessions": 3},  # three sessions of 10 epochs at M = 30 (fewer, longer exploitation steps)
+    "m12": {"sessions": 12},  # twelve sessions: at M = 60, five epochs each, as the default's six are at M = 30
 }
 
 

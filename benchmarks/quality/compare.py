@@ -56,7 +56,7 @@ def read_cells(paths: list[str]) -> dict[tuple[str, str], dict[int, dict[str, An
 
 
 def report(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str] | None = None,
-           methods: list[str] | None = None) -> list[str]:
+           methods: list[str] | None = None, paired: bool = False) -> list[str]:
     """Markdown lines: how many seeds each method has per task where they differ, the medians, the goal check."""
     tasks = tasks or list(dict.fromkeys(t for t, _ in cells))
     methods = methods or sorted(dict.fromkeys(m for _, m in cells), key=lambda m: m != "hsmpi")
@@ -66,7 +66,7 @@ def report(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[
         if len(set(counts.values()) - {0}) > 1:
             seeds = ", ".join(f"{m} {n}" for m, n in counts.items() if n)
             lines.append(f"- {task}: the methods have different seeds ({seeds}); paired tests use the shared ones")
-    return lines + [""] + tables.median_and_goal_sections(cells, tasks, methods)
+    return lines + [""] + tables.median_and_goal_sections(cells, tasks, methods, paired)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cells", nargs="+", help="cells.csv files (a run's, or those in docs/data)")
     p.add_argument("--tasks", nargs="+", help="only these tasks, in this order (default: all, as first read)")
     p.add_argument("--methods", nargs="+", help="only these methods, in this order (default: all, hsmpi first)")
+    p.add_argument("--paired", action="store_true",
+                   help="in the medians' brackets, the seeds where hsmpi is better / worse and the Wilcoxon p")
     args = p.parse_args(argv)
     try:
         cells = read_cells(args.cells)
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(m == "hsmpi" for _, m in cells) or (args.methods and "hsmpi" not in args.methods):
         print("benchmarks.quality.compare: the cells hold no hsmpi rows to compare the methods with", file=sys.stderr)
         return 2
-    print("\n".join(report(cells, args.tasks, args.methods)))
+    print("\n".join(report(cells, args.tasks, args.methods, args.paired)))
     return 0
 
 

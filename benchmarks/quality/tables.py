@@ -107,9 +107,10 @@ def _value(cell: dict[str, Any], key: str) -> float:
     return float(cell["extra"].get(key, math.nan))
 
 
-def summary_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str], methods: list[str]
-                 ) -> list[str]:
-    """One line per method: its median test loss on each task, relative to hsmpi's (hsmpi / method)."""
+def summary_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str], methods: list[str],
+                 paired: bool = False) -> list[str]:
+    """One line per method: its median test loss on each task, relative to hsmpi's (hsmpi / method); with
+    `paired`, the seeds where hsmpi is better / worse and the Wilcoxon p instead (the docs' tables)."""
     head = "| method | " + " | ".join(tasks) + " |"
     rows = [head, "|---|" + "---|" * len(tasks)]
     for m in methods:
@@ -121,12 +122,23 @@ def summary_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks:
                 continue
             med = float(np.median(_finite([runs[s]["test"] for s in runs])))
             rel = ""
-            if ref and m != "hsmpi":
+            if ref and m != "hsmpi" and paired:
+                better, worse, p = _compare(ref, runs)
+                rel = f" ({better}/{worse}, {format_p(p)})"
+            elif ref and m != "hsmpi":
                 rmed = float(np.median(_finite([ref[s]["test"] for s in ref])))
                 rel = f" ({(rmed / med - 1) * 100:+.0f}%)" if med > 0 and math.isfinite(med) else ""
             parts.append(f"{med:.4g}{rel}")
         rows.append(f"| {m} | " + " | ".join(parts) + " |")
     return rows
+
+
+def format_p(p: float) -> str:
+    """A p-value as the docs print it: three decimals below 0.1 (at most 0.099, so that a p below the goal's
+    level never reads as 0.100), two above, `<0.001`, `n/a` where undefined."""
+    if not math.isfinite(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{min(p, 0.099):.3f}" if p < 0.1 else f"{p:.2f}"
 
 
 SIGNIFICANT = 0.1  # the goal's level: a Wilcoxon p below it, with more seeds on one side, separates two methods
@@ -169,11 +181,12 @@ def lowest_share(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: 
 
 
 def median_and_goal_sections(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str],
-                             methods: list[str]) -> list[str]:
+                             methods: list[str], paired: bool = False) -> list[str]:
     """Markdown: the median test loss per task and method, then hsmpi against each method (`goal_rows`)."""
-    lines = ["## Median test loss per task (in brackets: hsmpi's median relative to the method's; negative: hsmpi's "
-             "is lower)", ""]
-    lines += summary_rows(cells, tasks, methods)
+    brackets = ("the seeds where hsmpi is better / worse, and the Wilcoxon p" if paired else
+                "hsmpi's median relative to the method's; negative: hsmpi's is lower")
+    lines = [f"## Median test loss per task (in brackets: {brackets})", ""]
+    lines += summary_rows(cells, tasks, methods, paired)
     lines += ["", f"## hsmpi against each method (Wilcoxon p < {SIGNIFICANT} on the paired seeds)", ""]
     return lines + goal_rows(cells, tasks, methods)
 
