@@ -36,7 +36,8 @@ SelectName = Literal["winner", "truncation"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 VectorizeMode = Literal["auto", "on", "off"]
 DirectionName = Literal["minimize", "maximize"]
-ReturnsName = Literal["member", "average", "auto"]
+ReturnsName = Literal["member", "average", "greedy", "auto"]
+RETURNED = {"member": "best member", "average": "population average", "greedy": "greedy ensemble"}  # in words
 TieBreakName = Literal["index", "loss"]
 
 DEVICES: tuple[str, ...] = get_args(DeviceName)
@@ -189,12 +190,14 @@ class Search(_Group):
     returns: ReturnsName = _field(
         "auto",
         "what the run returns: `member` (the best member, as in the paper), `average` (the final population's "
-        "averaged prediction; `Result.returned_model()` reads it from the results file) or `auto` (the "
-        "average for a classifier judged on fewer than 128 validation samples, else when it scores better on "
-        "validation than the best-member rule, cross-validated, by 5%; chosen from the benchmark, "
-        "docs/benchmarks.md)")
+        "averaged prediction; `Result.returned_model()` reads it from the results file), `greedy` (a weighted "
+        "average of members chosen greedily on validation: ensemble selection, whose first pick is the best "
+        "member) or `auto` (`greedy` when 128 or more validation samples judge it; on fewer, the average for "
+        "a classifier, and for a regression when it scores better on validation than the best-member rule, "
+        "cross-validated, by 5%; chosen from the benchmark, docs/benchmarks.md)")
     average_top: int | None = _field(
-        None, "`average`/`auto`: average the final population's best K on validation only", metavar="K",
+        None, "`average`/`greedy`/`auto`: average (or choose from) the final population's best K on validation "
+        "only", metavar="K",
         means="every member with a finite validation score", minimum=1)
     independent_init: bool = _field(
         True,

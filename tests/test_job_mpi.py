@@ -41,6 +41,10 @@ def _same_files(a: Path, b: Path) -> None:
                     "test/returned_loss"):
             assert np.array_equal(f[key][()], g[key][()], equal_nan=True), key
         assert f["test/returned"][()] == g["test/returned"][()]
+        for key in ("test/greedy_loss", "test/greedy_val_loss", "test/average_members", "test/average_counts"):
+            assert (key in f) == (key in g), key
+            if key in f:
+                assert np.array_equal(f[key][()], g[key][()]), key
         for group in ("population/weights", "history/hparams", "best/weights"):
             for name in f[group]:
                 assert np.array_equal(f[f"{group}/{name}"][()], g[f"{group}/{name}"][()]), f"{group}/{name}"
@@ -60,6 +64,7 @@ LAYOUT_CASES = {
     "smooth": (Tiny(), dict(select="truncation", smooth=2)),
     "islands": (TinyAdam(), dict(select="truncation", islands=3, migrate_every=1)),
     "returns-auto-top": (NegLoss(), dict(select="truncation", returns="auto", average_top=3)),
+    "returns-greedy": (Tiny(), dict(select="truncation", returns="greedy")),
     "rungs": (TinyAdam(), dict(select="truncation", prune_at=0.5)),
     "rungs-islands": (Tiny(), dict(select="winner", islands=2, prune_at=0.5, prune_fraction=0.5)),
     "plateau": (TinyAdam(), dict(select="truncation", plateau=0.3, epochs=9)),

@@ -1,5 +1,6 @@
-"""--returns: the run hands back the best member, the population's averaged prediction, or whichever of the
-two scores better on validation (`auto`); --average-top averages the best K only."""
+"""--returns: the run hands back the best member, the population's averaged prediction, a weighted average of
+members chosen greedily on validation (`greedy`), or one of them by the size of the validation split (`auto`);
+--average-top averages (or chooses from) the best K only."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch.utils.data import TensorDataset
 import hsmpi
 from hsmpi.cli.report import load_history, summary
 from hsmpi.config import Config, ConfigError
-from hsmpi.engine.average import AUTO_FEW_SAMPLES, AUTO_MARGIN, AUTO_SPOILED, Average, PopulationAverage
+from hsmpi.engine.average import AUTO_FEW_SAMPLES, AUTO_MARGIN, AUTO_SPOILED, Average, Greedy, PopulationAverage
 from hsmpi.tasks import load_task, task_loss
 
 from tasks_for_tests import NegLoss, TinyAdam, _data
@@ -89,7 +90,7 @@ def test_average_returns_a_model_that_averages_the_final_population(tmp_path: Pa
         outputs = [m(x) for m in _members(moved, task)]
         assert torch.allclose(some(x), (outputs[0] + outputs[2]) / 2, atol=1e-6)
     out = moved
-    assert "(the run returned the average)" in summary(load_history(str(out / "results.h5")))
+    assert "(the run returned the population average)" in summary(load_history(str(out / "results.h5")))
     described = json.loads((out / "top.json").read_text())
     assert described["returned"] == "average" and described["average"]["members"] == result.averaged
     with h5py.File(out / "results.h5", "r") as f:
@@ -115,12 +116,12 @@ def test_average_of_a_classifier_averages_probabilities(tmp_path: Path) -> None:
     assert "accuracy" in result.test_metrics
 
 
-def _wide_data(seed: int) -> Any:
+def _wide_data(seed: int, val: int = AUTO_FEW_SAMPLES) -> Any:
     """TinyAdam's data with 32 training samples (members that fit them differently) and a validation split of
-    AUTO_FEW_SAMPLES: enough for `auto` to weigh the average against the member."""
+    `val` samples: AUTO_FEW_SAMPLES, enough for `auto` to choose members greedily."""
     train, _, _ = _data(seed, n=32)
-    _, val, test = _data(seed + 1000, n=2 * AUTO_FEW_SAMPLES)
-    return train, val, test
+    _, val_split, test = _data(seed + 1000, n=2 * val)
+    return train, val_split, test
 
 
 class _Wide(TinyAdam):
@@ -133,15 +134,22 @@ class _WideNegLoss(NegLoss):
         return _wide_data(seed)
 
 
+class _Fewer(TinyAdam):
+    """_Wide with one validation sample fewer than AUTO_FEW_SAMPLES: a regression `auto` weighs by the margin."""
+
+    def data(self, seed: int) -> Any:
+        return _wide_data(seed, AUTO_FEW_SAMPLES - 1)
+
+
 def test_auto_weighs_the_average_against_the_best_member_rule_cross_validated(tmp_path: Path) -> None:
     seen = set()
     for seed in range(6):
-        result, out = _run(tmp_path, f"auto{seed}", task=_Wide(), returns="auto", seed=seed)
+        result, out = _run(tmp_path, f"auto{seed}", task=_Fewer(), returns="auto", seed=seed)
         with h5py.File(out / "results.h5", "r") as f:
             average_val, member_val = f["test/ensemble_val_loss"][()], f["best"].attrs["val_loss"]
             member_cv = f["test/member_val_cv"][()]
             val = f["history/val_loss"][-1]
-            assert f["test/judged_samples"][()] == AUTO_FEW_SAMPLES
+            assert f["test/judged_samples"][()] == AUTO_FEW_SAMPLES - 1 and "test/greedy_loss" not in f
             why = f["test/returned_why"][()].decode()
         # the winner's own score is the lowest of S: the cross-validated rule can only be worse or equal
         assert member_val == val.min() and member_cv >= member_val * (1 - 1e-6)
@@ -213,30 +221,97 @@ def test_auto_keeps_the_member_when_one_far_off_member_spoils_the_average(tmp_pa
 
 
 def test_auto_choice_on_its_own() -> None:
-    """The rule without a run: few labelled samples return the average unless it is spoiled (a guard that only
-    a positive median can trip: a maximised metric's scores are negative); a regression, or enough samples,
-    weigh the margin."""
-    def choice(score: float, cv: float, samples: int, median: float, classes: bool = True) -> bool:
-        return PopulationAverage([0, 1], {}, {}, score, cv, samples, median, classes).auto_choice()[0]
+    """The rule without a run: enough samples return the greedy ensemble; fewer labelled samples return the
+    average unless it is spoiled (a guard that only a positive median can trip: a maximised metric's scores
+    are negative); a regression on fewer weighs the margin."""
+    greedy = Greedy([1], [2], {}, {}, 0.5)
+
+    def choice(score: float, cv: float, samples: int, median: float, classes: bool = True,
+               chosen: Greedy | None = None) -> str:
+        return PopulationAverage([0, 1], {}, {}, score, cv, samples, median, classes, chosen).auto_choice()[0]
 
     few, enough = AUTO_FEW_SAMPLES - 1, AUTO_FEW_SAMPLES
-    assert choice(2.0, 1.0, few, 1.0) and not choice(2.0, 1.0, enough, 1.0)
-    assert not choice(2.0, 1.0, few, 1.0, classes=False) and choice(0.9, 1.0, few, 1.0, classes=False)
-    assert not choice(1.0 + 1e-9, 0.1, few, 1.0 / AUTO_SPOILED)  # spoiled
-    assert choice(1.0, 0.1, few, 1.0 / AUTO_SPOILED)  # at the guard exactly: kept
-    assert choice(-0.5, -0.9, few, -0.9)  # a maximised metric: no guard
-    assert choice(0.9, 1.0, enough, 1.0) and not choice(0.96, 1.0, enough, 1.0)
-    assert choice(1.0, np.inf, enough, 1.0) and choice(1.0, 1.0, few, np.inf)
-    assert PopulationAverage([], {}, {}, np.inf, 1.0, few).auto_choice() == (False, "no average")
-    assert not PopulationAverage([0], {}, {}, np.inf, 1.0, few, classes=True).auto_choice()[0]
+    assert choice(2.0, 1.0, enough, 1.0, chosen=greedy) == choice(0.1, 1.0, enough, 1.0, False, greedy) == "greedy"
+    assert choice(2.0, 1.0, few, 1.0, chosen=greedy) == "average"  # a greedy ensemble, but too few samples
+    assert choice(2.0, 1.0, few, 1.0) == "average" and choice(2.0, 1.0, few, 1.0, classes=False) == "member"
+    assert choice(0.9, 1.0, few, 1.0, classes=False) == "average"
+    assert choice(1.0 + 1e-9, 0.1, few, 1.0 / AUTO_SPOILED) == "member"  # spoiled
+    assert choice(1.0, 0.1, few, 1.0 / AUTO_SPOILED) == "average"  # at the guard exactly: kept
+    assert choice(-0.5, -0.9, few, -0.9) == "average"  # a maximised metric: no guard
+    # without a greedy ensemble (none scored), enough samples fall back on the margin
+    assert choice(0.9, 1.0, enough, 1.0) == "average" and choice(0.96, 1.0, enough, 1.0) == "member"
+    assert choice(0.9, 1.0, enough, 1.0, chosen=Greedy([], [], {}, {}, np.inf)) == "average"
+    assert choice(1.0, np.inf, enough, 1.0) == choice(1.0, 1.0, few, np.inf) == "average"
+    assert PopulationAverage([], {}, {}, np.inf, 1.0, few).auto_choice() == ("member", "no average")
+    assert PopulationAverage([0], {}, {}, np.inf, 1.0, few, classes=True).auto_choice()[0] == "member"
 
 
 def test_the_option_states_the_numbers_auto_uses() -> None:
     import dataclasses
 
     doc = next(f.metadata["doc"] for f in dataclasses.fields(Config) if f.name == "returns")
-    assert f"classifier judged on fewer than {AUTO_FEW_SAMPLES} validation samples" in doc
+    assert f"`greedy` when {AUTO_FEW_SAMPLES} or more validation samples judge it" in doc
     assert f"by {AUTO_MARGIN:.0%}" in doc
+
+
+def _greedy_by_hand(outputs: list[torch.Tensor], target: torch.Tensor, task: Any) -> dict[int, int]:
+    """Ensemble selection written out plainly: add the member whose addition gives the lowest loss, S times
+    (ties to the lower index), and keep the best ensemble seen."""
+    picked: list[int] = []
+    best: tuple[float, dict[int, int]] = (np.inf, {})
+    for _ in range(len(outputs)):
+        losses = [float(task_loss(task, torch.stack([outputs[j].double() for j in picked + [i]]).mean(0).float(),
+                                  target)) for i in range(len(outputs))]
+        picked.append(int(np.argmin(losses)))
+        if min(losses) < best[0]:
+            best = (min(losses), {i: picked.count(i) for i in sorted(set(picked))})
+    return best[1]
+
+
+def test_greedy_returns_the_ensemble_selection_rebuilt_from_the_files(tmp_path: Path) -> None:
+    """--returns greedy: the members and weights the run chose are those ensemble selection chooses on the
+    validation split from the final population's weights in results.h5, and the returned model is their
+    weighted average, rebuilt from the file alone."""
+    task = _Wide()
+    lines: list[str] = []
+    result, out = _run(tmp_path, "greedy", task=task, returns="greedy", log=lines.append)
+    _, val, test = task.data(BASE["seed"])
+    models = _members(out, task)
+    with torch.no_grad():
+        chosen = _greedy_by_hand([m(val.tensors[0]) for m in models], val.tensors[1], task)
+    assert result.returned == "greedy" and result.averaged == sorted(chosen)
+    with h5py.File(out / "results.h5", "r") as f:
+        counts = dict(zip(f["test/average_members"][()].tolist(), f["test/average_counts"][()].tolist()))
+        assert f["test/returned"][()].decode() == "greedy"
+        assert f["test/greedy_loss"][()] == f["test/returned_loss"][()] == result.test_loss
+        assert f["test/greedy_members"][()] == len(chosen) and f["test/greedy_picks"][()] == sum(chosen.values())
+    assert counts == chosen
+    x, y = test.tensors
+    model = Average.from_results(str(out / "results.h5"), task)
+    with torch.no_grad():
+        by_hand = sum(c * models[i](x) for i, c in chosen.items()) / sum(chosen.values())
+        assert torch.allclose(model(x), by_hand, atol=1e-6)
+        assert torch.equal(result.returned_model()(x), model(x))
+        assert float(task_loss(task, model(x), y)) == pytest.approx(result.test_loss, rel=1e-5)
+    described = json.loads((out / "top.json").read_text())
+    assert described["returned"] == "greedy"
+    assert dict(zip(described["average"]["members"], described["average"]["counts"])) == chosen
+    assert any("| greedy ensemble " in line and "(returned)" in line for line in lines)
+    assert "(the run returned the greedy ensemble)" in summary(load_history(str(out / "results.h5")))
+
+
+def test_auto_returns_the_greedy_ensemble_when_enough_samples_judge_it(tmp_path: Path) -> None:
+    """On AUTO_FEW_SAMPLES validation samples `auto` returns what `greedy` does, and says why; the greedy
+    ensemble's first pick is the best member, so it never validates worse than the member."""
+    for seed in range(3):
+        lines: list[str] = []
+        auto, out = _run(tmp_path, f"auto{seed}", task=_Wide(), returns="auto", seed=seed, log=lines.append)
+        greedy, _ = _run(tmp_path, f"greedy{seed}", task=_Wide(), returns="greedy", seed=seed)
+        assert auto.returned == "greedy" and auto.test_loss == greedy.test_loss and auto.averaged == greedy.averaged
+        with h5py.File(out / "results.h5", "r") as f:
+            assert f["test/greedy_val_loss"][()] <= f["best"].attrs["val_loss"] * (1 + 1e-6)
+        assert auto.returned_why.startswith(f"{AUTO_FEW_SAMPLES} samples judge the choice: the members chosen")
+        assert f"returned: the greedy ensemble (--returns auto: {auto.returned_why})" in lines
 
 
 def test_the_cross_validation_of_the_best_member_rule() -> None:
@@ -348,7 +423,7 @@ class _BreaksAbove(torch.optim.Adam):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"returns": "mean"}, "returns must be one of ['member', 'average', 'auto']"),
+    ({"returns": "mean"}, "returns must be one of ['member', 'average', 'greedy', 'auto']"),
     ({"returns": "average", "average_top": 0}, "average-top must be at least 1"),
     ({"average_top": 2.5}, "average-top must be an integer"),
 ])

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from hsmpi.algorithm.plan import RUNG
+from hsmpi.config import RETURNED
 from hsmpi.engine.history import PHASES, History
 from hsmpi.io import checkpoint, hdf5
 from hsmpi.tasks import Objective
@@ -42,7 +43,8 @@ def load_history(path: str) -> dict[str, Any]:
     with h5py.File(path, "r") as f:
         if f.attrs.get("format") == "hsmpi-results":
             out = _arrays(hdf5.read_group(f["history"]))
-            out["test"] = {k: float(f[f"test/{k}"][()]) for k in ("best_loss", "ensemble_loss")}
+            out["test"] = {k: float(f[f"test/{k}"][()]) for k in ("best_loss", "ensemble_loss", "greedy_loss")
+                           if f"test/{k}" in f}
             if "test/returned" in f:  # written since --returns
                 out["test"]["returned"] = f["test/returned"][()].decode()
             if "test/returned_why" in f:  # --returns auto, since 2026-12-05
@@ -82,8 +84,10 @@ def summary(h: dict[str, Any]) -> str:
     lines = [f"# hsmpi run: {h['task']} ({h['source']})", ""]
     if h["test"]:
         returned, why = h["test"].get("returned", "member"), h["test"].get("returned_why")
+        greedy = (f", greedy ensemble {h['test']['greedy_loss']:.5g}" if "greedy_loss" in h["test"] else "")
         lines += [f"test loss: best member {h['test']['best_loss']:.5g}, population average "
-                  f"{h['test']['ensemble_loss']:.5g} (the run returned the {returned})", ""]
+                  f"{h['test']['ensemble_loss']:.5g}{greedy} (the run returned the {RETURNED.get(returned, returned)})",
+                  ""]
         if why:
             lines[-1:-1] = [f"--returns auto: {why}"]
     objective: Objective = h.get("objective") or Objective()

@@ -26,16 +26,20 @@ class Average(torch.nn.Module):
     """The population's averaged prediction as one model: each member's output mapped by the task's
     `ensemble_in` (e.g. softmax), averaged, and mapped back by its `ensemble_out` (e.g. log).
 
-    `members[j]` is member `indices[j]` of the final population.  A run that
-    returned the average names them in its results file (`test/average_members`),
-    beside every member's weights (`population/weights`): `Average.from_results`
+    `members[j]` is member `indices[j]` of the final population, weighted by
+    `counts[j]` (1 each for the plain average; how often greedy selection took
+    it for `--returns greedy`).  A run that returned an average names them in
+    its results file (`test/average_members`, `test/average_counts`), beside
+    every member's weights (`population/weights`): `Average.from_results`
     rebuilds it from there.
     """
 
-    def __init__(self, members: list[torch.nn.Module], indices: list[int], task: Any) -> None:
+    def __init__(self, members: list[torch.nn.Module], indices: list[int], task: Any,
+                 counts: list[int] | None = None) -> None:
         super().__init__()
         self.members = torch.nn.ModuleList(members)
         self.indices = list(indices)
+        self.counts = [1] * len(members) if counts is None else [int(c) for c in counts]  # each member's weight
         self._into = getattr(task, "ensemble_in", None)
         self._back = getattr(task, "ensemble_out", None)
 
@@ -48,12 +52,15 @@ class Average(torch.nn.Module):
 
         from hsmpi.tasks import load_task
 
+        counts = None
         with h5py.File(path, "r") as f:
             if members is None:
                 if "test/average_members" not in f:
                     raise ValueError(f"{path}: the run returned its best member, not the average "
                                      "(pass members=[...] to average some of them)")
                 members = [int(i) for i in f["test/average_members"][()]]
+                if "test/average_counts" in f:  # --returns greedy: a member taken k times weighs k
+                    counts = [int(c) for c in f["test/average_counts"][()]]
             task = task if task is not None else load_task(str(f.attrs["task"]))
             weights = f["population/weights"]
             models = []
@@ -62,16 +69,16 @@ class Average(torch.nn.Module):
                     model = task.model()
                     model.load_state_dict({n: torch.from_numpy(np.asarray(weights[n][i])) for n in weights})
                     models.append(model.to(device).eval())
-        return cls(models, members, task)
+        return cls(models, members, task, counts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total: torch.Tensor | None = None
-        for m in self.members:
+        for m, count in zip(self.members, self.counts):
             out = m(x)
-            out = self._into(out) if self._into is not None else out
+            out = (self._into(out) if self._into is not None else out) * count
             total = out if total is None else total + out
         assert total is not None
-        mean = total / len(self.members)
+        mean = total / sum(self.counts)
         return self._back(mean) if self._back is not None else mean
 
 
@@ -92,6 +99,22 @@ AUTO_FEW_SAMPLES = 128
 # this guard kept the member on 2 of 80 runs with 50 validation samples, and the average was the better model
 # on both.
 AUTO_SPOILED = 100.0
+# --returns greedy (and auto on a judged split of AUTO_FEW_SAMPLES or more): at most this many additions to
+# the ensemble, each one member (again or for the first time), so a member can weigh up to this many times.
+GREEDY_STEPS = 64
+
+
+@dataclass
+class Greedy:
+    """Greedy ensemble selection on the judged split (Caruana et al., 2004): from nothing, add the member whose
+    addition scores best, with replacement, S times (at most GREEDY_STEPS); keep the best of those ensembles.
+    Its first step is the best member, so it can be the member alone. The same on every rank."""
+
+    members: list[int]  # in order, each once
+    counts: list[int]  # how often each was taken: its weight
+    judged: dict[str, float]
+    test: dict[str, float]
+    score: float  # on the judged split (lower is better); it chose on this split, so it is optimistic
 
 
 @dataclass
@@ -107,25 +130,30 @@ class PopulationAverage:
     samples: int = 0  # the judged split's size
     member_median: float = math.inf  # the median of the averaged members' scores there
     classes: bool = False  # the judged split's targets are class labels (an integer dtype)
+    greedy: Greedy | None = None  # with --returns greedy, or auto on a split of AUTO_FEW_SAMPLES or more
 
-    def auto_choice(self) -> tuple[bool, str]:
-        """`--returns auto`'s choice, and why: the average when the judged split holds class labels and has
-        fewer than AUTO_FEW_SAMPLES samples (unless it is spoiled: AUTO_SPOILED), else when it scores better
-        than the best-member rule by more than AUTO_MARGIN of that rule's score (scores are lower-is-better; a
-        metric's can be negative)."""
+    def auto_choice(self) -> tuple[str, str]:
+        """`--returns auto`'s choice ("member", "average" or "greedy"), and why. On a judged split of
+        AUTO_FEW_SAMPLES or more, the greedy ensemble (which is the best member alone when adding others does
+        not score better). On fewer: a classifier's average (unless it is spoiled: AUTO_SPOILED); a
+        regression's average when it scores better than the best-member rule by more than AUTO_MARGIN of that
+        rule's score, else the member (scores are lower-is-better; a metric's can be negative)."""
+        if self.samples >= AUTO_FEW_SAMPLES and self.greedy is not None and math.isfinite(self.greedy.score):
+            return "greedy", (f"{self.samples} samples judge the choice: the members chosen greedily on them "
+                              f"({len(self.greedy.members)} members, {sum(self.greedy.counts)} picks)")
         if not self.members or not math.isfinite(self.score):
-            return False, "no average"
+            return "member", "no average"
         if self.classes and self.samples < AUTO_FEW_SAMPLES:
             if 0 < self.member_median < self.score / AUTO_SPOILED:
-                return False, (f"the average scores {self.score / self.member_median:.3g} times the median "
-                               "member: a member far off spoils it")
-            return True, (f"{self.samples} labelled samples judge the choice, fewer than {AUTO_FEW_SAMPLES}: "
-                          "too few to choose one classifier on")
+                return "member", (f"the average scores {self.score / self.member_median:.3g} times the median "
+                                  "member: a member far off spoils it")
+            return "average", (f"{self.samples} labelled samples judge the choice, fewer than "
+                               f"{AUTO_FEW_SAMPLES}: too few to choose one classifier on")
         if not math.isfinite(self.member_cv):
-            return True, "no member rule scored"
+            return "average", "no member rule scored"
         if self.score < self.member_cv - AUTO_MARGIN * abs(self.member_cv):
-            return True, f"it scores better than the best-member rule by more than {AUTO_MARGIN:.0%}"
-        return False, f"it does not score better than the best-member rule by more than {AUTO_MARGIN:.0%}"
+            return "average", f"it scores better than the best-member rule by more than {AUTO_MARGIN:.0%}"
+        return "member", f"it does not score better than the best-member rule by more than {AUTO_MARGIN:.0%}"
 
 
 def population_average(search: Search) -> PopulationAverage:
@@ -148,7 +176,6 @@ def population_average(search: Search) -> PopulationAverage:
         picked = (_averaged(scores, c.average_top), set(_averaged(scores, None)))
     chosen, finite = comm.bcast(picked)
     into = getattr(task, "ensemble_in", lambda out: out)
-    back = getattr(task, "ensemble_out", lambda mean: mean)
     targets = [torch.cat([y for _, y in pop.data[s].in_order()]) for s in splits]
     folds = [torch.arange(f, len(targets[0]), FOLDS, device=targets[0].device) for f in range(FOLDS)]
     folds = [f for f in folds if len(f)]
@@ -159,6 +186,7 @@ def population_average(search: Search) -> PopulationAverage:
     averaged = np.zeros(pop.size)
     fold_scores = np.zeros((pop.size, len(folds)))  # every finite member's, for the cross-validation
     fold_losses = np.zeros((pop.size, len(folds) if search.ties_by_loss else 0))  # its tie-break
+    kept: dict[int, list[torch.Tensor]] = {}  # this rank's averaged members' mapped outputs
     for m in pop.members:
         if m.index not in finite:
             continue
@@ -171,6 +199,7 @@ def population_average(search: Search) -> PopulationAverage:
             for t, o in zip(total, mapped):
                 t += o
             averaged[m.index] = 1.0
+            kept[m.index] = mapped
     summed = comm.allreduce_sum(np.concatenate([t.numpy().ravel() for t in total] + [averaged,
                                                                                      fold_scores.ravel(),
                                                                                      fold_losses.ravel()]))
@@ -189,20 +218,81 @@ def population_average(search: Search) -> PopulationAverage:
     if not members:
         return PopulationAverage([], {}, {}, math.inf, cv, samples, classes=classes)
     median = float(np.median((scored[members] * sizes).sum(axis=1) / sizes.sum()))
-    values, offset = [], 0
-    for target, shape in zip(targets, shapes):
+    means, offset = [], 0
+    for shape in shapes:
         size = int(np.prod(shape))
-        mean = torch.from_numpy(summed[offset:offset + size].reshape(shape) / len(members)).float().to(pop.device)
+        means.append(torch.from_numpy(summed[offset:offset + size].reshape(shape) / len(members)))
         offset += size
-        with torch.no_grad():
-            output = back(mean)
-            value = {"loss": task_loss(task, output, target), **task_metrics(task, output, target)}
-        values.append({n: float(v) for n, v in value.items()})
-    judged, test = values
+    judged, test = _evaluated(task, means, targets)
     key = "loss" if objective.is_loss else objective.name
     score = objective.score(judged[key]) if key in judged else math.inf
+    greedy = None
+    if c.returns == "greedy" or (c.returns == "auto" and samples >= AUTO_FEW_SAMPLES):
+        greedy = _greedy(search, kept, shapes, targets, members)
     return PopulationAverage(members, judged, test, score if math.isfinite(score) else math.inf, cv, samples,
-                             median if math.isfinite(median) else math.inf, classes)
+                             median if math.isfinite(median) else math.inf, classes, greedy)
+
+
+def _evaluated(task: Any, means: list[torch.Tensor], targets: list[torch.Tensor]) -> list[dict[str, float]]:
+    """The loss and metrics of averaged mapped outputs (float64, on the host) on each split, mapped back by the
+    task's `ensemble_out`."""
+    back = getattr(task, "ensemble_out", lambda mean: mean)
+    values = []
+    for mean, target in zip(means, targets):
+        with torch.no_grad():
+            output = back(mean.float().to(target.device))
+            value = {"loss": task_loss(task, output, target), **task_metrics(task, output, target)}
+        values.append({n: float(v) for n, v in value.items()})
+    return values
+
+
+def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[tuple[int, ...]],
+            targets: list[torch.Tensor], candidates: list[int]) -> Greedy | None:
+    """Greedy ensemble selection over `candidates` (collective: each step one MINLOC over the ranks' members'
+    scores and one sum that carries the chosen member's outputs to every rank). `mapped`: this rank's members'
+    outputs on the judged and test splits (of `shapes`), mapped by the task's `ensemble_in`. Every rank adds
+    the same rows in the same order, so the ensemble and its scores do not depend on the layout."""
+    comm, task, objective = search.comm, search.population.task, search.objective
+    back = getattr(task, "ensemble_out", lambda mean: mean)
+    device = targets[0].device
+    local = [i for i in candidates if i in mapped]
+    total: torch.Tensor | None = None
+    counts: dict[int, int] = {}
+    best: tuple[float, dict[int, int]] = (math.inf, {})
+    for step in range(min(len(candidates), GREEDY_STEPS)):
+        scores = []
+        for i in local:
+            row = mapped[i][0]
+            mean = (row if total is None else total + row) / (step + 1)
+            with torch.no_grad():
+                scores.append(_score(task, objective, back(mean.float().to(device)), targets[0]))
+        score, chosen = comm.allreduce_minloc(scores, local)
+        if not math.isfinite(score):
+            break
+        row = _row_of(comm, mapped, chosen, shapes[0], 0)
+        total = row if total is None else total + row
+        counts[chosen] = counts.get(chosen, 0) + 1
+        if score < best[0]:
+            best = (score, dict(counts))
+    if not best[1]:
+        return None
+    members = sorted(best[1])
+    weights = [best[1][i] for i in members]
+    means = []
+    for split, shape in enumerate(shapes):  # the kept ensemble, summed member by member in one order
+        weighted = torch.zeros(shape, dtype=torch.float64)
+        for i, w in zip(members, weights):
+            weighted += w * _row_of(comm, mapped, i, shape, split)
+        means.append(weighted / sum(weights))
+    judged, test = _evaluated(task, means, targets)
+    return Greedy(members, weights, judged, test, best[0])
+
+
+def _row_of(comm: Any, mapped: dict[int, list[torch.Tensor]], member: int, shape: tuple[int, ...],
+            split: int) -> torch.Tensor:
+    """One member's mapped outputs on a split, on every rank (a sum to which only its owner adds anything)."""
+    row = mapped[member][split].numpy() if member in mapped else np.zeros(shape)
+    return torch.from_numpy(comm.allreduce_sum(np.ascontiguousarray(row, dtype=np.float64)))
 
 
 def _score(task: Any, objective: Any, output: torch.Tensor, target: torch.Tensor) -> float:

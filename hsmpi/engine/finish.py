@@ -32,6 +32,7 @@ import torch
 
 from hsmpi import __version__
 from hsmpi.algorithm.space import HParams, describe_space
+from hsmpi.config import RETURNED
 from hsmpi.engine.average import Average, PopulationAverage, population_average
 from hsmpi.engine.history import PHASES
 from hsmpi.engine.member import Member
@@ -60,17 +61,18 @@ class Result:
     finite_model: bool = True  # False: no member ever had a finite validation loss (or objective)
     best_objective: float = math.nan  # the objective's value the returned member was judged on
     test_metrics: dict[str, float] = field(default_factory=dict)  # the task's metrics of it on the test split
-    returned: str = "member"  # "member" (the best member) or "average" (the population's averaged prediction)
+    returned: str = "member"  # "member" (the best member), "average" (the population's averaged prediction) or
+    # "greedy" (a weighted average of members chosen greedily on validation)
     member_test_loss: float = math.nan  # the best member's test loss, whichever was returned
-    averaged: list[int] = field(default_factory=list)  # the members the average holds
+    averaged: list[int] = field(default_factory=list)  # the members the returned average holds (else the plain one)
     returned_why: str = ""  # with --returns auto: why `returned` is what it is
     results_file: str = ""  # results.h5, on every rank: where `returned_model()` reads an average from
     task: Any = None
 
     def returned_model(self) -> torch.nn.Module:
-        """The model the run returns: the best member, or (`returned == "average"`) the `Average` of the
-        final population, read by this rank from the results file's population weights (nothing is
-        gathered for it; it holds every averaged member, so it is built only when asked for)."""
+        """The model the run returns: the best member, or (`returned` "average" or "greedy") the `Average` of
+        the final population's members it holds, read by this rank from the results file's population weights
+        (nothing is gathered for it; it holds every averaged member, so it is built only when asked for)."""
         if self.returned == "member":
             return self.best_model
         device = next(self.best_model.parameters()).device
@@ -101,14 +103,16 @@ def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None],
     if comm.is_root:
         metrics = "".join(f" | test {n} {v:.5g}" for n, v in result.test_metrics.items())
         mark = {w: " (returned)" if config.returns != "member" and result.returned == w else ""
-                for w in ("member", "average")}
+                for w in ("member", "average", "greedy")}
+        test = record["test"]
+        greedy = (f" | greedy ensemble {test['greedy_loss']:.5g} ({test['greedy_members']} members, "
+                  f"{test['greedy_picks']} picks){mark['greedy']}" if "greedy_loss" in test else "")
         log(f"test loss: best member {result.member_test_loss:.5g} (member {result.best_member}, "
             f"{search.unit} {result.best_session + 1}){mark['member']} | population average "
-            f"{result.ensemble_test_loss:.5g} ({record['test']['ensemble_members']} members){mark['average']}"
+            f"{result.ensemble_test_loss:.5g} ({test['ensemble_members']} members){mark['average']}{greedy}"
             f"{metrics}")
         if config.returns == "auto":
-            log(f"returned: the {'population average' if result.returned == 'average' else 'best member'} "
-                f"(--returns auto: {result.returned_why})")
+            log(f"returned: the {RETURNED[result.returned]} (--returns auto: {result.returned_why})")
         log(time_summary(record["history"]["time"], search.next_session, time.perf_counter() - start, startup))
         log(f"results: {path} ({time.perf_counter() - start:.1f}s in all)")
     return result
@@ -180,26 +184,42 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     average = population_average(search)
     record: dict[str, Any] = _record(search, champion, member_test, tested, average) if comm.is_root else {}
     judged = comm.bcast(record["best"]["val_loss"] if comm.is_root else None)
-    chosen, why = average.auto_choice() if c.returns == "auto" else (c.returns == "average", "")
-    returns_average = chosen and bool(average.members)
-    val_loss, test_loss, metrics = judged, member_test, tested
-    if returns_average:
-        val_loss, test_loss = average.judged["loss"], average.test["loss"]
-        metrics = {n: v for n, v in average.test.items() if n != "loss"}
+    returned, why = average.auto_choice() if c.returns == "auto" else (c.returns, "")
+    kept = _returned_average(average, returned)
+    if kept is None:
+        returned = "member"
+    val_loss, test_loss, metrics, score = judged, member_test, tested, best.score
+    members: list[int] = []
+    if kept is not None:
+        members, counts, judged_values, test_values, score = kept
+        val_loss, test_loss = judged_values["loss"], test_values["loss"]
+        metrics = {n: v for n, v in test_values.items() if n != "loss"}
     if comm.is_root:
-        record["test"].update({"returned": "average" if returns_average else "member", "returned_loss": test_loss})
+        record["test"].update({"returned": returned, "returned_loss": test_loss})
         if why:
             record["test"]["returned_why"] = why
-        if returns_average:
-            record["test"].update({"returned_metrics": metrics, "average_members": np.array(average.members)})
-            record["average"] = {"members": list(average.members), "val_loss": float(val_loss)}
+        if kept is not None:
+            record["test"].update({"returned_metrics": metrics, "average_members": np.array(members),
+                                   "average_counts": np.array(counts)})
+            record["average"] = {"members": members, "counts": counts, "val_loss": float(val_loss)}
     result = Result(champion.model, dict(hp), float(val_loss), int(session), int(member), float(test_loss),
                     float(average.test.get("loss", math.nan)), record.get("history", {}), None,
-                    best_objective=search.objective.value(average.score if returns_average else best.score),
-                    test_metrics=metrics, returned="average" if returns_average else "member",
-                    member_test_loss=float(member_test), averaged=list(average.members), returned_why=why,
-                    results_file=os.path.join(c.out, "results.h5"), task=pop.task)
+                    best_objective=search.objective.value(score), test_metrics=metrics, returned=returned,
+                    member_test_loss=float(member_test), averaged=members or list(average.members),
+                    returned_why=why, results_file=os.path.join(c.out, "results.h5"), task=pop.task)
     return result, record
+
+
+def _returned_average(average: PopulationAverage, returned: str
+                      ) -> tuple[list[int], list[int], dict[str, float], dict[str, float], float] | None:
+    """The averaged model `returned` names ("average" or "greedy"), as (members, their weights, judged and test
+    losses and metrics, score), or None when the run returns its best member (or has no such average)."""
+    if returned == "average" and average.members:
+        return list(average.members), [1] * len(average.members), average.judged, average.test, average.score
+    if returned == "greedy" and average.greedy is not None:
+        g = average.greedy
+        return list(g.members), list(g.counts), g.judged, g.test, g.score
+    return None
 
 
 class _WeightsOf:
@@ -242,6 +262,10 @@ def _record(search: Search, champion: Member, test_loss: float, test_metrics: di
                  "member_val_median": search.objective.value(average.member_median)},
         "finite_model": any(math.isfinite(v) for v in h.winner_score),
     }
+    if average.greedy is not None:
+        g = average.greedy
+        record["test"].update({"greedy_loss": g.test["loss"], "greedy_val_loss": g.judged["loss"],
+                               "greedy_members": len(g.members), "greedy_picks": sum(g.counts)})
     if test_metrics:
         record["test"]["metrics"] = dict(test_metrics)
     if not objective.is_loss:  # `best/` follows the objective: its value, and the loss beside it

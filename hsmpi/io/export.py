@@ -2,7 +2,8 @@
 
 `best.pt` is the best member (the last session's best, or the best ever with elitism; what
 `test/best_loss` reports), written by rank 0.  When the run returns the population's average
-(`--returns`), top.json's `average` names the members it holds, whose weights are in results.h5
+(`--returns`), top.json's `average` names the members it holds and their weights (`counts`), whose
+weights are in results.h5
 (`hsmpi.engine.average.Average.from_results` builds it).  `top1.pt` ... `topK.pt`
 are the final population's K best
 members by their last validation loss (or, for a task that selects on a metric, by that objective,
@@ -60,10 +61,9 @@ def describe(record: dict[str, Any], order: list[int]) -> dict[str, Any]:
             "hparams": record["best"]["hparams"]}
     if "objective" in record["best"]:
         best[record["best"]["objective"]] = float(record["best"]["objective_value"])
-    described_all: dict[str, Any] = {"returned": "average" if "average" in record else "member", "best": best}
+    described_all: dict[str, Any] = {"returned": record["test"].get("returned", "member"), "best": best}
     if "average" in record:
-        described_all["average"] = {"file": "results.h5", "members": record["average"]["members"],
-                                    "val_loss": record["average"]["val_loss"]}
+        described_all["average"] = {"file": "results.h5", **record["average"]}
     return {**described_all, "top": described}
 
 
