@@ -310,7 +310,8 @@ def test_auto_returns_the_greedy_ensemble_when_enough_samples_judge_it(tmp_path:
         assert auto.returned == "greedy" and auto.test_loss == greedy.test_loss and auto.averaged == greedy.averaged
         with h5py.File(out / "results.h5", "r") as f:
             assert f["test/greedy_val_loss"][()] <= f["best"].attrs["val_loss"] * (1 + 1e-6)
-        assert auto.returned_why.startswith(f"{AUTO_FEW_SAMPLES} samples judge the choice: the members chosen")
+        assert auto.returned_why == (f"{AUTO_FEW_SAMPLES} samples judge the choice, {AUTO_FEW_SAMPLES} or more: "
+                                     "enough to choose members greedily on them")
         assert f"returned: the greedy ensemble (--returns auto: {auto.returned_why})" in lines
 
 

@@ -139,8 +139,8 @@ class PopulationAverage:
         regression's average when it scores better than the best-member rule by more than AUTO_MARGIN of that
         rule's score, else the member (scores are lower-is-better; a metric's can be negative)."""
         if self.samples >= AUTO_FEW_SAMPLES and self.greedy is not None and math.isfinite(self.greedy.score):
-            return "greedy", (f"{self.samples} samples judge the choice: the members chosen greedily on them "
-                              f"({len(self.greedy.members)} members, {sum(self.greedy.counts)} picks)")
+            return "greedy", (f"{self.samples} samples judge the choice, {AUTO_FEW_SAMPLES} or more: enough to "
+                              "choose members greedily on them")
         if not self.members or not math.isfinite(self.score):
             return "member", "no average"
         if self.classes and self.samples < AUTO_FEW_SAMPLES:

@@ -31,13 +31,17 @@ Layout (S members, m sessions, R ranks):
   population's averaged prediction), `ensemble_members` (how many finite
   members were averaged), `ensemble_val_loss` (the average's validation loss,
   with --holdout on the held-back part), `metrics/<name>` (the best member's,
-  for a task with metrics), `returned` ("member" or "average": what the run
+  for a task with metrics), `returned` ("member", "average" or "greedy": what the run
   returned, --returns), `returned_loss` (its test loss), `returned_why` (with --returns auto: why),
   `member_val_cv` (the best-member rule's score cross-validated), `judged_samples`
   (the size of the split that judged the choice), `judged_classes` (1: its
   targets are class labels), `member_val_median` (the
-  averaged members' median score there), and when the average
-  was returned `returned_metrics/<name>` and `average_members` (who it holds).
+  averaged members' median score there); where the greedy ensemble was chosen
+  (--returns greedy, or auto on 128 judged samples or more) `greedy_loss`,
+  `greedy_val_loss`, `greedy_members` (how many distinct members) and
+  `greedy_picks` (the sum of their weights); and when an average was returned
+  `returned_metrics/<name>`, `average_members` (who it holds) and
+  `average_counts` (each one's weight: 1 for the plain average).
 """
 
 from __future__ import annotations
