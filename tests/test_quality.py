@@ -402,21 +402,22 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
 
     returned = {}
     for seed in (0, 1, 2):  # seed 2 names the loss as its objective, as the benchmark's runs do: it is kept
-        r = hsmpi.run("regression1d", population=4, epochs=4, sessions=2, seed=seed, threads=1, log=None,
+        r = hsmpi.run("diabetes", population=4, epochs=4, sessions=2, seed=seed, threads=1, log=None,
                       out=str(tmp_path / f"seed{seed}"), export_top=0, objective="loss" if seed == 2 else None)
         returned[seed] = (r.test_loss, r.member_test_loss, r.ensemble_test_loss)
-    hsmpi.run("regression1d", population=4, epochs=4, sessions=2, seed=9, threads=1, log=None, returns="member",
+    hsmpi.run("diabetes", population=4, epochs=4, sessions=2, seed=9, threads=1, log=None, returns="member",
               out=str(tmp_path / "member"), export_top=0)  # not an `auto` run: left out
     runs = margins.read(str(tmp_path / "*" / "results.h5"))
-    assert list(runs) == [("regression1d", 4)] and sorted(runs["regression1d", 4]) == [0, 1, 2]
+    assert list(runs) == [("diabetes", 4)] and sorted(runs["diabetes", 4]) == [0, 1, 2]
     margins.main([str(tmp_path / "*" / "results.h5"), "--margins", str(AUTO_MARGIN), "inf", "-1000000.0"])
     row = capsys.readouterr().out.strip().splitlines()[-1]
     cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
     median = lambda i: float(np.median([v[i] for v in returned.values()]))  # noqa: E731
     assert [float(c) for c in cells] == pytest.approx([median(0), median(1), median(2)], rel=1e-3)
-    # regression1d is a regression (256 validation samples): the margin decides it at any threshold
-    assert all(v[4] == 256 and not v[6] for v in runs["regression1d", 4].values())
-    margins.main([str(tmp_path / "*" / "results.h5"), "--few", "0", "257"])
+    # diabetes is a regression on 88 validation samples, fewer than the greedy ensemble needs: the margin
+    # decides it at any threshold
+    assert all(v[4] == 88 and not v[6] for v in runs["diabetes", 4].values())
+    margins.main([str(tmp_path / "*" / "results.h5"), "--few", "0", "89"])
     row = capsys.readouterr().out.strip().splitlines()[-1]
     cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[3:]]
     assert [float(c) for c in cells] == pytest.approx([median(0), median(0)], rel=1e-3)
@@ -434,10 +435,10 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
     by_margin = [v[3] if v[0] < v[1] - AUTO_MARGIN * abs(v[1]) else v[2] for v in kept.values()]
     assert [float(c) for c in cells] == pytest.approx([float(np.median(by_margin)),
                                                        float(np.median([v[3] for v in kept.values()]))], rel=1e-3)
-    for folder, key in ((tmp_path / "seed0", ("regression1d", 4)), (classes / "seed0", ("breast-cancer", 4))):
+    for folder, key in ((tmp_path / "seed0", ("diabetes", 4)), (classes / "seed0", ("breast-cancer", 4))):
         with h5py.File(folder / "results.h5", "a") as f:  # as written before these were
             del f["test/judged_samples"], f["test/member_val_median"], f["test/judged_classes"]
-        now = runs[key][0] if key[0] == "regression1d" else kept[0]
+        now = runs[key][0] if key[0] == "diabetes" else kept[0]
         older = margins.read(str(folder.parent / "*" / "results.h5"))[key][0]
         assert older[:5] == now[:5] and older[6] == now[6]
         assert older[5] == pytest.approx(now[5], rel=1e-5)
@@ -453,7 +454,7 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
     from hsmpi.engine.data import Data
     from hsmpi.tasks import load_task
 
-    task = load_task("regression1d")
+    task = load_task("diabetes")
     train, _, _ = task.data(0)
     inputs, targets = [torch.cat(t) for t in zip(*Data(train, torch.device("cpu")).in_order())]
     average = Average.from_results(str(tmp_path / "seed0" / "results.h5"), members=[0, 1, 2, 3])
@@ -470,3 +471,20 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
     assert row.split("|")[3].strip() == "2"
     kept = [returned[s][0] for s in (0, 1)]
     assert float(row.split("|")[4].split()[0]) == pytest.approx(float(np.median(kept)), rel=1e-3)
+    # regression1d's 256 validation samples: auto returns the greedy ensemble, which --returned sets against
+    # the margin rule replayed
+    greedy = tmp_path / "greedy"
+    losses = []
+    for seed in (0, 1):
+        r = hsmpi.run("regression1d", population=4, epochs=4, sessions=2, seed=seed, threads=1, log=None,
+                      out=str(greedy / f"seed{seed}"), export_top=0)
+        assert r.returned == "greedy"
+        losses.append(r.test_loss)
+    rows = margins.read(str(greedy / "*" / "results.h5"))["regression1d", 4]
+    margins.main([str(greedy / "*" / "results.h5"), "--returned"])
+    cells = capsys.readouterr().out.strip().splitlines()[-1].strip("|").split("|")
+    by_margin = [v[3] if v[0] < v[1] - AUTO_MARGIN * abs(v[1]) else v[2] for v in rows.values()]
+    assert float(cells[3]) == pytest.approx(float(np.median(by_margin)), rel=1e-3)
+    assert float(cells[4].split()[0]) == pytest.approx(float(np.median(losses)), rel=1e-3)
+    better, worse = sum(g < m for g, m in zip(losses, by_margin)), sum(g > m for g, m in zip(losses, by_margin))
+    assert f"({better}/{worse}" in cells[4]

@@ -21,6 +21,10 @@ training split (see `disagreement`): the average when its score is below the mem
 0.05 - K x the disagreement.  `--seeds FIRST END` keeps seeds FIRST to END - 1 (to choose K on some seeds and
 confirm it on others).
 
+`--returned` compares what each run returned (`test/returned_loss`) with the margin rule replayed: since
+2026-12-06 `auto` returns the greedy ensemble where AUTO_FEW_SAMPLES or more samples judge, and the margin
+rule below that, so on runs made since this is the greedy ensemble against the rule before it.
+
 Every replayed rule applies the default's first step as it is: a judged split of class labels with fewer
 than AUTO_FEW_SAMPLES samples returns the average (unless AUTO_SPOILED trips).  `--few N ...` replays that
 threshold instead (`--few 0`: the margin alone, the rule before 2026-12-05).  Files written before
@@ -161,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--few", nargs="+", type=float, metavar="N",
                    help="replay the default rule with these thresholds of judged samples (0: the margin alone)")
     p.add_argument("--seeds", nargs=2, type=int, metavar=("FIRST", "END"), help="only seeds FIRST to END - 1")
+    p.add_argument("--returned", action="store_true",
+                   help="the runs' returned model against the margin rule (the greedy ensemble against the rule "
+                        "before it, on runs made since 2026-12-06)")
     args = p.parse_args(argv)
     paths: dict[tuple[str, int, int], str] = {}
     runs = read(args.pattern, paths)
@@ -171,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     def step(a: np.ndarray, otherwise: np.ndarray) -> np.ndarray:
         """The default's first step (few judged samples), `otherwise` the rule replayed."""
         return np.where((a[:, 6] > 0) & (a[:, 4] < AUTO_FEW_SAMPLES), default_rule(a), otherwise)
+    if args.returned:
+        return returned_table(runs, paths)
     if args.few:
         return table(runs, [f"few {n:g}" for n in args.few],
                      lambda task, population, seeds, a: [default_rule(a, few=n) for n in args.few])
@@ -213,6 +222,29 @@ def table(runs: dict[tuple[str, int], dict[int, Run]], heads: list[str],
             same = pvalue != pvalue  # NaN: no seed differs
             cells.append(f"{np.median(test):.4g} ({better}/{worse}" + (")" if same else f", p {pvalue:.2f})"))
         print(f"| {task} | {population} | {len(a)} | " + " | ".join(cells) + " |")
+
+
+def returned_table(runs: dict[tuple[str, int], dict[int, Run]], paths: dict[tuple[str, int, int], str]) -> None:
+    """One row per (task, S): the margin rule's median test loss, replayed, and the returned model's (seeds where
+    it is better/worse than the margin rule, Wilcoxon p)."""
+    print("| task | S | seeds | margin rule | returned |")
+    print("|---|---|---|---|---|")
+    for (task, population), by_seed in sorted(runs.items()):
+        seeds = sorted(by_seed)
+        if not seeds:
+            continue
+        a = np.array([by_seed[s] for s in seeds])
+        rule = np.where(default_rule(a), a[:, 3], a[:, 2])
+        returned = []
+        for s in seeds:
+            with h5py.File(paths[task, population, s], "r") as f:
+                returned.append(float(f["test/returned_loss"][()]))
+        now = np.array(returned)
+        better, worse = int((now < rule).sum()), int((now > rule).sum())
+        pvalue = wilcoxon_p(rule, now)
+        tail = ")" if pvalue != pvalue else f", p {pvalue:.2g})"
+        print(f"| {task} | {population} | {len(a)} | {np.median(rule):.4g} | {np.median(now):.4g} "
+              f"({better}/{worse}{tail} |")
 
 
 if __name__ == "__main__":
