@@ -2,8 +2,10 @@
 
 `population_average` sums every rank's members' mapped outputs with one
 allreduce, so nothing is gathered; beside the average it cross-validates the
-rule "return the best member" (what `auto` weighs it against).  `Average` is
-the averaged model itself, rebuilt from a results file's population weights.
+rule "return the best member" (what `auto` weighs it against on small splits)
+and, for `--returns greedy` (or `auto` on 128 judged samples or more), selects
+a weighted ensemble greedily, one member per step.  `Average` is the averaged
+model itself, rebuilt from a results file's population weights.
 """
 
 from __future__ import annotations
@@ -186,7 +188,8 @@ def population_average(search: Search) -> PopulationAverage:
     averaged = np.zeros(pop.size)
     fold_scores = np.zeros((pop.size, len(folds)))  # every finite member's, for the cross-validation
     fold_losses = np.zeros((pop.size, len(folds) if search.ties_by_loss else 0))  # its tie-break
-    kept: dict[int, list[torch.Tensor]] = {}  # this rank's averaged members' mapped outputs
+    greedy_wanted = c.returns == "greedy" or (c.returns == "auto" and len(targets[0]) >= AUTO_FEW_SAMPLES)
+    kept: dict[int, list[torch.Tensor]] = {}  # for it, this rank's averaged members' mapped outputs
     for m in pop.members:
         if m.index not in finite:
             continue
@@ -199,7 +202,8 @@ def population_average(search: Search) -> PopulationAverage:
             for t, o in zip(total, mapped):
                 t += o
             averaged[m.index] = 1.0
-            kept[m.index] = mapped
+            if greedy_wanted:
+                kept[m.index] = mapped
     summed = comm.allreduce_sum(np.concatenate([t.numpy().ravel() for t in total] + [averaged,
                                                                                      fold_scores.ravel(),
                                                                                      fold_losses.ravel()]))
@@ -226,9 +230,7 @@ def population_average(search: Search) -> PopulationAverage:
     judged, test = _evaluated(task, means, targets)
     key = "loss" if objective.is_loss else objective.name
     score = objective.score(judged[key]) if key in judged else math.inf
-    greedy = None
-    if c.returns == "greedy" or (c.returns == "auto" and samples >= AUTO_FEW_SAMPLES):
-        greedy = _greedy(search, kept, shapes, targets, members)
+    greedy = _greedy(search, kept, shapes, targets, members) if greedy_wanted else None
     return PopulationAverage(members, judged, test, score if math.isfinite(score) else math.inf, cv, samples,
                              median if math.isfinite(median) else math.inf, classes, greedy)
 
