@@ -7,7 +7,8 @@ validation split").
 - `Synth3Class` and `SynthSGD`: two tasks the rule was not chosen on, drawn from scikit-learn's generators
   with each seed, 300 training / 100 validation / 200 test samples: a three-class classification (Adam,
   cross-entropy) and a regression trained with SGD (momentum and weight decay searched); `Synth3Class150`
-  and `Synth3Class200` have 150 and 200 validation samples (and 150 and 100 test).
+  and `Synth3Class200` have 150 and 200 validation samples (and 150 and 100 test), `SynthSGD200` 200
+  validation samples (from 700 samples, so 200 test).
 
 The rest of each data set is the test split.
 
@@ -106,14 +107,24 @@ class SynthSGD:
         "weight_decay": LogUniform(1e-6, 1e-2),
     }
 
+    n_samples, n_val = 600, 100
+
     def data(self, seed: int) -> Any:
         from sklearn.datasets import make_regression
 
-        x, y = make_regression(n_samples=600, n_features=15, n_informative=8, noise=30.0, random_state=seed)
-        return split_sizes(x, y, seed, 300, 100)
+        x, y = make_regression(n_samples=self.n_samples, n_features=15, n_informative=8, noise=30.0,
+                               random_state=seed)
+        return split_sizes(x, y, seed, 300, self.n_val)
 
     def model(self) -> torch.nn.Module:
         return mlp([15, 32, 32, 1])
 
     def optimizer(self, params: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+
+
+class SynthSGD200(SynthSGD):
+    """SynthSGD with 200 validation samples (and 100 more samples, so the test split keeps its 200): enough
+    for `--returns auto` to choose members greedily."""
+
+    n_samples, n_val = 700, 200
