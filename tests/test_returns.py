@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 import hsmpi
 from hsmpi.cli.report import load_history, summary
 from hsmpi.config import Config, ConfigError
-from hsmpi.engine.average import AUTO_FEW_SAMPLES, AUTO_MARGIN, AUTO_SPOILED, Average, Greedy, PopulationAverage
+from hsmpi.engine.average import AUTO_FEW_SAMPLES, AUTO_MARGIN, AUTO_SPOILED, Average, Ensemble, PopulationAverage
 from hsmpi.tasks import load_task, task_loss
 
 from tasks_for_tests import NegLoss, TinyAdam, _data
@@ -224,10 +224,10 @@ def test_auto_choice_on_its_own() -> None:
     """The rule without a run: enough samples return the greedy ensemble; fewer labelled samples return the
     average unless it is spoiled (a guard that only a positive median can trip: a maximised metric's scores
     are negative); a regression on fewer weighs the margin."""
-    greedy = Greedy([1], [2], {}, {}, 0.5)
+    greedy = Ensemble([1], [2], {}, {}, 0.5)
 
     def choice(score: float, cv: float, samples: int, median: float, classes: bool = True,
-               chosen: Greedy | None = None) -> str:
+               chosen: Ensemble | None = None) -> str:
         return PopulationAverage([0, 1], {}, {}, score, cv, samples, median, classes, chosen).auto_choice()[0]
 
     few, enough = AUTO_FEW_SAMPLES - 1, AUTO_FEW_SAMPLES
@@ -240,7 +240,7 @@ def test_auto_choice_on_its_own() -> None:
     assert choice(-0.5, -0.9, few, -0.9) == "average"  # a maximised metric: no guard
     # without a greedy ensemble (none scored), enough samples fall back on the margin
     assert choice(0.9, 1.0, enough, 1.0) == "average" and choice(0.96, 1.0, enough, 1.0) == "member"
-    assert choice(0.9, 1.0, enough, 1.0, chosen=Greedy([], [], {}, {}, np.inf)) == "average"
+    assert choice(0.9, 1.0, enough, 1.0, chosen=Ensemble([], [], {}, {}, np.inf)) == "average"
     assert choice(1.0, np.inf, enough, 1.0) == choice(1.0, 1.0, few, np.inf) == "average"
     assert PopulationAverage([], {}, {}, np.inf, 1.0, few).auto_choice() == ("member", "no average")
     assert PopulationAverage([0], {}, {}, np.inf, 1.0, few, classes=True).auto_choice()[0] == "member"

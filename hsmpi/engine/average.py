@@ -107,16 +107,15 @@ GREEDY_STEPS = 64
 
 
 @dataclass
-class Greedy:
-    """Greedy ensemble selection on the judged split (Caruana et al., 2004): from nothing, add the member whose
-    addition scores best, with replacement, S times (at most GREEDY_STEPS); keep the best of those ensembles.
-    Its first step is the best member, so it can be the member alone. The same on every rank."""
+class Ensemble:
+    """A weighted average of final members, evaluated: the plain average (every weight 1), or the greedy
+    ensemble (`_greedy`). The same on every rank."""
 
     members: list[int]  # in order, each once
-    counts: list[int]  # how often each was taken: its weight
-    judged: dict[str, float]
+    counts: list[int]  # each one's weight (for the greedy ensemble: how often it was picked)
+    judged: dict[str, float]  # loss and metrics on the judged split
     test: dict[str, float]
-    score: float  # on the judged split (lower is better); it chose on this split, so it is optimistic
+    score: float  # the objective's lower-is-better score on the judged split (the greedy one chose on it)
 
 
 @dataclass
@@ -132,7 +131,7 @@ class PopulationAverage:
     samples: int = 0  # the judged split's size
     member_median: float = math.inf  # the median of the averaged members' scores there
     classes: bool = False  # the judged split's targets are class labels (an integer dtype)
-    greedy: Greedy | None = None  # with --returns greedy, or auto on a split of AUTO_FEW_SAMPLES or more
+    greedy: Ensemble | None = None  # with --returns greedy, or auto on a split of AUTO_FEW_SAMPLES or more
 
     def auto_choice(self) -> tuple[str, str]:
         """`--returns auto`'s choice ("member", "average" or "greedy"), and why. On a judged split of
@@ -249,9 +248,12 @@ def _evaluated(task: Any, means: list[torch.Tensor], targets: list[torch.Tensor]
 
 
 def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[tuple[int, ...]],
-            targets: list[torch.Tensor], candidates: list[int]) -> Greedy | None:
-    """Greedy ensemble selection over `candidates` (collective: each step one MINLOC over the ranks' members'
-    scores and one sum that carries the chosen member's outputs to every rank). `mapped`: this rank's members'
+            targets: list[torch.Tensor], candidates: list[int]) -> Ensemble | None:
+    """Greedy ensemble selection over `candidates` on the judged split (Caruana et al., 2004): from nothing, add
+    the member whose addition scores best, with replacement, S times (at most GREEDY_STEPS), and keep the best
+    of those ensembles; its first pick is the best member, so it can be the member alone (collective: each
+    step one MINLOC over the ranks' members' scores and one sum that carries the chosen member's outputs to
+    every rank). `mapped`: this rank's members'
     outputs on the judged and test splits (of `shapes`), mapped by the task's `ensemble_in`. Every rank adds
     the same rows in the same order, so the ensemble and its scores do not depend on the layout."""
     comm, task, objective = search.comm, search.population.task, search.objective
@@ -287,7 +289,7 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
             weighted += w * _row_of(comm, mapped, i, shape, split)
         means.append(weighted / sum(weights))
     judged, test = _evaluated(task, means, targets)
-    return Greedy(members, weights, judged, test, best[0])
+    return Ensemble(members, weights, judged, test, best[0])
 
 
 def _row_of(comm: Any, mapped: dict[int, list[torch.Tensor]], member: int, shape: tuple[int, ...],

@@ -33,7 +33,7 @@ import torch
 from hsmpi import __version__
 from hsmpi.algorithm.space import HParams, describe_space
 from hsmpi.config import RETURNED
-from hsmpi.engine.average import Average, PopulationAverage, population_average
+from hsmpi.engine.average import Average, Ensemble, PopulationAverage, population_average
 from hsmpi.engine.history import PHASES
 from hsmpi.engine.member import Member
 from hsmpi.engine.observers import Checkpoints
@@ -189,37 +189,33 @@ def returned_model(search: Search) -> tuple[Result, dict[str, Any]]:
     if kept is None:
         returned = "member"
     val_loss, test_loss, metrics, score = judged, member_test, tested, best.score
-    members: list[int] = []
     if kept is not None:
-        members, counts, judged_values, test_values, score = kept
-        val_loss, test_loss = judged_values["loss"], test_values["loss"]
-        metrics = {n: v for n, v in test_values.items() if n != "loss"}
+        val_loss, test_loss, score = kept.judged["loss"], kept.test["loss"], kept.score
+        metrics = {n: v for n, v in kept.test.items() if n != "loss"}
     if comm.is_root:
         record["test"].update({"returned": returned, "returned_loss": test_loss})
         if why:
             record["test"]["returned_why"] = why
         if kept is not None:
-            record["test"].update({"returned_metrics": metrics, "average_members": np.array(members),
-                                   "average_counts": np.array(counts)})
-            record["average"] = {"members": members, "counts": counts, "val_loss": float(val_loss)}
+            record["test"].update({"returned_metrics": metrics, "average_members": np.array(kept.members),
+                                   "average_counts": np.array(kept.counts)})
+            record["average"] = {"members": kept.members, "counts": kept.counts, "val_loss": float(val_loss)}
     result = Result(champion.model, dict(hp), float(val_loss), int(session), int(member), float(test_loss),
                     float(average.test.get("loss", math.nan)), record.get("history", {}), None,
                     best_objective=search.objective.value(score), test_metrics=metrics, returned=returned,
-                    member_test_loss=float(member_test), averaged=members or list(average.members),
+                    member_test_loss=float(member_test),
+                    averaged=list(kept.members if kept is not None else average.members),
                     returned_why=why, results_file=os.path.join(c.out, "results.h5"), task=pop.task)
     return result, record
 
 
-def _returned_average(average: PopulationAverage, returned: str
-                      ) -> tuple[list[int], list[int], dict[str, float], dict[str, float], float] | None:
-    """The averaged model `returned` names ("average" or "greedy"), as (members, their weights, judged and test
-    losses and metrics, score), or None when the run returns its best member (or has no such average)."""
+def _returned_average(average: PopulationAverage, returned: str) -> Ensemble | None:
+    """The averaged model `returned` names ("average" or "greedy"), or None when the run returns its best member
+    (or has no such average)."""
     if returned == "average" and average.members:
-        return list(average.members), [1] * len(average.members), average.judged, average.test, average.score
-    if returned == "greedy" and average.greedy is not None:
-        g = average.greedy
-        return list(g.members), list(g.counts), g.judged, g.test, g.score
-    return None
+        return Ensemble(list(average.members), [1] * len(average.members), average.judged, average.test,
+                        average.score)
+    return average.greedy if returned == "greedy" else None
 
 
 class _WeightsOf:
