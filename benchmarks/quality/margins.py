@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 import torch
 
-from benchmarks.quality.tables import wilcoxon_p
+from benchmarks.quality.tables import format_p, wilcoxon_p
 from hsmpi.engine.average import AUTO_FEW_SAMPLES, AUTO_MARGIN, AUTO_SPOILED, FOLDS
 from hsmpi.engine.data import Data
 from hsmpi.tasks import load_task, task_loss
@@ -214,14 +214,16 @@ def table(runs: dict[tuple[str, int], dict[int, Run]], heads: list[str],
             continue
         a = np.array([by_seed[s] for s in seeds])
         now = np.where(default_rule(a), a[:, 3], a[:, 2])
-        cells = []
-        for average in rule(task, population, seeds, a):
-            test = np.where(average, a[:, 3], a[:, 2])
-            better, worse = int((test < now).sum()), int((test > now).sum())
-            pvalue = wilcoxon_p(now, test)
-            same = pvalue != pvalue  # NaN: no seed differs
-            cells.append(f"{np.median(test):.4g} ({better}/{worse}" + (")" if same else f", p {pvalue:.2f})"))
+        cells = [_against(now, np.where(average, a[:, 3], a[:, 2])) for average in rule(task, population, seeds, a)]
         print(f"| {task} | {population} | {len(a)} | " + " | ".join(cells) + " |")
+
+
+def _against(reference: np.ndarray, test: np.ndarray) -> str:
+    """`test`'s median test loss (seeds where it is better/worse than `reference`, the Wilcoxon p)."""
+    better, worse = int((test < reference).sum()), int((test > reference).sum())
+    pvalue = wilcoxon_p(reference, test)
+    same = pvalue != pvalue  # NaN: no seed differs
+    return f"{np.median(test):.4g} ({better}/{worse}" + (")" if same else f", p {format_p(pvalue)})")
 
 
 def returned_table(runs: dict[tuple[str, int], dict[int, Run]], paths: dict[tuple[str, int, int], str]) -> None:
@@ -239,12 +241,7 @@ def returned_table(runs: dict[tuple[str, int], dict[int, Run]], paths: dict[tupl
         for s in seeds:
             with h5py.File(paths[task, population, s], "r") as f:
                 returned.append(float(f["test/returned_loss"][()]))
-        now = np.array(returned)
-        better, worse = int((now < rule).sum()), int((now > rule).sum())
-        pvalue = wilcoxon_p(rule, now)
-        tail = ")" if pvalue != pvalue else f", p {pvalue:.2g})"
-        print(f"| {task} | {population} | {len(a)} | {np.median(rule):.4g} | {np.median(now):.4g} "
-              f"({better}/{worse}{tail} |")
+        print(f"| {task} | {population} | {len(a)} | {np.median(rule):.4g} | {_against(rule, np.array(returned))} |")
 
 
 if __name__ == "__main__":
