@@ -29,6 +29,16 @@ def test_benchmark_overhead_prints_both_tables() -> None:
     assert float(cells[6]) > 0  # a ratio was measured
 
 
+def test_benchmark_returns_times_both_rules_on_every_seed() -> None:
+    result = _script(["scripts/benchmark_returns.py", "--tasks", "regression1d", "-S", "4", "-M", "2", "-m", "1",
+                      "--seeds", "0", "1"], ranks=2)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| regression1d |")]
+    assert len(rows) == 1, result.stdout
+    cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert cells[1] == "2" and float(cells[2]) > 0 and float(cells[3]) > 0  # two seeds, each rule timed
+
+
 def test_benchmark_throughput_runs_both_paths() -> None:
     result = _script(["scripts/benchmark_throughput.py", "--members", "2", "--epochs", "1"], ranks=1)
     assert result.returncode == 0, result.stderr
