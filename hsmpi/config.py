@@ -248,8 +248,8 @@ class Training(_Group):
         means="S spread over the ranks", minimum=1)
     vectorize: VectorizeMode = _field(
         "auto",
-        "`on`: train a rank's members as one batched model (see docs/performance.md); `auto`: on for CUDA, off "
-        "on CPU (where the one-at-a-time path is bit-for-bit layout-independent); `off`")
+        "`on`: train a rank's members as one batched model (see docs/performance.md), saying once why not where "
+        "they cannot be; `auto`: the same, without a word where they cannot; `off`: one member at a time")
     batch_size: int = _field(64, "training batch size when the space has no `batch_size`", metavar="N", minimum=1)
     workers: int = _field(
         0, "DataLoader worker processes per rank for a task whose data is not a TensorDataset (kept alive for "

@@ -31,13 +31,13 @@ _M32 = 0xFFFFFFFF
 def reason_not_to(members: list[Member], data: Data) -> str | None:
     """Why these members cannot be trained as one batched model (None: they can, as far as can be told
     without running the model; `Stack` tries one batched step and raises `Unbatchable` if it fails)."""
-    if len(members) < 2:
-        return "one member on this rank"
     model, opt, task = members[0].model, members[0].optimizer, members[0].task
+    if len(members) < 2 and (members[0].device.type != "cpu" or direct_layers(model) is None):
+        # On the CPU a stack of one MLP gives each member the same bits as a stack of several (one member
+        # per rank is then a layout like any other); elsewhere one member trains faster as it is.
+        return "one member on this rank"
     if getattr(task, "train_step", None) is not None:
         return "the task has its own train_step"
-    if getattr(task, "scheduler", None) is not None:
-        return "the task has a learning-rate scheduler"
     if data.tensors is None:
         return "the training data is not a TensorDataset"
     other = next((type(m).__name__ for m in model.modules()
@@ -166,8 +166,17 @@ def direct_forward(layers: list[tuple[str, torch.nn.Module]], params: dict[str, 
         if isinstance(layer, torch.nn.Linear):
             weight, bias = params[prefix + "weight"], params.get(prefix + "bias")
             flat = h.reshape(h.shape[0], -1, h.shape[-1])
+            # torch multiplies a single matrix by a vector with another kernel than a batch of them, whose
+            # last bits differ: a stack of one member computes that layer as a batch of two equal ones
+            # (views; autograd adds the second's zero gradient), so it gets the bits a larger stack gives it.
+            single = flat.shape[0] == 1 and 1 in weight.shape[1:]
+            if single:
+                flat, weight = flat.expand(2, -1, -1), weight.expand(2, -1, -1)
+                bias = None if bias is None else bias.expand(2, -1)
             out = (torch.bmm(flat, weight.transpose(1, 2)) if bias is None
                    else torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)))
+            if single:
+                out = out[:1]
             h = out.view(*h.shape[:-1], weight.shape[1])
         elif isinstance(layer, torch.nn.Flatten):  # its dims are one member's: one more in front
             shift = lambda d: d + 1 if d >= 0 else d  # noqa: E731

@@ -119,10 +119,10 @@ class Population:
         return members
 
     def stacked(self) -> vectorize.Stack | None:
-        """This session's members as one batched model (None: one at a time).  Says once (rank 0) why
-        not, when asked for."""
+        """This session's members as one batched model (None: one at a time).  Under `on`, says once
+        (rank 0) why not; `auto` falls back without a word."""
         mode = self.config.vectorize
-        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+        if mode == "off":
             return None
         reason = batched.reason_not_to(self.members, self.data["train"])
         if reason is None and isinstance(self._stack, str):
@@ -132,7 +132,7 @@ class Population:
                 self._stack = vectorize.Stack(self.members, self.data["train"])
             except vectorize.Unbatchable as err:
                 self._stack = reason = str(err)
-        if reason and reason not in self._told:
+        if reason and mode == "on" and reason not in self._told:
             self._told.add(reason)
             self.log(f"vectorize: training one member at a time: {reason}")
         return self._stack if reason is None and isinstance(self._stack, vectorize.Stack) else None

@@ -29,6 +29,7 @@ the `Unbatchable` a `Stack` raises) says why.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -178,6 +179,20 @@ class Stack:
         self.linked[k] = True
 
     def _read_hparams(self) -> None:
+        """The session's hyperparameters and optimizer flags, read from the members' optimizers."""
+        members = self.members
+        self._read_values()
+        if self.kind == "sgd":
+            self.nesterov = torch.tensor([bool(m.optimizer.param_groups[0]["nesterov"]) for m in members],
+                                         device=self.device).view(-1, 1)
+            self.has_buf = torch.tensor(self.has, device=self.device).view(-1, 1)
+        else:
+            self.step64 = self.steps[:, 0].to(self.device, torch.float64)
+
+    def _read_values(self) -> None:
+        """The values a task's scheduler may move between steps (learning rate, momentum or betas, weight
+        decay, eps), read from the members' optimizers: once a session, and after every step where a
+        member has a scheduler."""
         members = self.members
         col = lambda values: torch.tensor(values, dtype=self.dtype, device=self.device).view(-1, 1)  # noqa: E731
         self.hp = {k: col(_column(members, k)) for k in ("lr", "weight_decay")}
@@ -185,9 +200,6 @@ class Stack:
             for k in ("momentum", "dampening"):
                 self.hp[k] = col(_column(members, k))
             self.use_momentum = self.hp["momentum"] != 0
-            self.nesterov = torch.tensor([bool(m.optimizer.param_groups[0]["nesterov"]) for m in members],
-                                         device=self.device).view(-1, 1)
-            self.has_buf = torch.tensor(self.has, device=self.device).view(-1, 1)
             return
         self.b1 = torch.tensor(_column(members, "betas", 0), dtype=torch.float64, device=self.device)
         self.b2 = torch.tensor(_column(members, "betas", 1), dtype=torch.float64, device=self.device)
@@ -196,7 +208,6 @@ class Stack:
         self.hp["one_minus_beta2"] = (1 - self.b2).to(self.dtype).view(-1, 1)
         self.lr64 = torch.tensor(_column(members, "lr"), dtype=torch.float64, device=self.device)
         self.eps64 = torch.tensor(_column(members, "eps"), dtype=torch.float64, device=self.device)
-        self.step64 = self.steps[:, 0].to(self.device, torch.float64)
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         """Every member's buffers stacked, (K, *shape) per buffer: copies, written back by `_put_buffers`."""
@@ -366,7 +377,9 @@ class Stack:
         try:
             for epoch in range(epochs):
                 # A diverged member draws no more data orders, as in the one-at-a-time path, so its stream
-                # stays in step.
+                # stays in step; it trained (and counted its steps) through the epoch it diverged in.
+                training = [m for m, ok in zip(members, alive.tolist()) if ok]
+                scheduled = [m.scheduler for m in training if m.scheduler is not None]
                 orders = torch.stack([torch.randperm(len(data), generator=m.data_gen) if ok else
                                       torch.arange(len(data)) for m, ok in zip(members, alive)]).to(x_all.device)
                 batch_losses = []
@@ -376,7 +389,11 @@ class Stack:
                     losses = losses_of(params, x_all[index], y_all[index], keys[epoch])
                     torch._foreach_copy_(self.grads, torch.autograd.grad(losses.sum(), self.leaves))
                     self.step(self.grad)
+                    if scheduled:
+                        self._schedule(scheduled)
                     batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
+                for m in training:
+                    m.steps += len(batch_losses)
                 epoch_means = (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
                 if on_epoch is not None:
                     for _ in members:
@@ -389,6 +406,16 @@ class Stack:
             self._after_training()
         return means
 
+    def _schedule(self, schedulers: list[Any]) -> None:
+        """Step the members' schedulers, as the one-at-a-time path does after each optimizer step, and
+        read the values they set for the next step.  torch warns when a scheduler steps before its
+        optimizer, which here steps as a row of the stack: that warning is not this."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            for scheduler in schedulers:
+                scheduler.step()
+        self._read_values()
+
     @torch.no_grad()
     def evaluate(self, data: Data) -> list[dict[str, float]]:
         """Every member's loss (and the task's metrics) over the whole dataset, one batched forward per
@@ -396,6 +423,8 @@ class Stack:
         self.adopt()
         task, template = self.members[0].task, self.template
         params = {**{n: leaf.detach() for n, leaf in zip(self.names, self.leaves)}, **self._buffers()}
+        if len(self.members) == 1:  # as two equal members: the bits a larger stack gives (see direct_forward)
+            params = {n: t.expand(2, *t.shape[1:]) for n, t in params.items()}
         template.eval()
         if getattr(task, "metrics", None) is None:  # the loss itself batched, as every task without metrics had it
             def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -404,12 +433,12 @@ class Stack:
             losses_of = vmap(loss, in_dims=(0, None, None))
             total = torch.zeros(len(self.members), dtype=torch.float64, device=self.device)
             for x, y in data.in_order():
-                total += losses_of(params, x, y).double() * len(x)
+                total += losses_of(params, x, y)[:len(total)].double() * len(x)
             return [{"loss": float(v)} for v in (total / len(data)).cpu()]
         outputs_of = vmap(lambda p, x: functional_call(template, p, (x,)), in_dims=(0, None))
         totals: list[dict[str, torch.Tensor]] = [{} for _ in self.members]
         for x, y in data.in_order():
-            for k, out in enumerate(outputs_of(params, x)):  # the metrics per member, on its own outputs
+            for k, out in enumerate(outputs_of(params, x)[:len(totals)]):  # each member's metrics, own outputs
                 for name, value in {"loss": task_loss(task, out, y), **task_metrics(task, out, y)}.items():
                     weighted = value.double() * len(x)
                     totals[k][name] = weighted if name not in totals[k] else totals[k][name] + weighted
