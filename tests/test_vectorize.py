@@ -18,7 +18,7 @@ from hsmpi.engine.data import Data
 from hsmpi.engine.member import Member
 
 from conftest import run_hsmpi, task_spec
-from tasks_for_tests import TinyAdam
+from tasks_for_tests import Scheduled, Tiny, TinyAdam
 
 CPU = torch.device("cpu")
 
@@ -125,7 +125,9 @@ class _Listy(Dataset):
 
 def test_fallback_reasons() -> None:
     members, data = _members("adam", trained_first=False)
-    assert "one member" in reason_not_to(members[:1], data)
+    assert reason_not_to(members[:1], data) is None, "one MLP on the CPU: a stack of one"
+    cnn = _normed(cnn=True)
+    assert "one member" in reason_not_to(cnn[0][:1], cnn[1]), "vmap's models: one member as it is"
     assert "TensorDataset" in reason_not_to(members, Data(_Listy(data.dataset), CPU))
     with_dropout = [Member.create(TinyAdam(), i, {"lr": 0.01, "beta1": 0.9}, 0, CPU) for i in range(2)]
     assert reason_not_to(with_dropout, data) is None
@@ -448,3 +450,69 @@ def test_row_copies_fall_back_to_loading_each_member_for_another_optimizer() -> 
         assert m._carried is not None and m._carried[0] == "SGD"
         for p, q in zip(m.model.parameters(), donor.model.parameters()):
             assert torch.equal(p, q)
+
+
+def test_a_scheduled_task_is_batched_and_steps_each_members_schedule() -> None:
+    """Each member's scheduler steps after each batched step, as one at a time: the same learning rates,
+    positions and (within rounding) weights."""
+    torch.set_num_threads(1)
+    task = _ScheduledMLP()
+    data = Data(task.data(0)[0], CPU)
+    hps = [{"lr": 0.05, "beta1": 0.9, "gamma": 0.5}, {"lr": 0.01, "beta1": 0.7, "gamma": 0.9}]
+    members, twins = ([Member.create(task, i, hp, seed=1, device=CPU, default_batch_size=16, train_size=len(data),
+                                     epochs=4) for i, hp in enumerate(hps)] for _ in range(2))  # a copy would
+    # leave the copied optimizer's step unwrapped, which torch's scheduler warns about
+    assert reason_not_to(members, data) is None
+    vectorize.train(members, data, epochs=2)
+    for m in twins:
+        m.train(data, 2)
+    for a, b in zip(members, twins):
+        assert a.steps == b.steps == 8
+        assert a.optimizer.param_groups[0]["lr"] == b.optimizer.param_groups[0]["lr"] < a.hp["lr"]
+        assert a.scheduler.last_epoch == b.scheduler.last_epoch
+        for p, q in zip(a.model.parameters(), b.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+class _ScheduledMLP(Scheduled):
+    """Scheduled without dropout (whose batched masks are not the one-at-a-time path's)."""
+
+    def model(self) -> torch.nn.Module:
+        return Plain.model(self)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_a_stack_of_one_mlp_gives_the_bits_of_a_larger_stack(opt: str) -> None:
+    """torch multiplies one matrix by a vector with other kernels than a batch of them: a stack of one
+    must still give its member the same bits as a stack of three (the output layer here is 16 -> 1)."""
+    torch.set_num_threads(1)
+    members, data = _members(opt, trained_first=True)
+    alone = copy.deepcopy(members[:1])
+    vectorize.train(alone, data, epochs=3)
+    vectorize.train(members, data, epochs=3)
+    for p, q in zip(alone[0].model.parameters(), members[0].model.parameters()):
+        assert torch.equal(p, q)
+    val = Data(Plain().data(0)[1], CPU)
+    assert vectorize.evaluate(alone, val) == vectorize.evaluate(members, val)[:1]
+
+
+def _weights(result: Any) -> list[np.ndarray]:
+    return [p.detach().numpy().copy() for p in result.best_model.parameters()]
+
+
+def test_auto_batches_an_mlp_population_on_the_cpu_and_only_where_every_member_can(tmp_path: Any) -> None:
+    """`auto` on the CPU gives `on`'s bits for a population of MLPs that all share one stack, and `off`'s
+    where they cannot all share one (batch sizes searched), whichever members share a rank."""
+    import hsmpi
+    from hsmpi.parallel.comm import SerialComm
+
+    def run(task: Any, mode: str) -> list[np.ndarray]:
+        result = hsmpi.run(task, comm=SerialComm(), log=None, population=4, epochs=4, sessions=2, seed=3,
+                           vectorize=mode, threads=1, export_top=0, out=str(tmp_path / f"{type(task).__name__}-{mode}"))
+        return _weights(result)
+
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))  # noqa: E731
+    auto, on, off = (run(TinyAdam(), mode) for mode in ("auto", "on", "off"))
+    assert same(auto, on) and not same(auto, off)
+    auto, off = run(Tiny(), "auto"), run(Tiny(), "off")
+    assert same(auto, off)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from typing import Any
 
 import torch
@@ -69,6 +70,16 @@ def reason_not_to(members: list[Member], data: Data) -> str | None:
     if len({m.batch_size for m in members}) != 1:
         return "members have different batch sizes this session"
     return None
+
+
+def signature(member: Member) -> int:
+    """What `reason_not_to` compares between members, as one number: members with the same signature can
+    share a stack (on any rank)."""
+    g = member.optimizer.param_groups
+    flags = [bool(g[0].get(k)) for k in ("maximize", "amsgrad", "differentiable", "capturable",
+                                          "decoupled_weight_decay")]
+    return zlib.crc32(repr((member.batch_size, type(member.optimizer).__name__, len(g), flags,
+                            _shapes(member.model))).encode())
 
 
 def _shapes(model: torch.nn.Module) -> list[tuple[Any, ...]]:

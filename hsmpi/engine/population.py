@@ -54,6 +54,7 @@ class Population:
         self.buffer = flatstate.Buffer(device)  # reused by every state that leaves or reaches this rank
         self.log = log
         self._told: set[str] = set()  # reasons for not vectorising, said once
+        self._batch_all = False  # `auto` on the CPU: this session's members batched (decided by all ranks)
         # The members as one batched model, kept across sessions (or why vmap cannot batch them).
         self._stack: vectorize.Stack | str | None = None
         # A checkpoint's writer in the background, which may still have to take a member's state before
@@ -88,6 +89,8 @@ class Population:
     def train(self, epochs: int, tick: Tick | None = None) -> list[float]:
         """Train every member here for `epochs`; each one's mean training loss of its last epoch (NaN:
         diverged)."""
+        if self.config.vectorize == "auto" and self.device.type == "cpu":
+            self._batch_all = self._population_agrees()
         stack = self.stacked()
         if stack is not None:
             for m in self.members:
@@ -122,7 +125,7 @@ class Population:
         """This session's members as one batched model (None: one at a time).  Under `on`, says once
         (rank 0) why not; `auto` falls back without a word."""
         mode = self.config.vectorize
-        if mode == "off":
+        if mode == "off" or (mode == "auto" and self.device.type == "cpu" and not self._batch_all):
             return None
         reason = batched.reason_not_to(self.members, self.data["train"])
         if reason is None and isinstance(self._stack, str):
@@ -136,6 +139,18 @@ class Population:
             self._told.add(reason)
             self.log(f"vectorize: training one member at a time: {reason}")
         return self._stack if reason is None and isinstance(self._stack, vectorize.Stack) else None
+
+    def _population_agrees(self) -> bool:
+        """`auto` on the CPU: may this session's members be batched, decided for the whole population
+        (collective)?  Only MLPs (batched as matrix products), and only where every member could share
+        one stack with every other, so that which members share a rank never decides which path, and
+        with it which bits, a member trains with: the batched path gives a member the same bits in a
+        stack of any size, but not the bits of the one-at-a-time path."""
+        members = self.members
+        reason = None if batched.direct_layers(members[0].model) is not None else "not an MLP"
+        reason = reason or batched.reason_not_to(members, self.data["train"])
+        votes = self.comm.allgather((reason is None, sorted({batched.signature(m) for m in members})))
+        return all(ok for ok, _ in votes) and len({s for _, kinds in votes for s in kinds}) == 1
 
 
 class Writer(Protocol):
