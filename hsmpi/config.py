@@ -249,7 +249,8 @@ class Training(_Group):
     vectorize: VectorizeMode = _field(
         "auto",
         "`on`: train a rank's members as one batched model (see docs/performance.md), saying once why not where "
-        "they cannot be; `auto`: the same, without a word where they cannot; `off`: one member at a time")
+        "they cannot be; `auto`: on CUDA the same without a word; on the CPU only MLPs, and only where every member "
+        "could share one stack, so that the layout never changes a result; `off`: one member at a time")
     batch_size: int = _field(64, "training batch size when the space has no `batch_size`", metavar="N", minimum=1)
     workers: int = _field(
         0, "DataLoader worker processes per rank for a task whose data is not a TensorDataset (kept alive for "
