@@ -32,7 +32,8 @@ def problem() -> Problem:
 
 
 def test_trial_matches_an_hsmpi_member_trained_alone(problem: Problem, tmp_path: Path) -> None:
-    """Same seed, same index, same hyperparameters: a trial is an hsmpi member with m = 1."""
+    """Same seed, same index, same hyperparameters: a trial is an hsmpi member with m = 1, trained one at a
+    time (as a trial is; hsmpi's `auto` would batch it, with other bits and dropout masks)."""
     from hsmpi.engine.job import run
 
     hp = sample_space(problem.task.space, np.random.default_rng(0))
@@ -40,7 +41,7 @@ def test_trial_matches_an_hsmpi_member_trained_alone(problem: Problem, tmp_path:
     b = train_trial(problem, 0, hp, 3)
     assert a.val == b.val and len(a.val) == 3
     result = run("diabetes", comm=SerialComm(), log=None, population=1, epochs=3, sessions=1, seed=3,
-                 out=str(tmp_path), export_top=0, threads=1)
+                 out=str(tmp_path), export_top=0, threads=1, vectorize="off")
     # hsmpi's member 0 draws its own hyperparameters; train the trial with those and compare.
     c = train_trial(problem, 0, result.best_hparams, 3)
     assert c.val[-1] == pytest.approx(result.best_val_loss, rel=1e-6)
@@ -55,7 +56,8 @@ def test_with_trial_init_independent_a_trial_is_the_member_with_its_own_initial_
     from hsmpi.engine.job import run
 
     result = run("diabetes", comm=SerialComm(), log=None, population=3, epochs=3, sessions=1, seed=3,
-                 out=str(tmp_path), export_top=0, threads=1, independent_init=True, returns="member")
+                 out=str(tmp_path), export_top=0, threads=1, independent_init=True, returns="member",
+                 vectorize="off")
     own = Problem("diabetes", seed=3, population=4, epochs=3, sessions=1, independent_init=True)
     shared = Problem("diabetes", seed=3, population=4, epochs=3, sessions=1)
     i, hp = result.best_member, result.best_hparams

@@ -120,9 +120,12 @@ def test_a_run_on_ranks_with_different_cpu_kernels_says_so_once_and_records_them
                                           "DEFAULT, ATEN_CPU_CAPABILITY=default on 1 rank(s) from rank 1")
 
 
-def test_replay_of_a_one_session_run_is_the_search_itself(tmp_path: Path) -> None:
+@pytest.mark.parametrize("vectorize", ["auto", "off"])
+def test_replay_of_a_one_session_run_is_the_search_itself(tmp_path: Path, vectorize: str) -> None:
+    """On the path the run took: `auto` batched these MLPs on the CPU (dropout masks of the batched path),
+    `off` trained them one at a time."""
     hsmpi.run(TinyAdam(), comm=SerialComm(), log=None, population=3, epochs=3, sessions=1, threads=1,
-              out=str(tmp_path))
+              out=str(tmp_path), vectorize=vectorize)
     lines: list[str] = []
     loss = replay(str(tmp_path / "results.h5"), log=lines.append)
     with h5py.File(tmp_path / "results.h5", "r") as f:

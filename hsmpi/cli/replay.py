@@ -18,6 +18,8 @@ import h5py
 import torch
 
 from hsmpi.algorithm.space import HParams
+from hsmpi.engine import vectorize
+from hsmpi.engine.batched import CPU_BATCHING, direct_layers, reason_not_to
 from hsmpi.engine.data import Data
 from hsmpi.engine.history import typed_value
 from hsmpi.engine.member import Member
@@ -39,6 +41,24 @@ def schedule(path: str) -> tuple[dict[str, Any], list[tuple[int, HParams]], floa
     return config, steps, best, int(winners[0])
 
 
+def _batched_sessions(path: str, config: dict[str, Any], member: Member, train: Data) -> list[bool]:
+    """The sessions the run trained as a batched model, as `--vectorize auto` decides on the CPU: a stack
+    of one gives the replayed member the bits a stack of any size gave it in the run.  (A space whose
+    values choose the optimizer or the model's shapes can have made the run decide otherwise in a
+    session; its replay then differs from the run by rounding.)"""
+    with h5py.File(path, "r") as f:
+        rule, run_device = f.attrs.get("cpu_batching", ""), f.attrs.get("device_type", "")
+        sizes = f["history/hparams/batch_size"][()] if "batch_size" in f["history/hparams"] else None
+        sessions = len(f["history/winner"])
+    if (rule != CPU_BATCHING or run_device != "cpu" or member.device.type != "cpu"
+            or config.get("vectorize", "auto") == "off" or direct_layers(member.model) is None
+            or reason_not_to([member], train) is not None):
+        return [False] * sessions
+    if sizes is None:
+        return [True] * sessions
+    return [len(set(row.tolist())) == 1 for row in sizes]
+
+
 def replay(path: str, device: str = "cpu", log: Any = say) -> float:
     """Retrain and return the replayed network's test loss."""
     config, steps, best, first = schedule(path)
@@ -49,10 +69,14 @@ def replay(path: str, device: str = "cpu", log: Any = say) -> float:
     member = Member.create(task, first, steps[0][1], config["seed"], dev, config["independent_init"],
                            config["batch_size"], train_size=len(train), epochs=sum(e for e, _ in steps))
     log(f"replaying {len(steps)} sessions of {config['task']} from {path}")
+    batched = _batched_sessions(path, config, member, train)
     for k, (epochs, hp) in enumerate(steps):
         if k:  # new hyperparameters, same weights and optimizer state
             member.set_hparams(hp)
-        member.train(train, epochs)
+        if batched[k]:
+            vectorize.train([member], train, epochs)
+        else:
+            member.train(train, epochs)
         shown = ", ".join(f"{n}={v:.4g}" if isinstance(v, float) else f"{n}={v}" for n, v in hp.items())
         log(f"session {k + 1}/{len(steps)} | {epochs} epochs | {shown} | val {member.evaluate(val):.5g}")
     loss = member.evaluate(test)

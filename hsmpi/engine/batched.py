@@ -22,6 +22,11 @@ import torch
 from hsmpi.engine.data import Data
 from hsmpi.engine.member import Member
 
+# What `--vectorize auto` batches on the CPU, as results files record it (`cpu_batching`): MLPs, in the
+# sessions where every member of the population could share one stack.  A file without it was written
+# when `auto` trained one member at a time on the CPU.  `python -m hsmpi replay` follows it.
+CPU_BATCHING = "mlp-population"
+
 SUPPORTED = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}  # batched optimizers
 
 # Dropout kinds with their mask's shape: elementwise, or one draw per channel (the dims after batch, channel).

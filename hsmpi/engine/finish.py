@@ -34,6 +34,7 @@ from hsmpi import __version__
 from hsmpi.algorithm.space import HParams, describe_space
 from hsmpi.config import RETURNED
 from hsmpi.engine.average import Average, Ensemble, PopulationAverage, population_average
+from hsmpi.engine.batched import CPU_BATCHING
 from hsmpi.engine.history import PHASES
 from hsmpi.engine.member import Member
 from hsmpi.engine.observers import Checkpoints
@@ -144,6 +145,7 @@ def _write_outputs(search: Search, record: dict[str, Any], path: str, start: flo
         if not comm.is_root:
             return
         meta = {"hsmpi_version": __version__, "torch_version": torch.__version__, "cpu_kernels": pop.kernels,
+                "cpu_batching": CPU_BATCHING,
                 "population": pop.size, "ranks": comm.size, "threads": pop.threads, "device_type": pop.device.type,
                 "mpi": comm.library(), "wall_seconds": time.perf_counter() - start, "finite_model": finite}
         settings = dataclasses.replace(config, population=pop.size).to_dict()
