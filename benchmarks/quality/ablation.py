@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "independent-init": {"independent_init": True},  # every member from its own weights (the default since
     # 2026-12-05: the same cells as the defaults' since)
     "shared-init": {"independent_init": False},  # every member from the same weights (the default before)
+    "one-at-a-time": {"vectorize": "off"},  # the members trained one after the other (the CPU's path until
+    # 2026-12-06): the same search, for the seconds per cell
     "explore-0.1": {"explore": 0.1},  # each parameter drawn from its whole range with chance 0.1, else the box
     "explore-0.25": {"explore": 0.25},  # ... 0.25 (hsmpi-pbt's resample chance, with the box for the rest)
     "m3": {"sessions": 3},  # three sessions of 10 epochs at M = 30 (fewer, longer exploitation steps)

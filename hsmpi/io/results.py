@@ -5,7 +5,8 @@ Layout (S members, m sessions, R ranks):
   setting of the run (also as JSON in `config`), the space as JSON in `space`,
   `torch_version` and `cpu_kernels` (which vector kernels the ranks' CPU math
   ran, hsmpi.engine.device.kernels_of_ranks; runs agree to the bit only where
-  they agree),
+  they agree), `cpu_batching` (what `--vectorize auto` batched on the CPU,
+  hsmpi.engine.batched.CPU_BATCHING; absent: nothing, one member at a time),
   `finite_model` (false: no member ever had a finite validation loss or objective);
 - `history/`: `train_loss`, `val_loss` (m x S), `winner`, `winner_loss` (the
   winner's validation loss), `epochs` (m), `sources` (m x S: whose state each
