@@ -106,6 +106,23 @@ def test_a_run_on_every_rank_equals_the_same_run_in_one_process(mpi_tmp_path: Pa
         assert all(np.array_equal(flat, other) for other in world.allgather(flat))
 
 
+def test_one_member_per_rank_gives_the_bits_of_one_process(mpi_tmp_path: Path) -> None:
+    """`auto` batches MLPs on the CPU: a rank with one member trains it as a batched model of one, whose bits
+    are those of a stack of all S (TinyAdam's 16 -> 1 output layer is what torch computes with another
+    kernel for a single matrix than for a batch)."""
+    world = _world()
+    options = dict(population=world.size, select="winner", **BASE)
+    hsmpi.run(TinyAdam(), comm=world, out=str(mpi_tmp_path / "one-each"), **options)
+    world.Barrier()
+    if world.rank == 0:
+        alone = hsmpi.run(TinyAdam(), comm=SerialComm(), out=str(mpi_tmp_path / "one-each-alone"), **options)
+        _same_files(mpi_tmp_path / "one-each" / "results.h5", mpi_tmp_path / "one-each-alone" / "results.h5")
+        off = hsmpi.run(TinyAdam(), comm=SerialComm(), out=str(mpi_tmp_path / "one-each-off"),
+                        **{**options, "vectorize": "off"})
+        assert off.test_loss != alone.test_loss, "the batched path trained them (its own dropout masks)"
+    world.Barrier()
+
+
 @pytest.mark.parametrize("select", ["truncation", "winner"])
 @pytest.mark.parametrize("task", [TinyAdam(), Tiny()], ids=["adam", "sgd-momentum"])
 def test_stopped_on_every_rank_resumed_on_half_of_them_and_on_one(mpi_tmp_path: Path, task: object,

@@ -481,18 +481,29 @@ class _ScheduledMLP(Scheduled):
         return Plain.model(self)  # type: ignore[arg-type]
 
 
+class _Wide(Plain):
+    """A 3-64-1 MLP: torch multiplies one matrix by a vector with another kernel than a batch of them once
+    the product is large enough (64 rows x 64 inputs -> 1 output here; 16 x 16 -> 1 is not)."""
+
+    def model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+
+
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_a_stack_of_one_mlp_gives_the_bits_of_a_larger_stack(opt: str) -> None:
-    """torch multiplies one matrix by a vector with other kernels than a batch of them: a stack of one
-    must still give its member the same bits as a stack of three (the output layer here is 16 -> 1)."""
+    """A stack of one gives its member the same bits as a stack of three, trained and evaluated."""
     torch.set_num_threads(1)
-    members, data = _members(opt, trained_first=True)
+    task = _Wide()
+    task.opt = opt
+    data = Data(task.data(0)[0], CPU)
+    members = [Member.create(task, i, hp, seed=1, device=CPU, default_batch_size=64)
+               for i, hp in enumerate(HPS["sgd" if opt == "sgd" else "adam"])]
     alone = copy.deepcopy(members[:1])
     vectorize.train(alone, data, epochs=3)
     vectorize.train(members, data, epochs=3)
     for p, q in zip(alone[0].model.parameters(), members[0].model.parameters()):
         assert torch.equal(p, q)
-    val = Data(Plain().data(0)[1], CPU)
+    val = Data(task.data(0)[1], CPU)
     assert vectorize.evaluate(alone, val) == vectorize.evaluate(members, val)[:1]
 
 
