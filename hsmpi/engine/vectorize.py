@@ -21,9 +21,13 @@ rank; they are not the masks the one-at-a-time path draws (the masks, and the
 direct path for plain Sequential MLPs, are in hsmpi.engine.batched).
 
 Applies to SGD, Adam and AdamW with one parameter group, TensorDataset data,
-one batch size for all members, and any model `vmap` can run.  Anything else
-trains one member at a time, and hsmpi.engine.batched's `reason_not_to` (or
-the `Unbatchable` a `Stack` raises) says why.
+one batch size for all members, and any model `vmap` can run; a task's
+scheduler steps for each member after every batched step, and the stack reads
+the values it set.  Anything else trains one member at a time, and
+hsmpi.engine.batched's `reason_not_to` (or the `Unbatchable` a `Stack` raises)
+says why.  A member gets the same bits in a stack of any size, one included
+(hsmpi.engine.batched.direct_forward), so which members share a rank does not
+change them.
 """
 
 from __future__ import annotations
