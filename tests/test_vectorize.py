@@ -527,3 +527,7 @@ def test_auto_batches_an_mlp_population_on_the_cpu_and_only_where_every_member_c
     assert same(auto, on) and not same(auto, off)
     auto, off = run(Tiny(), "auto"), run(Tiny(), "off")
     assert same(auto, off)
+    cnn = Normed()  # not an MLP: vmap's models are not batched by `auto` on the CPU
+    cnn.cnn = True
+    auto, on, off = (run(cnn, mode) for mode in ("auto", "on", "off"))
+    assert same(auto, off) and not same(on, off)
