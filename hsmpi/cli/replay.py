@@ -19,7 +19,7 @@ import torch
 
 from hsmpi.algorithm.space import HParams
 from hsmpi.engine import vectorize
-from hsmpi.engine.batched import CPU_BATCHING, direct_layers, reason_not_to
+from hsmpi.engine.batched import CPU_BATCHING, reason_not_on_cpu
 from hsmpi.engine.data import Data
 from hsmpi.engine.history import typed_value
 from hsmpi.engine.member import Member
@@ -51,8 +51,7 @@ def _batched_sessions(path: str, config: dict[str, Any], member: Member, train: 
         sizes = f["history/hparams/batch_size"][()] if "batch_size" in f["history/hparams"] else None
         sessions = len(f["history/winner"])
     if (rule != CPU_BATCHING or run_device != "cpu" or member.device.type != "cpu"
-            or config.get("vectorize", "auto") == "off" or direct_layers(member.model) is None
-            or reason_not_to([member], train) is not None):
+            or config.get("vectorize", "auto") == "off" or reason_not_on_cpu([member], train) is not None):
         return [False] * sessions
     if sizes is None:
         return [True] * sessions

@@ -28,6 +28,7 @@ from hsmpi.engine.member import Member
 CPU_BATCHING = "mlp-population"
 
 SUPPORTED = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}  # batched optimizers
+UNBATCHED_FLAGS = ("maximize", "amsgrad", "differentiable", "capturable")  # optimizer settings not batched
 
 # Dropout kinds with their mask's shape: elementwise, or one draw per channel (the dims after batch, channel).
 DROPOUTS = {torch.nn.Dropout: 0, torch.nn.Dropout1d: 1, torch.nn.Dropout2d: 2, torch.nn.Dropout3d: 3}
@@ -68,7 +69,7 @@ def reason_not_to(members: list[Member], data: Data) -> str | None:
         if [id(p) for p in m.optimizer.param_groups[0]["params"]] != [id(p) for p in m.model.parameters()]:
             return "the optimizer does not train exactly the model's parameters, in order"
         g = m.optimizer.param_groups[0]
-        if g.get("maximize") or g.get("amsgrad") or g.get("differentiable") or g.get("capturable"):
+        if any(g.get(flag) for flag in UNBATCHED_FLAGS):
             return "the optimizer uses maximize, amsgrad, differentiable or capturable"
         if len({bool(x.optimizer.param_groups[0].get("decoupled_weight_decay")) for x in members}) != 1:
             return "members mix Adam with and without decoupled weight decay"
@@ -77,12 +78,19 @@ def reason_not_to(members: list[Member], data: Data) -> str | None:
     return None
 
 
+def reason_not_on_cpu(members: list[Member], data: Data) -> str | None:
+    """Why `--vectorize auto` does not batch these members on the CPU (None: it may, where the whole
+    population agrees, see `signature`): only MLPs, which run as batched matrix products."""
+    if direct_layers(members[0].model) is None:
+        return "not an MLP"
+    return reason_not_to(members, data)
+
+
 def signature(member: Member) -> int:
     """What `reason_not_to` compares between members, as one number: members with the same signature can
     share a stack (on any rank)."""
     g = member.optimizer.param_groups
-    flags = [bool(g[0].get(k)) for k in ("maximize", "amsgrad", "differentiable", "capturable",
-                                          "decoupled_weight_decay")]
+    flags = [bool(g[0].get(k)) for k in (*UNBATCHED_FLAGS, "decoupled_weight_decay")]
     return zlib.crc32(repr((member.batch_size, type(member.optimizer).__name__, len(g), flags,
                             _shapes(member.model))).encode())
 

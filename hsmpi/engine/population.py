@@ -147,8 +147,7 @@ class Population:
         with it which bits, a member trains with: the batched path gives a member the same bits in a
         stack of any size, but not the bits of the one-at-a-time path."""
         members = self.members
-        reason = None if batched.direct_layers(members[0].model) is not None else "not an MLP"
-        reason = reason or batched.reason_not_to(members, self.data["train"])
+        reason = batched.reason_not_on_cpu(members, self.data["train"])
         votes = self.comm.allgather((reason is None, sorted({batched.signature(m) for m in members})))
         return all(ok for ok, _ in votes) and len({s for _, kinds in votes for s in kinds}) == 1
 

@@ -379,31 +379,35 @@ class Stack:
         means = [math.nan] * k
         alive = torch.ones(k, dtype=torch.bool)
         try:
-            for epoch in range(epochs):
-                # A diverged member draws no more data orders, as in the one-at-a-time path, so its stream
-                # stays in step; it trained (and counted its steps) through the epoch it diverged in.
-                training = [m for m, ok in zip(members, alive.tolist()) if ok]
-                scheduled = [m.scheduler for m in training if m.scheduler is not None]
-                orders = torch.stack([torch.randperm(len(data), generator=m.data_gen) if ok else
-                                      torch.arange(len(data)) for m, ok in zip(members, alive)]).to(x_all.device)
-                batch_losses = []
-                for step, start in enumerate(range(0, len(data), size)):
-                    index = orders[:, start:start + size]
-                    self.masks.step = step
-                    losses = losses_of(params, x_all[index], y_all[index], keys[epoch])
-                    torch._foreach_copy_(self.grads, torch.autograd.grad(losses.sum(), self.leaves))
-                    self.step(self.grad)
-                    if scheduled:
-                        self._schedule(scheduled)
-                    batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
-                for m in training:
-                    m.steps += len(batch_losses)
-                epoch_means = (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
-                if on_epoch is not None:
-                    for _ in members:
-                        on_epoch()
-                alive &= torch.isfinite(epoch_means)
-                means = [float(v) if ok else math.nan for v, ok in zip(epoch_means, alive)]
+            # torch warns when a scheduler steps before its optimizer, which here steps as a row of the
+            # stack: that warning is not this (filtered once here, not at every step).
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                for epoch in range(epochs):
+                    # A diverged member draws no more data orders, as in the one-at-a-time path, so its stream
+                    # stays in step; it trained (and counted its steps) through the epoch it diverged in.
+                    training = [m for m, ok in zip(members, alive.tolist()) if ok]
+                    scheduled = [m.scheduler for m in training if m.scheduler is not None]
+                    orders = torch.stack([torch.randperm(len(data), generator=m.data_gen) if ok else
+                                          torch.arange(len(data)) for m, ok in zip(members, alive)]).to(x_all.device)
+                    batch_losses = []
+                    for step, start in enumerate(range(0, len(data), size)):
+                        index = orders[:, start:start + size]
+                        self.masks.step = step
+                        losses = losses_of(params, x_all[index], y_all[index], keys[epoch])
+                        torch._foreach_copy_(self.grads, torch.autograd.grad(losses.sum(), self.leaves))
+                        self.step(self.grad)
+                        if scheduled:
+                            self._schedule(scheduled)
+                        batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
+                    for m in training:
+                        m.steps += len(batch_losses)
+                    epoch_means = (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
+                    if on_epoch is not None:
+                        for _ in members:
+                            on_epoch()
+                    alive &= torch.isfinite(epoch_means)
+                    means = [float(v) if ok else math.nan for v, ok in zip(epoch_means, alive)]
         finally:
             self.masks.key = None
             self._put_buffers(buffers)
@@ -412,12 +416,9 @@ class Stack:
 
     def _schedule(self, schedulers: list[Any]) -> None:
         """Step the members' schedulers, as the one-at-a-time path does after each optimizer step, and
-        read the values they set for the next step.  torch warns when a scheduler steps before its
-        optimizer, which here steps as a row of the stack: that warning is not this."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-            for scheduler in schedulers:
-                scheduler.step()
+        read the values they set for the next step."""
+        for scheduler in schedulers:
+            scheduler.step()
         self._read_values()
 
     @torch.no_grad()
