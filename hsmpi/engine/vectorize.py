@@ -369,8 +369,7 @@ class Stack:
         diverged)."""
         assert data.tensors is not None
         self.adopt()
-        x_all, y_all = data.tensors[0], data.tensors[1]
-        members, size, k = self.members, self.members[0].batch_size, len(self.members)
+        members, k = self.members, len(self.members)
         buffers = self._buffers()
         params = {**dict(zip(self.names, self.leaves)), **buffers}
         keys = self._keys(epochs)
@@ -384,25 +383,7 @@ class Stack:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
                 for epoch in range(epochs):
-                    # A diverged member draws no more data orders, as in the one-at-a-time path, so its stream
-                    # stays in step; it trained (and counted its steps) through the epoch it diverged in.
-                    training = [m for m, ok in zip(members, alive.tolist()) if ok]
-                    scheduled = [m.scheduler for m in training if m.scheduler is not None]
-                    orders = torch.stack([torch.randperm(len(data), generator=m.data_gen) if ok else
-                                          torch.arange(len(data)) for m, ok in zip(members, alive)]).to(x_all.device)
-                    batch_losses = []
-                    for step, start in enumerate(range(0, len(data), size)):
-                        index = orders[:, start:start + size]
-                        self.masks.step = step
-                        losses = losses_of(params, x_all[index], y_all[index], keys[epoch])
-                        torch._foreach_copy_(self.grads, torch.autograd.grad(losses.sum(), self.leaves))
-                        self.step(self.grad)
-                        if scheduled:
-                            self._schedule(scheduled)
-                        batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
-                    for m in training:
-                        m.steps += len(batch_losses)
-                    epoch_means = (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
+                    epoch_means = self._epoch(data, params, keys[epoch], losses_of, alive)
                     if on_epoch is not None:
                         for _ in members:
                             on_epoch()
@@ -413,6 +394,33 @@ class Stack:
             self._put_buffers(buffers)
             self._after_training()
         return means
+
+    def _epoch(self, data: Data, params: dict[str, torch.Tensor], keys: torch.Tensor,
+               losses_of: Callable[..., torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
+        """One epoch of every member, each on its own data order; each member's mean training loss, (K,)
+        on the CPU."""
+        assert data.tensors is not None
+        x_all, y_all = data.tensors[0], data.tensors[1]
+        members, size = self.members, self.members[0].batch_size
+        # A diverged member draws no more data orders, as in the one-at-a-time path, so its stream
+        # stays in step; it trained (and counted its steps) through the epoch it diverged in.
+        training = [m for m, ok in zip(members, alive.tolist()) if ok]
+        scheduled = [m.scheduler for m in training if m.scheduler is not None]
+        orders = torch.stack([torch.randperm(len(data), generator=m.data_gen) if ok else
+                              torch.arange(len(data)) for m, ok in zip(members, alive)]).to(x_all.device)
+        batch_losses = []
+        for step, start in enumerate(range(0, len(data), size)):
+            index = orders[:, start:start + size]
+            self.masks.step = step
+            losses = losses_of(params, x_all[index], y_all[index], keys)
+            torch._foreach_copy_(self.grads, torch.autograd.grad(losses.sum(), self.leaves))
+            self.step(self.grad)
+            if scheduled:
+                self._schedule(scheduled)
+            batch_losses.append(losses.detach())  # summed once per epoch: no extra kernels per step
+        for m in training:
+            m.steps += len(batch_losses)
+        return (epoch_sum(batch_losses, len(data), size) / len(data)).cpu()
 
     def _schedule(self, schedulers: list[Any]) -> None:
         """Step the members' schedulers, as the one-at-a-time path does after each optimizer step, and
