@@ -271,6 +271,44 @@ def test_compare_remakes_the_docs_table_of_every_method_at_32_x_60(capsys: pytes
     assert "| hyperopt-tpe-s8 | 0.001921 (17/3, <0.001) | 0.1046 (16/4, 0.017) |" in out
 
 
+def test_power_draws_more_seeds_from_the_cells_and_applies_the_benchmarks_tests(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Better on every seed: significant in every drawn seed set, worse in none; a method better on every seed:
+    the other way round; a coin toss of a hair either way: rarely either, and hsmpi's median the lowest in
+    about half the draws at every size. Bad arguments and cells without hsmpi are one error line."""
+    pytest.importorskip("scipy")
+    from benchmarks.quality import power
+
+    base = {s: {"test": 1.0 + 0.1 * s, "seconds": 1.0} for s in range(12)}
+    worse = {s: {"test": c["test"] + 0.5, "seconds": 1.0} for s, c in base.items()}
+    toss = {s: {"test": c["test"] + (0.01 if s % 2 else -0.01), "seconds": 1.0} for s, c in base.items()}
+    assert power.separation_shares(base, worse, 40, 50) == (1.0, 0.0)
+    assert power.separation_shares(worse, base, 40, 50) == (0.0, 1.0)
+    up, down = power.separation_shares(base, toss, 40, 200)
+    assert up < 0.3 and down < 0.3
+    assert all(math.isnan(x) for x in power.separation_shares(base, {99: base[0]}, 40, 10))
+    # Drawing more seeds narrows a median that sits a hair above or below: at any size, near half.
+    assert 0.3 < tables.lowest_share({("t", "hsmpi"): base, ("t", "toss"): toss}, "t", ["hsmpi", "toss"],
+                                     size=200) < 0.7
+
+    path = tmp_path / "cells.csv"
+    tables.write_csv({("t", "hsmpi"): base, ("t", "random"): worse, ("t", "propulate"): toss}, str(path))
+    assert power.main([str(path), "--sizes", "20", "40", "--draws", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "| random | 12/0, <0.001 | 100% (0%) | 100% (0%) |" in out
+    assert "| propulate | 6/6, " in out
+    assert "| hsmpi's median the lowest of all | | " in out
+
+    assert power.main([str(path), "--methods", "random", "propulate"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "benchmarks.quality.power: the cells hold no hsmpi rows to compare the methods with"
+    assert power.main([str(tmp_path / "missing.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        power.main([str(path), "--sizes", "1"])
+    assert "--sizes must be 2 or more seeds" in capsys.readouterr().err
+
+
 def test_p_values_are_printed_as_in_the_docs() -> None:
     assert [tables.format_p(p) for p in (0.0004, 0.0297, 0.0999, 0.1, 0.284, 1.0, math.nan)] == \
         ["<0.001", "0.030", "0.099", "0.10", "0.28", "1.00", "n/a"]

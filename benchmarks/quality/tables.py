@@ -43,7 +43,8 @@ def write_csv(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], path: str
     return len(rows)
 
 
-def _finite(values: list[float]) -> np.ndarray:
+def finite(values: list[float]) -> np.ndarray:
+    """The values as an array, a NaN or infinite value (a diverged run) as +inf: the worst, and still ranked."""
     a = np.asarray(values, dtype=float)
     return np.where(np.isfinite(a), a, np.inf)
 
@@ -83,11 +84,11 @@ def task_table(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: st
         if not runs:
             continue
         seeds = sorted(runs)
-        v = _finite([_value(runs[s], which) for s in seeds])
+        v = finite([_value(runs[s], which) for s in seeds])
         q25, q50, q75 = _q(v)
         shared = [s for s in seeds if s in ref]
         if name != reference and shared:
-            wins, _, p = _compare(ref, runs, key, which)
+            wins, _, p = paired_counts(ref, runs, key, which)
             better = f"{wins}/{len(shared)}"
             pval = f"{p:.3f}" if math.isfinite(p) else "n/a"
         else:
@@ -120,13 +121,13 @@ def summary_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks:
             if not runs:
                 parts.append("-")
                 continue
-            med = float(np.median(_finite([runs[s]["test"] for s in runs])))
+            med = float(np.median(finite([runs[s]["test"] for s in runs])))
             rel = ""
             if ref and m != "hsmpi" and paired:
-                better, worse, p = _compare(ref, runs)
+                better, worse, p = paired_counts(ref, runs)
                 rel = f" ({better}/{worse}, {format_p(p)})"
             elif ref and m != "hsmpi":
-                rmed = float(np.median(_finite([ref[s]["test"] for s in ref])))
+                rmed = float(np.median(finite([ref[s]["test"] for s in ref])))
                 rel = f" ({(rmed / med - 1) * 100:+.0f}%)" if med > 0 and math.isfinite(med) else ""
             parts.append(f"{med:.4g}{rel}")
         rows.append(f"| {m} | " + " | ".join(parts) + " |")
@@ -144,16 +145,16 @@ def format_p(p: float) -> str:
 SIGNIFICANT = 0.1  # the goal's level: a Wilcoxon p below it, with more seeds on one side, separates two methods
 
 
-def _compare(ref: dict[int, dict[str, Any]], runs: dict[int, dict[str, Any]], ref_key: str = "test",
-             key: str = "test") -> tuple[int, int, float]:
+def paired_counts(ref: dict[int, dict[str, Any]], runs: dict[int, dict[str, Any]], ref_key: str = "test",
+                  key: str = "test") -> tuple[int, int, float]:
     """Seeds where the reference is better and worse than the method, and the Wilcoxon p, on the shared seeds."""
     shared = sorted(set(ref) & set(runs))
-    a = _finite([_value(ref[s], ref_key) for s in shared])
-    b = _finite([_value(runs[s], key) for s in shared])
+    a = finite([_value(ref[s], ref_key) for s in shared])
+    b = finite([_value(runs[s], key) for s in shared])
     return int((a < b).sum()), int((a > b).sum()), wilcoxon_p(a, b)
 
 
-def _separates(better: int, worse: int, p: float) -> int:
+def separates(better: int, worse: int, p: float) -> int:
     """+1: the reference is significantly better; -1: significantly worse; 0: neither."""
     if not (math.isfinite(p) and p < SIGNIFICANT) or better == worse:
         return 0
@@ -161,11 +162,12 @@ def _separates(better: int, worse: int, p: float) -> int:
 
 
 def lowest_share(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: str, methods: list[str],
-                 reference: str = "hsmpi", draws: int = 2000) -> float:
+                 reference: str = "hsmpi", draws: int = 2000, size: int | None = None) -> float:
     """The share of resampled seed sets on which `reference` has the lowest median test loss of `methods` (a tie
-    is not the lowest): the seeds every method ran, drawn with replacement, the same draw for every method. It
-    says how firmly "the lowest median" holds; among methods within a few percent of one another, at 20 seeds,
-    it is often a toss. NaN with fewer than two shared seeds or no other method."""
+    is not the lowest): `size` seeds (default: as many as there are) drawn with replacement from those every
+    method ran, the same draw for every method. It says how firmly "the lowest median" holds; among methods
+    within a few percent of one another, at 20 seeds, it is often a toss. NaN with fewer than two shared seeds
+    or no other method."""
     if reference not in methods or not cells.get((task, reference)):
         return math.nan
     runs = [cells[(task, reference)]] + [cells[(task, m)] for m in methods if m != reference and cells.get((task, m))]
@@ -174,8 +176,8 @@ def lowest_share(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: 
     shared = sorted(set.intersection(*(set(r) for r in runs)))
     if len(shared) < 2:
         return math.nan
-    x = np.stack([_finite([r[s]["test"] for s in shared]) for r in runs])  # (methods, seeds)
-    draw = np.random.default_rng(0).integers(0, len(shared), size=(draws, len(shared)))
+    x = np.stack([finite([r[s]["test"] for s in shared]) for r in runs])  # (methods, seeds)
+    draw = np.random.default_rng(0).integers(0, len(shared), size=(draws, size or len(shared)))
     medians = np.median(x[:, draw], axis=2)  # (methods, draws)
     return float((medians[0] < medians[1:].min(axis=0)).mean())
 
@@ -212,13 +214,13 @@ def goal_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: li
         if not ref or not present:
             continue
         counted += 1
-        values = {m: _finite([c["test"] for c in cells[(task, m)].values()]) for m in [reference] + present}
+        values = {m: finite([c["test"] for c in cells[(task, m)].values()]) for m in [reference] + present}
         medians = {m: float(np.median(v)) for m, v in values.items()}
         lowest = min(medians, key=lambda m: (medians[m], m == reference))  # a tie is not the lowest
         lowest_count += lowest == reference
         wins, losses = [], []
         for m in present:
-            sign = _separates(*_compare(ref, cells[(task, m)]))
+            sign = separates(*paired_counts(ref, cells[(task, m)]))
             if sign > 0:
                 wins.append(m)
                 ahead[m] += 1
