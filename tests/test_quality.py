@@ -249,6 +249,8 @@ def test_compare_joins_cells_files_into_the_medians_and_the_goal_check(tmp_path:
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     assert compare.main([str(tmp_path / "x.csv")]) == 2
     assert "is not a benchmark cells file" in capsys.readouterr().err
+    assert compare.main([str(whole), "--methods", "random"]) == 2
+    assert "--methods must include hsmpi" in capsys.readouterr().err
 
 
 def test_compare_remakes_the_docs_table_of_every_method_at_32_x_60(capsys: pytest.CaptureFixture[str]) -> None:
@@ -287,9 +289,12 @@ def test_power_draws_more_seeds_from_the_cells_and_applies_the_benchmarks_tests(
     up, down = power.separation_shares(base, toss, 40, 200)
     assert up < 0.3 and down < 0.3
     assert all(math.isnan(x) for x in power.separation_shares(base, {99: base[0]}, 40, 10))
-    # Drawing more seeds narrows a median that sits a hair above or below: at any size, near half.
-    assert 0.3 < tables.lowest_share({("t", "hsmpi"): base, ("t", "toss"): toss}, "t", ["hsmpi", "toss"],
-                                     size=200) < 0.7
+    # A median that sits a hair above or below stays a toss at any size; by default, as many seeds as ran.
+    pair = {("t", "hsmpi"): base, ("t", "toss"): toss}
+    for size in (40, 200):
+        assert 0.3 < tables.lowest_share(pair, "t", ["hsmpi", "toss"], size=size) < 0.7
+    assert tables.lowest_share(pair, "t", ["hsmpi", "toss"]) == tables.lowest_share(pair, "t", ["hsmpi", "toss"],
+                                                                                     size=12)
 
     path = tmp_path / "cells.csv"
     tables.write_csv({("t", "hsmpi"): base, ("t", "random"): worse, ("t", "propulate"): toss}, str(path))
@@ -301,7 +306,15 @@ def test_power_draws_more_seeds_from_the_cells_and_applies_the_benchmarks_tests(
 
     assert power.main([str(path), "--methods", "random", "propulate"]) == 2
     assert capsys.readouterr().err.strip() == \
-        "benchmarks.quality.power: the cells hold no hsmpi rows to compare the methods with"
+        "benchmarks.quality.power: --methods must include hsmpi, the method the others are compared with"
+    assert power.main([str(path), "--tasks", "t", "other"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "benchmarks.quality.power: no cells of hsmpi and another method for other"
+    assert power.main([str(path), "--methods", "hsmpi"]) == 2
+    assert "no cells of hsmpi and another method for t" in capsys.readouterr().err
+    tables.write_csv({("t", "random"): worse}, str(tmp_path / "no-hsmpi.csv"))
+    assert power.main([str(tmp_path / "no-hsmpi.csv")]) == 2
+    assert "the cells hold no hsmpi rows" in capsys.readouterr().err
     assert power.main([str(tmp_path / "missing.csv")]) == 2
     assert "cannot read" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -82,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     except CellsError as e:
         print(f"benchmarks.quality.compare: {e}", file=sys.stderr)
         return 2
-    if not any(m == "hsmpi" for _, m in cells) or (args.methods and "hsmpi" not in args.methods):
+    if not any(m == "hsmpi" for _, m in cells):
         print("benchmarks.quality.compare: the cells hold no hsmpi rows to compare the methods with", file=sys.stderr)
+        return 2
+    if args.methods and "hsmpi" not in args.methods:
+        print("benchmarks.quality.compare: --methods must include hsmpi, the method the others are compared with",
+              file=sys.stderr)
         return 2
     print("\n".join(report(cells, args.tasks, args.methods, args.paired)))
     return 0

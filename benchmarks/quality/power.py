@@ -1,11 +1,11 @@
 """How many seeds would separate the methods: the benchmark's tests replayed on more seeds, drawn from the cells.
 
 Where hsmpi and a method tie at 40 seeds, the question is whether more seeds would tell them apart or whether
-the two are as good as each other. This draws seed sets of each size from the stored cells (the paired seeds,
-with replacement; the same draw for every method of a task) and applies the benchmark's own tests to each:
-the share of draws in which hsmpi is significantly better than the method (`tables.separates` on the drawn
-pairs, Wilcoxon p < 0.1) or significantly worse, and the share in which hsmpi's median is the lowest of all
-methods (`tables.lowest_share`).
+the two are as good as each other. This draws seed sets of each size from the stored cells, with replacement,
+and applies the benchmark's own tests to each: from the seeds hsmpi and a method both ran, the share of draws in
+which hsmpi is significantly better than the method (`tables.separates` on the drawn pairs, Wilcoxon p < 0.1) or
+significantly worse; from the seeds every method ran (one draw for all of them), the share in which hsmpi's
+median is the lowest of all (`tables.lowest_share`).
 
 It treats the observed seeds as the population, so it answers "if the seeds to come look like these", not more:
 a tie whose observed differences lean one way leans the same way here. A share near half at every size is a
@@ -73,6 +73,8 @@ def power_rows(cells: Cells, tasks: list[str], methods: list[str], sizes: list[i
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: the tables of `power_rows` for the cells files given; 2 and one error line when the
+    files cannot be read or hold nothing to compare."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality.power", description=__doc__.split("\n")[0])
     p.add_argument("cells", nargs="+", help="cells.csv files (a run's, or those in docs/data)")
     p.add_argument("--tasks", nargs="+", help="only these tasks, in this order (default: all, as first read)")
@@ -89,12 +91,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.quality.power: {e}", file=sys.stderr)
         return 2
     methods = args.methods or sorted(dict.fromkeys(m for _, m in cells), key=lambda m: m != "hsmpi")
-    if not any(m == "hsmpi" for _, m in cells) or "hsmpi" not in methods:
+    if not any(m == "hsmpi" for _, m in cells):
         print("benchmarks.quality.power: the cells hold no hsmpi rows to compare the methods with", file=sys.stderr)
         return 2
+    if "hsmpi" not in methods:
+        print("benchmarks.quality.power: --methods must include hsmpi, the method the others are compared with",
+              file=sys.stderr)
+        return 2
     tasks = args.tasks or list(dict.fromkeys(t for t, _ in cells))
-    print(f"In brackets: the share in which a method is significantly better than hsmpi. {args.draws} draws "
-          "per size, with replacement, from the seeds each pair ran.\n")
+    missing = [t for t in tasks if not cells.get((t, "hsmpi")) or
+               not any(cells.get((t, m)) for m in methods if m != "hsmpi")]
+    if missing:
+        print(f"benchmarks.quality.power: no cells of hsmpi and another method for {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
+    print(f"Each entry: the share of {args.draws} drawn seed sets of that size in which hsmpi is significantly "
+          "better than the method; in brackets, significantly worse. Drawn with replacement from the seeds "
+          "each pair ran.\n")
     print("\n".join(power_rows(cells, tasks, methods, args.sizes, args.draws)))
     return 0
 
