@@ -35,12 +35,10 @@ def separation_shares(ref: dict[int, dict[str, Any]], other: dict[int, dict[str,
     """The shares of `draws` seed sets of `size` paired seeds (drawn with replacement from the seeds both ran)
     in which the reference is significantly better than the other method, and significantly worse. NaN, NaN
     with fewer than two shared seeds."""
-    shared = sorted(set(ref) & set(other))
-    if len(shared) < 2:
+    a, b = tables.paired_values(ref, other)
+    if len(a) < 2:
         return math.nan, math.nan
-    a = tables.finite([ref[s]["test"] for s in shared])
-    b = tables.finite([other[s]["test"] for s in shared])
-    picks = np.random.default_rng(seed).integers(0, len(shared), size=(draws, size))
+    picks = np.random.default_rng(seed).integers(0, len(a), size=(draws, size))
     signs = [tables.separates(int((a[i] < b[i]).sum()), int((a[i] > b[i]).sum()), tables.wilcoxon_p(a[i], b[i]))
              for i in picks]
     return signs.count(1) / draws, signs.count(-1) / draws

@@ -145,12 +145,17 @@ def format_p(p: float) -> str:
 SIGNIFICANT = 0.1  # the goal's level: a Wilcoxon p below it, with more seeds on one side, separates two methods
 
 
+def paired_values(ref: dict[int, dict[str, Any]], runs: dict[int, dict[str, Any]], ref_key: str = "test",
+                  key: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """The reference's and the method's values on the seeds both ran, in seed order (`finite`)."""
+    shared = sorted(set(ref) & set(runs))
+    return finite([_value(ref[s], ref_key) for s in shared]), finite([_value(runs[s], key) for s in shared])
+
+
 def paired_counts(ref: dict[int, dict[str, Any]], runs: dict[int, dict[str, Any]], ref_key: str = "test",
                   key: str = "test") -> tuple[int, int, float]:
     """Seeds where the reference is better and worse than the method, and the Wilcoxon p, on the shared seeds."""
-    shared = sorted(set(ref) & set(runs))
-    a = finite([_value(ref[s], ref_key) for s in shared])
-    b = finite([_value(runs[s], key) for s in shared])
+    a, b = paired_values(ref, runs, ref_key, key)
     return int((a < b).sum()), int((a > b).sum()), wilcoxon_p(a, b)
 
 
