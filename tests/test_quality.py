@@ -251,6 +251,20 @@ def test_compare_joins_cells_files_into_the_medians_and_the_goal_check(tmp_path:
     assert "is not a benchmark cells file" in capsys.readouterr().err
     assert compare.main([str(whole), "--methods", "random"]) == 2
     assert "--methods must include hsmpi" in capsys.readouterr().err
+    # --seeds keeps one seed range: seeds 2-3 give the medians of those two (hsmpi 3.5, random 4.0), both methods
+    # with the same seeds; a range that holds no hsmpi cell, or is no range, is one error line.
+    assert compare.main([str(whole), "--seeds", "2-3"]) == 0
+    out = capsys.readouterr().out
+    assert "have different seeds" not in out and "| hsmpi | 3.5 |" in out and "| random | 4 (-12%) |" in out
+    assert compare.main([str(whole), "--seeds", "5"]) == 0
+    assert "| hsmpi | 6 |" in capsys.readouterr().out
+    assert compare.main([str(whole), "--seeds", "7-9"]) == 2
+    assert capsys.readouterr().err.strip() == ("benchmarks.quality.compare: the cells hold no hsmpi rows of seeds 7-9 "
+                                               "to compare the methods with")
+    for bad in ("3-2", "a-b", "4-"):
+        with pytest.raises(SystemExit):
+            compare.main([str(whole), "--seeds", bad])
+        assert f"{bad!r} is not a seed range such as 10-39" in capsys.readouterr().err
 
 
 def test_compare_remakes_the_docs_table_of_every_method_at_32_x_60(capsys: pytest.CaptureFixture[str]) -> None:
@@ -303,6 +317,8 @@ def test_power_draws_more_seeds_from_the_cells_and_applies_the_benchmarks_tests(
     assert "| random | 12/0, <0.001 | 100% (0%) | 100% (0%) |" in out
     assert "| propulate | 6/6, " in out
     assert "| hsmpi's median the lowest of all | | " in out
+    assert power.main([str(path), "--seeds", "0-5", "--sizes", "20", "--draws", "20"]) == 0
+    assert "| random | 6/0, " in capsys.readouterr().out  # only the range's six seeds are drawn from
 
     assert power.main([str(path), "--methods", "random", "propulate"]) == 2
     assert capsys.readouterr().err.strip() == \

@@ -55,6 +55,39 @@ def read_cells(paths: list[str]) -> dict[tuple[str, str], dict[int, dict[str, An
     return cells
 
 
+def seed_range(text: str) -> range:
+    """`--seeds`' value: "A-B" (both included) or one seed "A", as a range; argparse's error for anything else."""
+    first, dash, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last if dash else first)
+    except ValueError:
+        lo, hi = -1, -1
+    if lo < 0 or hi < lo:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed range such as 10-39 (first <= last, both 0 or more)")
+    return range(lo, hi + 1)
+
+
+def only_seeds(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], seeds: range | None
+               ) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """The cells of the seeds in `seeds` (None: all of them); a task's method left with no seed is dropped."""
+    if seeds is None:
+        return cells
+    kept = {key: {s: c for s, c in by_seed.items() if s in seeds} for key, by_seed in cells.items()}
+    return {key: by_seed for key, by_seed in kept.items() if by_seed}
+
+
+def seeds_words(seeds: range | None) -> str:
+    """The words " of seeds A-B" for an error line about a seed range; nothing without a range."""
+    return "" if seeds is None else f" of seeds {seeds.start}-{seeds.stop - 1}"
+
+
+def seeds_option(p: argparse.ArgumentParser) -> None:
+    """The `--seeds` option that compare and power share."""
+    p.add_argument("--seeds", type=seed_range, metavar="A-B",
+                   help="only the cells of seeds A to B, both included, such as 10-39 for confirmation seeds "
+                        "(default: every seed the files hold)")
+
+
 def report(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], tasks: list[str] | None = None,
            methods: list[str] | None = None, paired: bool = False) -> list[str]:
     """Markdown lines: how many seeds each method has per task where they differ, the medians, the goal check."""
@@ -74,16 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cells", nargs="+", help="cells.csv files (a run's, or those in docs/data)")
     p.add_argument("--tasks", nargs="+", help="only these tasks, in this order (default: all, as first read)")
     p.add_argument("--methods", nargs="+", help="only these methods, in this order (default: all, hsmpi first)")
+    seeds_option(p)
     p.add_argument("--paired", action="store_true",
                    help="in the medians' brackets, the seeds where hsmpi is better / worse and the Wilcoxon p")
     args = p.parse_args(argv)
     try:
-        cells = read_cells(args.cells)
+        cells = only_seeds(read_cells(args.cells), args.seeds)
     except CellsError as e:
         print(f"benchmarks.quality.compare: {e}", file=sys.stderr)
         return 2
     if not any(m == "hsmpi" for _, m in cells):
-        print("benchmarks.quality.compare: the cells hold no hsmpi rows to compare the methods with", file=sys.stderr)
+        print(f"benchmarks.quality.compare: the cells hold no hsmpi rows{seeds_words(args.seeds)} to compare the "
+              "methods with", file=sys.stderr)
         return 2
     if args.methods and "hsmpi" not in args.methods:
         print("benchmarks.quality.compare: --methods must include hsmpi, the method the others are compared with",

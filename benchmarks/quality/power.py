@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.quality import tables
-from benchmarks.quality.compare import CellsError, read_cells
+from benchmarks.quality.compare import CellsError, only_seeds, read_cells, seeds_option, seeds_words
 
 Cells = dict[tuple[str, str], dict[int, dict[str, Any]]]
 
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cells", nargs="+", help="cells.csv files (a run's, or those in docs/data)")
     p.add_argument("--tasks", nargs="+", help="only these tasks, in this order (default: all, as first read)")
     p.add_argument("--methods", nargs="+", help="only these methods (default: all)")
+    seeds_option(p)
     p.add_argument("--sizes", nargs="+", type=int, default=[40, 80, 160, 320],
                    help="seed counts to draw (default: 40 80 160 320)")
     p.add_argument("--draws", type=int, default=500, help="seed sets drawn per size (default: 500)")
@@ -84,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.sizes) < 2 or args.draws < 1:
         p.error("--sizes must be 2 or more seeds and --draws at least 1")
     try:
-        cells = read_cells(args.cells)
+        cells = only_seeds(read_cells(args.cells), args.seeds)
     except CellsError as e:
         print(f"benchmarks.quality.power: {e}", file=sys.stderr)
         return 2
     methods = args.methods or sorted(dict.fromkeys(m for _, m in cells), key=lambda m: m != "hsmpi")
     if not any(m == "hsmpi" for _, m in cells):
-        print("benchmarks.quality.power: the cells hold no hsmpi rows to compare the methods with", file=sys.stderr)
+        print(f"benchmarks.quality.power: the cells hold no hsmpi rows{seeds_words(args.seeds)} to compare the "
+              "methods with", file=sys.stderr)
         return 2
     if "hsmpi" not in methods:
         print("benchmarks.quality.power: --methods must include hsmpi, the method the others are compared with",
