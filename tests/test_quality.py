@@ -287,6 +287,26 @@ def test_compare_remakes_the_docs_table_of_every_method_at_32_x_60(capsys: pytes
     assert "| hyperopt-tpe-s8 | 0.001921 (17/3, <0.001) | 0.1046 (16/4, 0.017) |" in out
 
 
+def test_compare_remakes_the_docs_reading_of_all_eight_tasks_at_16_x_30(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command of "Against the issue's bar" for the eight tasks at 16 x 30, on the cells in docs/data: the
+    lowest median on all eight and, against the external tools, significantly better on six tasks or more."""
+    pytest.importorskip("scipy")
+    from benchmarks.quality import compare
+
+    data = ROOT / "docs" / "data"
+    files = ["batched-16x30-seeds-0-39-2026-12-06.csv", "batched-16x30-seeds-40-79-2026-12-06.csv",
+             "batched-pbt-16x30-seeds-40-79-2026-12-06.csv", "external-16x30-seeds-0-39-2026-12-03.csv",
+             "external-16x30-seeds-40-79-2026-12-06.csv", "digits-cnn-16x30-seeds-0-39-2026-12-06.csv"]
+    external = ["random", "hyperopt-tpe", "hyperopt-tpe-s4", "optuna-tpe", "optuna-hyperband", "propulate"]
+    assert compare.main([str(data / f) for f in files] + ["--methods", "hsmpi", "hsmpi-pbt", *external]) == 0
+    out = capsys.readouterr().out
+    assert "Over 8 tasks: hsmpi has the lowest median on 8," in out
+    assert all(f"- {m}: {n} / 0" in out for m, n in zip(external, [6, 6, 6, 6, 6, 7]))
+    assert "- hsmpi-pbt: 1 / 0" in out
+    assert ("| digits-cnn | hsmpi (0.02228) | 38% | optuna-tpe, propulate | none | 0.0164, 0.0129 (hyperopt-tpe-s4) |"
+            in out)
+
+
 def test_power_draws_more_seeds_from_the_cells_and_applies_the_benchmarks_tests(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Better on every seed: significant in every drawn seed set, worse in none; a method better on every seed:
