@@ -76,9 +76,15 @@ def only_seeds(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], seeds: r
     return {key: by_seed for key, by_seed in kept.items() if by_seed}
 
 
-def seeds_words(seeds: range | None) -> str:
-    """The words " of seeds A-B" for an error line about a seed range; nothing without a range."""
-    return "" if seeds is None else f" of seeds {seeds.start}-{seeds.stop - 1}"
+def read_hsmpi_cells(paths: list[str], seeds: range | None = None
+                     ) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """`read_cells` of the seeds in `seeds` (None: all), for compare and power: cells without an hsmpi row leave
+    nothing to compare with, a CellsError."""
+    cells = only_seeds(read_cells(paths), seeds)
+    if not any(m == "hsmpi" for _, m in cells):
+        where = "" if seeds is None else f" of seeds {seeds.start}-{seeds.stop - 1}"
+        raise CellsError(f"the cells hold no hsmpi rows{where} to compare the methods with")
+    return cells
 
 
 def seeds_option(p: argparse.ArgumentParser) -> None:
@@ -112,13 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="in the medians' brackets, the seeds where hsmpi is better / worse and the Wilcoxon p")
     args = p.parse_args(argv)
     try:
-        cells = only_seeds(read_cells(args.cells), args.seeds)
+        cells = read_hsmpi_cells(args.cells, args.seeds)
     except CellsError as e:
         print(f"benchmarks.quality.compare: {e}", file=sys.stderr)
-        return 2
-    if not any(m == "hsmpi" for _, m in cells):
-        print(f"benchmarks.quality.compare: the cells hold no hsmpi rows{seeds_words(args.seeds)} to compare the "
-              "methods with", file=sys.stderr)
         return 2
     if args.methods and "hsmpi" not in args.methods:
         print("benchmarks.quality.compare: --methods must include hsmpi, the method the others are compared with",
