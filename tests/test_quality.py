@@ -296,10 +296,11 @@ EIGHT_TASKS = {  # "Against the issue's bar": the cells files of each budget's e
                "0.0164, 0.0129 (hyperopt-tpe-s4) |"]),
     "32x60": (["batched-32x60-seeds-0-39-2026-12-06.csv", "baselines-32x60-seeds-0-39-2026-12-06.csv",
                "fresh-32x60-seeds-40-79-2026-12-06.csv", "fresh-32x60-seeds-40-79-three-more-tasks-2026-12-06.csv",
-               "fresh-32x60-seeds-40-79-friedman1-2026-12-06.csv", "digits-cnn-32x60-seeds-0-11-2026-12-07.csv"],
-              "hyperopt-tpe-s8", 6, [7, 6, 6, 7, 7, 6], 2,
+               "fresh-32x60-seeds-40-79-friedman1-2026-12-06.csv", "digits-cnn-32x60-seeds-0-19-2026-12-07.csv"],
+              "hyperopt-tpe-s8", 6, [8, 7, 6, 7, 7, 7], 2,
               ["| moons-schedule | optuna-hyperband (0.2294) |", "| digits | hsmpi-pbt (0.07432) |",
-               "| digits-cnn | hsmpi (0.02073) | 41% | optuna-hyperband | none | 0.014, 0.0117 (hyperopt-tpe) |"]),
+               "| digits-cnn | hsmpi (0.01552) | 53% | random, hyperopt-tpe, optuna-hyperband, propulate | none | "
+               "0.0153, 0.0178 (hsmpi-pbt) |"]),
 }
 
 
