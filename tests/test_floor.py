@@ -1,0 +1,90 @@
+"""The test-loss floor of the tasks whose generator's truth is known (benchmarks.quality.floor)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("scipy")
+
+from benchmarks.quality import floor, tables  # noqa: E402
+from hsmpi.tasks.friedman1 import Friedman1  # noqa: E402
+from hsmpi.tasks.moons_schedule import MoonsSchedule  # noqa: E402
+from hsmpi.tasks.sparse_regression import SparseRegression  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_floor_is_taken_on_the_tasks_own_test_split(seed: int) -> None:
+    """The indices the floor uses, standardised as `split` does, are the test split each task trains against:
+    the same inputs and labels (moons) and the same standardised targets (the two regressions)."""
+    from sklearn.datasets import make_friedman1, make_moons, make_regression
+
+    x, y = make_moons(n_samples=1000, noise=0.3, random_state=seed)
+    train, test = floor.split_indices(len(x), seed)
+    inputs, labels = MoonsSchedule().data(seed)[2].tensors
+    standard = (x[test] - x[train].mean(0)) / (x[train].std(0) + 1e-8)
+    np.testing.assert_allclose(inputs.numpy(), standard, rtol=1e-5, atol=1e-6)
+    assert torch.equal(labels, torch.as_tensor(y[test]).long())
+
+    for task, (x, y) in ((Friedman1(), make_friedman1(n_samples=1500, n_features=10, noise=1.0, random_state=seed)),
+                         (SparseRegression(), make_regression(n_samples=800, n_features=30, n_informative=5,
+                                                              noise=50.0, random_state=seed))):
+        train, test = floor.split_indices(len(x), seed)
+        targets = task.data(seed)[2].tensors[1].numpy().ravel()
+        np.testing.assert_allclose(targets, (y[test] - y[train].mean()) / (y[train].std() + 1e-8), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_the_true_functions_are_the_generators_without_noise() -> None:
+    """Without noise, make_friedman1's targets are Friedman's function and make_regression's are its inputs times
+    the coefficients it returns: then the floor is zero."""
+    from sklearn.datasets import make_friedman1, make_regression
+
+    x, y = make_friedman1(n_samples=300, n_features=10, noise=0.0, random_state=3)
+    np.testing.assert_allclose(floor.friedman_function(x), y, rtol=1e-12, atol=1e-12)
+    x, y, coef = make_regression(n_samples=300, n_features=30, n_informative=5, noise=0.0, random_state=3, coef=True)
+    np.testing.assert_allclose(x @ coef, y, rtol=1e-9, atol=1e-9)
+    assert floor.regression_floor(x, y, x @ coef, 3) < 1e-18
+    # With the generators' noise, the floor is about the noise's share of the targets' variance.
+    assert 0.02 < floor.friedman1_floor(0) < 0.08  # noise sd 1 against a target sd of about 5
+    assert 0.05 < floor.sparse_regression_floor(0) < 0.3  # noise sd 50: 10-25% of the variance, by seed
+
+
+def test_the_moons_posterior_goes_from_certain_to_a_coin_toss_as_the_noise_grows() -> None:
+    """Half-circles barely blurred are told apart almost surely (a floor near 0); buried in noise, every point
+    is a coin toss (log 2). Swapped classes or a wrong density would miss both ends."""
+    sharp, blurred = MoonsSchedule(), MoonsSchedule()
+    sharp.noise, blurred.noise = 0.05, 20.0
+    assert floor.moons_floor(0, sharp) < 1e-3
+    assert abs(floor.moons_floor(0, blurred) - math.log(2)) < 0.01
+    assert 0.15 < floor.moons_floor(0) < 0.3  # the task's own noise, 0.3: the classes overlap
+
+
+def test_the_table_and_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each method's excess is its test loss less the floor of the same seed; cells without a task that has a
+    floor, or without hsmpi, are one error line."""
+    base = {s: floor.moons_floor(s) for s in range(3)}
+    cells = {("moons-schedule", "hsmpi"): {s: {"test": f + 0.05, "seconds": 1.0} for s, f in base.items()},
+             ("moons-schedule", "random"): {s: {"test": f * 1.2, "seconds": 1.0} for s, f in base.items()}}
+    rows = floor.floor_rows(cells, "moons-schedule", ["hsmpi", "random"])
+    hsmpi_row = next(r for r in rows if r.startswith("| hsmpi |")).split(" | ")
+    random_row = next(r for r in rows if r.startswith("| random |")).split(" | ")
+    assert hsmpi_row[4] == "0.05" and hsmpi_row[6].startswith("0/3")  # 0.05 above a floor under 0.3: over 5%
+    assert random_row[5] == "20.0%"
+
+    path = tmp_path / "cells.csv"
+    tables.write_csv(cells, str(path))
+    assert floor.main([str(path)]) == 0
+    assert "### moons-schedule" in capsys.readouterr().out
+    other = tmp_path / "other.csv"
+    tables.write_csv({("digits", "hsmpi"): cells[("moons-schedule", "hsmpi")]}, str(other))
+    assert floor.main([str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none of the tasks with a known floor" in err[0]
+    assert floor.main([str(tmp_path / "missing.csv")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
