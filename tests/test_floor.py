@@ -88,3 +88,24 @@ def test_the_table_and_the_command_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(err) == 1 and "none of the tasks with a known floor" in err[0]
     assert floor.main([str(tmp_path / "missing.csv")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_docs_reading_of_moons_schedule_at_32_x_60(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/benchmarks.md, "moons-schedule at 32 x 60": on the cells in docs/data, every method 6.7-9.0% above
+    the floor by the median, and hsmpi's excess on friedman1 and sparse-regression the lowest of all."""
+    from conftest import ROOT
+
+    files = ["batched-32x60-seeds-0-39-2026-12-06.csv", "baselines-32x60-seeds-0-39-2026-12-06.csv",
+             "fresh-32x60-seeds-40-79-2026-12-06.csv", "fresh-32x60-seeds-40-79-three-more-tasks-2026-12-06.csv",
+             "fresh-32x60-seeds-40-79-friedman1-2026-12-06.csv",
+             "moons-schedule-32x60-variants-seeds-0-79-2026-12-07.csv"]
+    assert floor.main([str(ROOT / "docs" / "data" / f) for f in files]) == 0
+    tables_by_task = dict(part.split("\n", 1) for part in capsys.readouterr().out.split("### ")[1:])
+    for task, shares in (("moons-schedule", {"hsmpi": "6.8%", "propulate": "6.7%", "optuna-tpe": "9.0%",
+                                             "optuna-hyperband": "7.6%", "hsmpi/average": "6.3%"}),
+                         ("friedman1", {"hsmpi": "51.4%", "optuna-tpe": "81.3%", "random": "86.8%"}),
+                         ("sparse-regression", {"hsmpi": "20.0%", "hyperopt-tpe-s8": "24.4%", "propulate": "30.4%"})):
+        rows = {r.split(" | ")[0].lstrip("| "): r.split(" | ") for r in tables_by_task[task].splitlines()
+                if r.startswith("| ") and not r.startswith("| method")}
+        assert all(rows[m][5] == share for m, share in shares.items()), (task, rows)
+        assert all(r[1] == "80" for r in rows.values())
