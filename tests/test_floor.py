@@ -109,3 +109,28 @@ def test_the_docs_reading_of_moons_schedule_at_32_x_60(capsys: pytest.CaptureFix
                 if r.startswith("| ") and not r.startswith("| method")}
         assert all(rows[m][5] == share for m, share in shares.items()), (task, rows)
         assert all(r[1] == "80" for r in rows.values())
+
+
+def test_the_oracle_bounds_every_rule_that_chooses_among_the_final_members(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.quality.oracle on a tiny run: the member best on test is no worse than the member best on
+    validation or the median member, the floor is there for moons-schedule only, and the csv holds each seed."""
+    from benchmarks.quality import oracle
+
+    row = oracle.population_on_test("moons-schedule", 3, 4, 2, 1, str(tmp_path / "run"))
+    assert set(row) == set(oracle.COLUMNS) and all(math.isfinite(v) for v in row.values())
+    assert row["oracle"] <= min(row["best_on_val"], row["median_member"], row["returned"] + 1e-6)
+    assert row["floor"] == floor.moons_floor(3)
+    lines = oracle.table({3: {**row, "returned": row["oracle"] + 0.1}, 4: {**row, "returned": row["oracle"] + 0.2}})
+    assert lines[2].startswith("| what the run returned") and "| 2/2 |" in lines[5]  # the oracle below both
+
+    path = tmp_path / "o.csv"
+    assert oracle.main(["--task", "regression1d", "-S", "3", "-M", "2", "-m", "1", "--seeds", "2", "--first-seed", "5",
+                        "--csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "regression1d, S=3, M=2, m=1, seeds 5-6" in out and "Bayes floor" not in out  # no known floor
+    assert [r.split(",")[:2] for r in path.read_text().splitlines()[1:]] == [["regression1d", "5"],
+                                                                            ["regression1d", "6"]]
+    with pytest.raises(SystemExit):
+        oracle.main(["--task", "regression1d", "-M", "2", "-m", "3"])
+    assert "1 <= -m <= -M" in capsys.readouterr().err
