@@ -87,6 +87,17 @@ def read_hsmpi_cells(paths: list[str], seeds: range | None = None
     return cells
 
 
+def cells_or_say(prog: str, paths: list[str], seeds: range | None
+                 ) -> dict[tuple[str, str], dict[int, dict[str, Any]]] | None:
+    """`read_hsmpi_cells` for a command line (compare, power, floor): None after one error line, `prog: ...`,
+    when the files cannot be read or hold nothing to compare."""
+    try:
+        return read_hsmpi_cells(paths, seeds)
+    except CellsError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
+
+
 def seeds_option(p: argparse.ArgumentParser) -> None:
     """The `--seeds` option that compare and power share."""
     p.add_argument("--seeds", type=seed_range, metavar="A-B",
@@ -117,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paired", action="store_true",
                    help="in the medians' brackets, the seeds where hsmpi is better / worse and the Wilcoxon p")
     args = p.parse_args(argv)
-    try:
-        cells = read_hsmpi_cells(args.cells, args.seeds)
-    except CellsError as e:
-        print(f"benchmarks.quality.compare: {e}", file=sys.stderr)
+    cells = cells_or_say("benchmarks.quality.compare", args.cells, args.seeds)
+    if cells is None:
         return 2
     if args.methods and "hsmpi" not in args.methods:
         print("benchmarks.quality.compare: --methods must include hsmpi, the method the others are compared with",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from benchmarks.quality.compare import CellsError, read_hsmpi_cells, seeds_option
+from benchmarks.quality.compare import cells_or_say, seeds_option
 from hsmpi.tasks.moons_schedule import MoonsSchedule
 from hsmpi.tasks.sparse_regression import SparseRegression
 
@@ -126,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", help="only these methods, in this order (default: all)")
     seeds_option(p)
     args = p.parse_args(argv)
-    try:
-        cells = read_hsmpi_cells(args.cells, args.seeds)
-    except CellsError as e:
-        print(f"benchmarks.quality.floor: {e}", file=sys.stderr)
+    cells = cells_or_say("benchmarks.quality.floor", args.cells, args.seeds)
+    if cells is None:
         return 2
     tasks = [t for t in (args.tasks or FLOORS) if any(task == t for task, _ in cells)]
     if not tasks:

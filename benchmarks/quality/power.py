@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.quality import tables
-from benchmarks.quality.compare import CellsError, read_hsmpi_cells, seeds_option
+from benchmarks.quality.compare import cells_or_say, seeds_option
 
 Cells = dict[tuple[str, str], dict[int, dict[str, Any]]]
 
@@ -84,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.sizes) < 2 or args.draws < 1:
         p.error("--sizes must be 2 or more seeds and --draws at least 1")
-    try:
-        cells = read_hsmpi_cells(args.cells, args.seeds)
-    except CellsError as e:
-        print(f"benchmarks.quality.power: {e}", file=sys.stderr)
+    cells = cells_or_say("benchmarks.quality.power", args.cells, args.seeds)
+    if cells is None:
         return 2
     methods = args.methods or sorted(dict.fromkeys(m for _, m in cells), key=lambda m: m != "hsmpi")
     if "hsmpi" not in methods:
