@@ -6,11 +6,11 @@ scores on each seed's test split:
 - the model the run returned (the benchmark's cell);
 - the average of every final member, and the final member best on validation;
 - the final member best on the test split itself: an oracle no method can use, which bounds what any rule
-  choosing among these members could return;
+  returning one of these members could reach (an ensemble of them can go below it);
 - the median final member, and the task's Bayes floor where it is known (`benchmarks.quality.floor`).
 
-Where the oracle is barely below what was returned, no choice among the members can gain: the gain has to
-come from training better members.
+Where the oracle is barely below what was returned, no rule picking one member can gain much: the gain has
+to come from training better members, or from combining them.
 
     python -m benchmarks.quality.oracle --task moons-schedule -S 32 -M 60 --seeds 20
 """
