@@ -99,7 +99,7 @@ def cells_or_say(prog: str, paths: list[str], seeds: range | None
 
 
 def seeds_option(p: argparse.ArgumentParser) -> None:
-    """The `--seeds` option that compare and power share."""
+    """The `--seeds` option that compare, power and floor share."""
     p.add_argument("--seeds", type=seed_range, metavar="A-B",
                    help="only the cells of seeds A to B, both included, such as 10-39 for confirmation seeds "
                         "(default: every seed the files hold)")

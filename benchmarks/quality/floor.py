@@ -98,7 +98,7 @@ FLOORS: dict[str, Callable[[int], float]] = {
 
 def floor_rows(cells: dict[tuple[str, str], dict[int, dict[str, Any]]], task: str, methods: list[str]) -> list[str]:
     """Markdown: per method, its median test loss, the median floor of its seeds, its median excess over the
-    floor (absolute and as a share of the floor), and the share of its seeds within 5% of the floor."""
+    floor (absolute and as a share of the floor), and how many of its seeds lie within 5% of the floor."""
     present = [m for m in methods if cells.get((task, m))]
     seeds = sorted({s for m in present for s in cells[(task, m)]})
     floor = {s: FLOORS[task](s) for s in seeds}
