@@ -154,3 +154,14 @@ def test_the_docs_oracle_cells_are_the_benchmarks_own() -> None:
     moons = [r for r in rows if r["task"] == "moons-schedule"]
     returned, best, lowest = (statistics.median(float(r[k]) for r in moons) for k in ("returned", "oracle", "floor"))
     assert f"{best / returned - 1:+.1%}" == "-3.0%" and lowest < best
+
+
+def test_the_docs_oracle_cells_at_16_x_30_are_the_benchmarks_own() -> None:
+    """The same at 16 x 30: each returned model is the benchmark's hsmpi cell of seeds 0-39, to the bit."""
+    from benchmarks.quality.compare import read_cells
+
+    cells = read_cells([str(ROOT / "docs" / "data" / "batched-16x30-seeds-0-39-2026-12-06.csv")])
+    with open(ROOT / "docs" / "data" / "oracle-16x30-2026-12-07.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 280 and {r["task"] for r in rows} == {t for t, m in cells if m == "hsmpi"}
+    assert all(float(r["returned"]) == cells[(r["task"], "hsmpi")][int(r["seed"])]["test"] for r in rows)
