@@ -29,17 +29,16 @@ import numpy as np
 from scipy.special import logsumexp
 
 from benchmarks.quality.compare import cells_or_say, seeds_option
+from hsmpi.tasks import _common
+from hsmpi.tasks.friedman1 import Friedman1
 from hsmpi.tasks.moons_schedule import MoonsSchedule
 from hsmpi.tasks.sparse_regression import SparseRegression
-
-TRAIN, VAL = 0.6, 0.2  # the tasks' split (hsmpi.tasks._common.split's default fractions)
 
 
 def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The training and test indices of `n` samples as the tasks' `split` draws them for `seed`."""
-    n_train, n_val = int(round(TRAIN * n)), int(round(VAL * n))
-    order = np.random.default_rng(seed).permutation(n)
-    return order[:n_train], order[n_train + n_val:]
+    train, _, test = _common.split_indices(n, seed, *_common.fraction_sizes(n))
+    return train, test
 
 
 def moons_floor(seed: int, task: MoonsSchedule | None = None) -> float:
@@ -71,11 +70,13 @@ def regression_floor(x: np.ndarray, y: np.ndarray, truth: np.ndarray, seed: int)
     return float((((y[test] - truth[test]) / scale) ** 2).mean())
 
 
-def friedman1_floor(seed: int) -> float:
+def friedman1_floor(seed: int, task: Friedman1 | None = None) -> float:
     """friedman1's floor for `seed`: its function's own squared error on the test split."""
     from sklearn.datasets import make_friedman1
 
-    x, y = make_friedman1(n_samples=1500, n_features=10, noise=1.0, random_state=seed)
+    task = task or Friedman1()
+    x, y = make_friedman1(n_samples=task.n_samples, n_features=task.n_features, noise=task.noise,
+                          random_state=seed)
     return regression_floor(x, y, friedman_function(x), seed)
 
 

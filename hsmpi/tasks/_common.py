@@ -10,9 +10,18 @@ from torch.utils.data import TensorDataset
 def split(x: np.ndarray, y: np.ndarray, seed: int, fractions: tuple[float, float] = (0.6, 0.2),
           standardize_y: bool = True) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
     """Shuffle with `seed`, split train/val/test, standardise with the training split's statistics."""
-    n_train = int(round(fractions[0] * len(x)))
-    n_val = int(round(fractions[1] * len(x)))
-    return split_sizes(x, y, seed, n_train, n_val, standardize_y)
+    return split_sizes(x, y, seed, *fraction_sizes(len(x), fractions), standardize_y)
+
+
+def fraction_sizes(n: int, fractions: tuple[float, float] = (0.6, 0.2)) -> tuple[int, int]:
+    """The training and validation sizes `split` gives `n` samples."""
+    return int(round(fractions[0] * n)), int(round(fractions[1] * n))
+
+
+def split_indices(n: int, seed: int, n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training, validation and test indices of `n` samples that `split_sizes` draws with `seed`."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
 
 def split_sizes(x: np.ndarray, y: np.ndarray, seed: int, n_train: int, n_val: int,
@@ -20,8 +29,7 @@ def split_sizes(x: np.ndarray, y: np.ndarray, seed: int, n_train: int, n_val: in
     """`split` with the sizes given: `n_train` and `n_val` samples, the rest for test."""
     if n_train < 1 or n_val < 1 or n_train + n_val >= len(x):
         raise ValueError(f"cannot split {len(x)} samples into {n_train} train, {n_val} val and a test split")
-    order = np.random.default_rng(seed).permutation(len(x))
-    parts = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+    parts = split_indices(len(x), seed, n_train, n_val)
     x = (x - x[parts[0]].mean(0)) / _scale(x[parts[0]].std(0))
     if standardize_y and y.dtype.kind == "f":
         y = (y - y[parts[0]].mean()) / (y[parts[0]].std() + 1e-8)

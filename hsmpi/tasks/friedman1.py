@@ -20,11 +20,15 @@ class Friedman1:
         "momentum": Uniform(0.0, 0.99),
         "weight_decay": LogUniform(1e-7, 1e-2),
     }
+    n_samples = 1500
+    n_features = 10
+    noise = 1.0
 
     def data(self, seed: int) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
         from sklearn.datasets import make_friedman1
 
-        x, y = make_friedman1(n_samples=1500, n_features=10, noise=1.0, random_state=seed)
+        x, y = make_friedman1(n_samples=self.n_samples, n_features=self.n_features, noise=self.noise,
+                              random_state=seed)
         return split(x, y, seed)
 
     def model(self) -> torch.nn.Module:
