@@ -199,6 +199,10 @@ class Search(_Group):
         None, "`average`/`greedy`/`auto`: average (or choose from) the final population's best K on validation "
         "only", metavar="K",
         means="every member with a finite validation score", minimum=1)
+    greedy_bags: int = _field(
+        1, "`greedy` (and `auto` where it returns it): select on N bootstrap resamples of the validation split "
+        "and weigh each member by its picks summed over them; `1`: once, on the whole split", metavar="N",
+        minimum=1)
     independent_init: bool = _field(
         True,
         "each member its own initial weights, so the first session also chooses among starting points; "

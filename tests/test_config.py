@@ -36,6 +36,7 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, ses
                 objective=None, direction=None, workers=0,  # these three came with the task hooks
                 checkpoint_async=True,  # and this one with sharded checkpoints
                 returns="auto", average_top=None,  # and these with the returned average
+                greedy_bags=1,  # and this with bagged ensemble selection
                 smooth=1,  # and this with smoothed selection
                 islands=1, migrate_every=2,  # and these with sub-populations
                 prune_at=None, prune_fraction=0.25,  # and these with rungs

@@ -300,6 +300,40 @@ def test_greedy_returns_the_ensemble_selection_rebuilt_from_the_files(tmp_path: 
     assert "(the run returned the greedy ensemble)" in summary(load_history(str(out / "results.h5")))
 
 
+def test_greedy_bags_sum_the_picks_of_selections_on_bootstrap_resamples(tmp_path: Path) -> None:
+    """--greedy-bags N: ensemble selection on each of N resamples of the validation split (drawn with
+    replacement from the run seed's ENSEMBLE streams), a member weighing its picks summed over them; the
+    returned model is that weighted average, rebuilt from results.h5 alone."""
+    from hsmpi.algorithm.streams import ENSEMBLE, derive_seed
+
+    task, bags = _Wide(), 4
+    result, out = _run(tmp_path, "bags", task=task, returns="greedy", greedy_bags=bags)
+    _, val, test = task.data(BASE["seed"])
+    models = _members(out, task)
+    x, y = val.tensors
+    with torch.no_grad():
+        outputs = [m(x) for m in models]
+    counts: dict[int, int] = {}
+    draws = []
+    for bag in range(bags):
+        sample = torch.from_numpy(np.random.default_rng(derive_seed(BASE["seed"], ENSEMBLE, bag)).integers(
+            0, len(y), len(y)))
+        draws.append(sample)
+        for i, c in _greedy_by_hand([o[sample] for o in outputs], y[sample], task).items():
+            counts[i] = counts.get(i, 0) + c
+    assert len({tuple(d.tolist()) for d in draws}) == bags  # each bag its own resample
+    assert result.returned == "greedy" and result.averaged == sorted(counts)
+    with h5py.File(out / "results.h5", "r") as f:
+        assert dict(zip(f["test/average_members"][()].tolist(), f["test/average_counts"][()].tolist())) == counts
+        assert f["test/greedy_picks"][()] == sum(counts.values())
+    assert counts != _greedy_by_hand(outputs, y, task)  # not what one selection on the whole split gives
+    xt, yt = test.tensors
+    with torch.no_grad():
+        by_hand = sum(c * models[i](xt) for i, c in counts.items()) / sum(counts.values())
+        assert torch.allclose(Average.from_results(str(out / "results.h5"), task)(xt), by_hand, atol=1e-6)
+        assert float(task_loss(task, by_hand, yt)) == pytest.approx(result.test_loss, rel=1e-5)
+
+
 def test_auto_returns_the_greedy_ensemble_when_enough_samples_judge_it(tmp_path: Path) -> None:
     """On AUTO_FEW_SAMPLES validation samples `auto` returns what `greedy` does, and says why; the greedy
     ensemble's first pick is the best member, so it never validates worse than the member."""

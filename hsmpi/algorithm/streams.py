@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 # Stream kinds: what each seed belongs to.
-INIT, DATA_ORDER, TORCH_RNG, HPARAMS, SELECTION = 1, 2, 3, 4, 5
+INIT, DATA_ORDER, TORCH_RNG, HPARAMS, SELECTION, ENSEMBLE = 1, 2, 3, 4, 5, 6  # ENSEMBLE: --greedy-bags' resamples
 
 
 def derive_seed(seed: int, *keys: int) -> int:

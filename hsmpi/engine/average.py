@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from hsmpi.algorithm.selection import tie_broken
+from hsmpi.algorithm.streams import ENSEMBLE, derive_seed
 from hsmpi.tasks import Objective, task_loss, task_metrics
 
 if TYPE_CHECKING:
@@ -249,47 +250,74 @@ def _evaluated(task: Any, means: list[torch.Tensor], targets: list[torch.Tensor]
 
 def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[tuple[int, ...]],
             targets: list[torch.Tensor], candidates: list[int]) -> Ensemble | None:
-    """Greedy ensemble selection over `candidates` on the judged split (Caruana et al., 2004): from nothing, add
-    the member whose addition scores best, with replacement, S times (at most GREEDY_STEPS), and keep the best
-    of those ensembles; its first pick is the best member, so it can be the member alone (collective: each
-    step one MINLOC over the ranks' members' scores and one sum that carries the chosen member's outputs to
-    every rank). `mapped`: this rank's members'
-    outputs on the judged and test splits (of `shapes`), mapped by the task's `ensemble_in`. Every rank adds
-    the same rows in the same order, so the ensemble and its scores do not depend on the layout."""
+    """Greedy ensemble selection over `candidates` on the judged split (Caruana et al., 2004; `_select`), once
+    on the whole split, or with --greedy-bags N on each of N bootstrap resamples of it, a member's weight then
+    its picks summed over them: each resample's selection overfits different samples, and the sum spreads
+    the weight where one selection on the whole split would follow its noise. `mapped`: this rank's members'
+    outputs on the judged and test splits (of `shapes`), mapped by the task's `ensemble_in`. Every rank draws
+    the same resamples (from the run seed) and adds the same rows in the same order, so the ensemble and its
+    scores do not depend on the layout."""
+    config, objective = search.population.config, search.objective
+    bags = config.greedy_bags
+    if bags == 1:
+        score, counts = _select(search, mapped, shapes[0], targets[0], candidates, None)
+    else:
+        counts, size = {}, len(targets[0])
+        for bag in range(bags):
+            rng = np.random.default_rng(derive_seed(config.seed, ENSEMBLE, bag))
+            sample = torch.from_numpy(rng.integers(0, size, size))
+            for i, picks in _select(search, mapped, shapes[0], targets[0], candidates, sample)[1].items():
+                counts[i] = counts.get(i, 0) + picks
+    if not counts:
+        return None
+    members = sorted(counts)
+    weights = [counts[i] for i in members]
+    means = []
+    for split, shape in enumerate(shapes):  # the kept ensemble, summed member by member in one order
+        weighted = torch.zeros(shape, dtype=torch.float64)
+        for i, w in zip(members, weights):
+            weighted += w * _row_of(search.comm, mapped, i, shape, split)
+        means.append(weighted / sum(weights))
+    judged, test = _evaluated(search.population.task, means, targets)
+    if bags > 1:  # the bags' sum, scored on the whole split
+        key = "loss" if objective.is_loss else objective.name
+        score = objective.score(judged[key]) if key in judged else math.inf
+    return Ensemble(members, weights, judged, test, score if math.isfinite(score) else math.inf)
+
+
+def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[int, ...], target: torch.Tensor,
+            candidates: list[int], sample: torch.Tensor | None) -> tuple[float, dict[int, int]]:
+    """One ensemble selection on the judged split's rows `sample` (None: all of them, in order): from nothing,
+    add the member whose addition scores best, with replacement, S times (at most GREEDY_STEPS), and keep the
+    best of those ensembles, as (its score, each member's picks); its first pick is the best member, so it can
+    be the member alone (collective: each step one MINLOC over the ranks' members' scores and one sum that
+    carries the chosen member's outputs to every rank)."""
     comm, task, objective = search.comm, search.population.task, search.objective
     back = getattr(task, "ensemble_out", lambda mean: mean)
-    device = targets[0].device
-    local = [i for i in candidates if i in mapped]
+    judged = target if sample is None else target[sample.to(target.device)]
+
+    def rows(row: torch.Tensor) -> torch.Tensor:
+        return row if sample is None else row[sample]
+
+    local = {i: rows(mapped[i][0]) for i in candidates if i in mapped}
     total: torch.Tensor | None = None
     counts: dict[int, int] = {}
     best: tuple[float, dict[int, int]] = (math.inf, {})
     for step in range(min(len(candidates), GREEDY_STEPS)):
         scores = []
-        for i in local:
-            row = mapped[i][0]
+        for row in local.values():
             mean = (row if total is None else total + row) / (step + 1)
             with torch.no_grad():
-                scores.append(_score(task, objective, back(mean.float().to(device)), targets[0]))
-        score, chosen = comm.allreduce_minloc(scores, local)
+                scores.append(_score(task, objective, back(mean.float().to(target.device)), judged))
+        score, chosen = comm.allreduce_minloc(scores, list(local))
         if not math.isfinite(score):
             break
-        row = _row_of(comm, mapped, chosen, shapes[0], 0)
+        row = rows(_row_of(comm, mapped, chosen, shape, 0))
         total = row if total is None else total + row
         counts[chosen] = counts.get(chosen, 0) + 1
         if score < best[0]:
             best = (score, dict(counts))
-    if not best[1]:
-        return None
-    members = sorted(best[1])
-    weights = [best[1][i] for i in members]
-    means = []
-    for split, shape in enumerate(shapes):  # the kept ensemble, summed member by member in one order
-        weighted = torch.zeros(shape, dtype=torch.float64)
-        for i, w in zip(members, weights):
-            weighted += w * _row_of(comm, mapped, i, shape, split)
-        means.append(weighted / sum(weights))
-    judged, test = _evaluated(task, means, targets)
-    return Ensemble(members, weights, judged, test, best[0])
+    return best
 
 
 def _row_of(comm: Any, mapped: dict[int, list[torch.Tensor]], member: int, shape: tuple[int, ...],
