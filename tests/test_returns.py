@@ -269,12 +269,12 @@ def _greedy_by_hand(outputs: list[torch.Tensor], target: torch.Tensor, task: Any
 
 
 def test_greedy_returns_the_ensemble_selection_rebuilt_from_the_files(tmp_path: Path) -> None:
-    """--returns greedy: the members and weights the run chose are those ensemble selection chooses on the
-    validation split from the final population's weights in results.h5, and the returned model is their
+    """--returns greedy --greedy-bags 1: the members and weights the run chose are those ensemble selection
+    chooses on the whole validation split from the final population's weights in results.h5, and the returned model is their
     weighted average, rebuilt from the file alone."""
     task = _Wide()
     lines: list[str] = []
-    result, out = _run(tmp_path, "greedy", task=task, returns="greedy", log=lines.append)
+    result, out = _run(tmp_path, "greedy", task=task, returns="greedy", greedy_bags=1, log=lines.append)
     _, val, test = task.data(BASE["seed"])
     models = _members(out, task)
     with torch.no_grad():
@@ -335,12 +335,14 @@ def test_greedy_bags_sum_the_picks_of_selections_on_bootstrap_resamples(tmp_path
 
 
 def test_auto_returns_the_greedy_ensemble_when_enough_samples_judge_it(tmp_path: Path) -> None:
-    """On AUTO_FEW_SAMPLES validation samples `auto` returns what `greedy` does, and says why; the greedy
-    ensemble's first pick is the best member, so it never validates worse than the member."""
+    """On AUTO_FEW_SAMPLES validation samples `auto` returns what `greedy` does, and says why; with one
+    selection on the whole split (--greedy-bags 1) the greedy ensemble's first pick is the best member, so it
+    never validates worse than the member."""
     for seed in range(3):
         lines: list[str] = []
-        auto, out = _run(tmp_path, f"auto{seed}", task=_Wide(), returns="auto", seed=seed, log=lines.append)
-        greedy, _ = _run(tmp_path, f"greedy{seed}", task=_Wide(), returns="greedy", seed=seed)
+        auto, out = _run(tmp_path, f"auto{seed}", task=_Wide(), returns="auto", seed=seed, greedy_bags=1,
+                         log=lines.append)
+        greedy, _ = _run(tmp_path, f"greedy{seed}", task=_Wide(), returns="greedy", seed=seed, greedy_bags=1)
         assert auto.returned == "greedy" and auto.test_loss == greedy.test_loss and auto.averaged == greedy.averaged
         with h5py.File(out / "results.h5", "r") as f:
             assert f["test/greedy_val_loss"][()] <= f["best"].attrs["val_loss"] * (1 + 1e-6)
