@@ -594,3 +594,41 @@ def test_the_margin_replay_gives_the_run_its_own_choice_at_its_own_margin(tmp_pa
     assert float(cells[4].split()[0]) == pytest.approx(float(np.median(losses)), rel=1e-3)
     better, worse = sum(g < m for g, m in zip(losses, by_margin)), sum(g > m for g, m in zip(losses, by_margin))
     assert f"({better}/{worse}" in cells[4]
+
+
+@pytest.mark.filterwarnings("ignore:Exact p-value calculation")  # a seed where both return the same ensemble
+def test_the_docs_table_of_bagged_ensemble_selection_is_the_cells_in_docs_data() -> None:
+    """docs/benchmarks.md, "Bagged ensemble selection": each cell of its table (the medians of the defaults and of
+    --greedy-bags 20, the seeds where the bags are better / worse) is what docs/data's cells give, per budget and
+    seed set; and the defaults' cells there are those of the eighty-seed tables, to the bit."""
+    import statistics
+
+    from scipy.stats import wilcoxon
+
+    from benchmarks.quality.compare import read_cells
+
+    data, text = ROOT / "docs" / "data", (ROOT / "docs" / "benchmarks.md").read_text()
+    section = text[text.index("## Bagged ensemble selection"):text.index("## Against the issue's bar")]
+    rows = {r.split(" | ")[0].lstrip("| "): r.strip(" |").split(" | ")[1:] for r in section.splitlines()
+            if r.startswith("| ") and not r.startswith("| task")}
+    assert set(rows) == {"digits", "moons-schedule", "sparse-regression", "friedman1", "regression1d"}
+    columns = [("32x60", range(0, 40)), ("32x60", range(40, 80)), ("16x30", range(0, 40)), ("16x30", range(40, 80))]
+    for budget in ("32x60", "16x30"):
+        stored = read_cells([str(data / f"greedy-bags-{budget}-seeds-0-79-2026-12-07.csv")] + [
+            str(data / f) for f in ({"32x60": ["batched-32x60-seeds-0-39-2026-12-06.csv",
+                                               "fresh-32x60-seeds-40-79-2026-12-06.csv",
+                                               "fresh-32x60-seeds-40-79-three-more-tasks-2026-12-06.csv",
+                                               "fresh-32x60-seeds-40-79-friedman1-2026-12-06.csv"],
+                                     "16x30": ["batched-16x30-seeds-0-39-2026-12-06.csv",
+                                               "batched-16x30-seeds-40-79-2026-12-06.csv"]}[budget])])  # agree
+        for column, (b, seeds) in enumerate(columns):
+            if b != budget:
+                continue
+            for task, cells in rows.items():
+                base = [stored[(task, "hsmpi")][s]["test"] for s in seeds]
+                bags = [stored[(task, "hsmpi/bags-20")][s]["test"] for s in seeds]
+                better, worse = sum(y < x for x, y in zip(base, bags)), sum(y > x for x, y in zip(base, bags))
+                p = wilcoxon(bags, base).pvalue
+                written = (f"{statistics.median(base):.4g}, {statistics.median(bags):.4g} ({better}/{worse}, p "
+                           f"{tables.format_p(p)})")
+                assert cells[column] == written, (budget, task, seeds, cells[column], written)

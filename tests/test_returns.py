@@ -270,8 +270,8 @@ def _greedy_by_hand(outputs: list[torch.Tensor], target: torch.Tensor, task: Any
 
 def test_greedy_returns_the_ensemble_selection_rebuilt_from_the_files(tmp_path: Path) -> None:
     """--returns greedy --greedy-bags 1: the members and weights the run chose are those ensemble selection
-    chooses on the whole validation split from the final population's weights in results.h5, and the returned model is their
-    weighted average, rebuilt from the file alone."""
+    chooses on the whole validation split from the final population's weights in results.h5, and the returned
+    model is their weighted average, rebuilt from the file alone."""
     task = _Wide()
     lines: list[str] = []
     result, out = _run(tmp_path, "greedy", task=task, returns="greedy", greedy_bags=1, log=lines.append)
