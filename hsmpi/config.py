@@ -201,8 +201,8 @@ class Search(_Group):
         means="every member with a finite validation score", minimum=1)
     greedy_bags: int = _field(
         1, "`greedy` (and `auto` where it returns it): select on N bootstrap resamples of the validation split "
-        "and weigh each member by its picks summed over them; `1`: once, on the whole split", metavar="N",
-        minimum=1)
+        "and weigh each member by its picks summed over them; `1`: once, on the whole split (20 helped at S=32, M=60, "
+        "not at S=16, M=30: docs/benchmarks.md)", metavar="N", minimum=1)
     independent_init: bool = _field(
         True,
         "each member its own initial weights, so the first session also chooses among starting points; "
