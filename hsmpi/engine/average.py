@@ -252,8 +252,9 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
             targets: list[torch.Tensor], candidates: list[int]) -> Ensemble | None:
     """Greedy ensemble selection over `candidates` on the judged split (Caruana et al., 2004; `_select`), once
     on the whole split, or with --greedy-bags N on each of N bootstrap resamples of it, a member's weight then
-    its picks summed over them: each resample's selection overfits different samples, and the sum spreads
-    the weight where one selection on the whole split would follow its noise. `mapped`: this rank's members'
+    its picks summed over them: each resample's selection overfits different samples, and the sum keeps what
+    most of them agree on (docs/benchmarks.md, "Bagged ensemble selection", says where that helped and where
+    not). `mapped`: this rank's members'
     outputs on the judged and test splits (of `shapes`), mapped by the task's `ensemble_in`. Every rank draws
     the same resamples (from the run seed) and adds the same rows in the same order, so the ensemble and its
     scores do not depend on the layout."""
