@@ -228,10 +228,8 @@ def population_average(search: Search) -> PopulationAverage:
         means.append(torch.from_numpy(summed[offset:offset + size].reshape(shape) / len(members)))
         offset += size
     judged, test = _evaluated(task, means, targets)
-    key = "loss" if objective.is_loss else objective.name
-    score = objective.score(judged[key]) if key in judged else math.inf
     greedy = _greedy(search, kept, shapes, targets, members) if greedy_wanted else None
-    return PopulationAverage(members, judged, test, score if math.isfinite(score) else math.inf, cv, samples,
+    return PopulationAverage(members, judged, test, _judged_score(objective, judged), cv, samples,
                              median if math.isfinite(median) else math.inf, classes, greedy)
 
 
@@ -248,6 +246,14 @@ def _evaluated(task: Any, means: list[torch.Tensor], targets: list[torch.Tensor]
     return values
 
 
+def _judged_score(objective: Any, judged: dict[str, float]) -> float:
+    """The objective's lower-is-better score of an ensemble's loss and metrics on the judged split (+inf: none,
+    or not finite)."""
+    key = "loss" if objective.is_loss else objective.name
+    score = objective.score(judged[key]) if key in judged else math.inf
+    return score if math.isfinite(score) else math.inf
+
+
 def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[tuple[int, ...]],
             targets: list[torch.Tensor], candidates: list[int]) -> Ensemble | None:
     """Greedy ensemble selection over `candidates` on the judged split (Caruana et al., 2004; `_select`), once
@@ -259,15 +265,14 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
     the same resamples (from the run seed) and adds the same rows in the same order, so the ensemble and its
     scores do not depend on the layout."""
     config, objective = search.population.config, search.objective
-    bags = config.greedy_bags
-    if bags == 1:
-        score, counts = _select(search, mapped, shapes[0], targets[0], candidates, None)
+    if config.greedy_bags == 1:
+        counts = _select(search, mapped, shapes[0], targets[0], candidates, None)
     else:
         counts, size = {}, len(targets[0])
-        for bag in range(bags):
+        for bag in range(config.greedy_bags):
             rng = np.random.default_rng(derive_seed(config.seed, ENSEMBLE, bag))
             sample = torch.from_numpy(rng.integers(0, size, size))
-            for i, picks in _select(search, mapped, shapes[0], targets[0], candidates, sample)[1].items():
+            for i, picks in _select(search, mapped, shapes[0], targets[0], candidates, sample).items():
                 counts[i] = counts.get(i, 0) + picks
     if not counts:
         return None
@@ -280,17 +285,14 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
             weighted += w * _row_of(search.comm, mapped, i, shape, split)
         means.append(weighted / sum(weights))
     judged, test = _evaluated(search.population.task, means, targets)
-    if bags > 1:  # the bags' sum, scored on the whole split
-        key = "loss" if objective.is_loss else objective.name
-        score = objective.score(judged[key]) if key in judged else math.inf
-    return Ensemble(members, weights, judged, test, score if math.isfinite(score) else math.inf)
+    return Ensemble(members, weights, judged, test, _judged_score(objective, judged))
 
 
 def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[int, ...], target: torch.Tensor,
-            candidates: list[int], sample: torch.Tensor | None) -> tuple[float, dict[int, int]]:
+            candidates: list[int], sample: torch.Tensor | None) -> dict[int, int]:
     """One ensemble selection on the judged split's rows `sample` (None: all of them, in order): from nothing,
     add the member whose addition scores best, with replacement, S times (at most GREEDY_STEPS), and keep the
-    best of those ensembles, as (its score, each member's picks); its first pick is the best member, so it can
+    best of those ensembles, as each member's picks in it; its first pick is the best member, so it can
     be the member alone (collective: each step one MINLOC over the ranks' members' scores and one sum that
     carries the chosen member's outputs to every rank)."""
     comm, task, objective = search.comm, search.population.task, search.objective
@@ -318,7 +320,7 @@ def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[
         counts[chosen] = counts.get(chosen, 0) + 1
         if score < best[0]:
             best = (score, dict(counts))
-    return best
+    return best[1]
 
 
 def _row_of(comm: Any, mapped: dict[int, list[torch.Tensor]], member: int, shape: tuple[int, ...],
