@@ -39,6 +39,7 @@ DirectionName = Literal["minimize", "maximize"]
 ReturnsName = Literal["member", "average", "greedy", "auto"]
 RETURNED = {"member": "best member", "average": "population average", "greedy": "greedy ensemble"}  # in words
 TieBreakName = Literal["index", "loss"]
+GreedyStopName = Literal["in-bag", "out-of-bag"]
 
 DEVICES: tuple[str, ...] = get_args(DeviceName)
 VECTORIZE: tuple[str, ...] = get_args(VectorizeMode)
@@ -203,6 +204,10 @@ class Search(_Group):
         1, "`greedy` (and `auto` where it returns it): select on N bootstrap resamples of the validation split "
         "and weigh each member by its picks summed over them; `1`: once, on the whole split (20 helped at S=32, M=60, "
         "not at S=16, M=30: docs/benchmarks.md)", metavar="N", minimum=1)
+    greedy_stop: GreedyStopName = _field(
+        "in-bag", "with `--greedy-bags` 2 or more: which rows choose how many picks each bag's selection keeps: "
+        "`in-bag` (its own resample, as for one selection) or `out-of-bag` (the validation rows its resample "
+        "left out, which its picks never saw)")
     independent_init: bool = _field(
         True,
         "each member its own initial weights, so the first session also chooses among starting points; "
@@ -224,6 +229,9 @@ class Search(_Group):
         _check_fields(self, Search)
         if self.sessions > self.epochs:
             raise ConfigError(f"sessions (-m) must not exceed epochs (-M), but got m={self.sessions} > M={self.epochs}")
+        if self.greedy_stop == "out-of-bag" and self.greedy_bags == 1:
+            raise ConfigError("greedy-stop out-of-bag needs greedy-bags 2 or more: one selection uses the whole "
+                              "validation split, so no rows are out of its bag")
         if self.plateau is not None and (self.smooth > 1 or self.prune_at is not None):
             raise ConfigError(f"plateau does not go together with {'smooth' if self.smooth > 1 else 'prune-at'}: "
                               "it validates after every epoch and ends each session where the scores settle; "

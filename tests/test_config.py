@@ -37,6 +37,7 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, ses
                 checkpoint_async=True,  # and this one with sharded checkpoints
                 returns="auto", average_top=None,  # and these with the returned average
                 greedy_bags=1,  # and this with bagged ensemble selection
+                greedy_stop="in-bag",  # and this with its steps judged out of bag
                 smooth=1,  # and this with smoothed selection
                 islands=1, migrate_every=2,  # and these with sub-populations
                 prune_at=None, prune_fraction=0.25,  # and these with rungs
@@ -195,6 +196,10 @@ BAD = [
     ({"plateau": 1}, r"plateau must be a fraction in \(0, 1\), but got 1"),
     ({"plateau": 0.01, "smooth": 2}, r"plateau does not go together with smooth: .*give one of them"),
     ({"plateau": 0.01, "prune_at": 0.5}, r"plateau does not go together with prune-at"),
+    ({"greedy_stop": "out-of-bag"}, r"greedy-stop out-of-bag needs greedy-bags 2 or more: one selection uses "
+                                    r"the whole validation split"),
+    ({"greedy_stop": "oob", "greedy_bags": 20}, r"greedy-stop must be one of \['in-bag', 'out-of-bag'\], "
+                                                r"but got 'oob'"),
     ({"holdout": 1.0}, r"holdout must be a fraction in \[0, 1\), but got 1\.0"),
     ({"holdout": -0.1}, r"holdout must be a fraction in \[0, 1\), but got -0\.1"),
     ({"holdout": True}, r"holdout must be a fraction in \[0, 1\), but got True"),

@@ -254,17 +254,22 @@ def test_the_option_states_the_numbers_auto_uses() -> None:
     assert f"by {AUTO_MARGIN:.0%}" in doc
 
 
-def _greedy_by_hand(outputs: list[torch.Tensor], target: torch.Tensor, task: Any) -> dict[int, int]:
+def _greedy_by_hand(outputs: list[torch.Tensor], target: torch.Tensor, task: Any,
+                    held: tuple[list[torch.Tensor], torch.Tensor] | None = None) -> dict[int, int]:
     """Ensemble selection written out plainly: add the member whose addition gives the lowest loss, S times
-    (ties to the lower index), and keep the best ensemble seen."""
+    (ties to the lower index), and keep the best ensemble seen (`held`: other rows' outputs and targets, the
+    ensemble kept the one that scores best on them)."""
+    def loss(rows: list[torch.Tensor], y: torch.Tensor, members: list[int]) -> float:
+        return float(task_loss(task, torch.stack([rows[j].double() for j in members]).mean(0).float(), y))
+
     picked: list[int] = []
     best: tuple[float, dict[int, int]] = (np.inf, {})
     for _ in range(len(outputs)):
-        losses = [float(task_loss(task, torch.stack([outputs[j].double() for j in picked + [i]]).mean(0).float(),
-                                  target)) for i in range(len(outputs))]
+        losses = [loss(outputs, target, picked + [i]) for i in range(len(outputs))]
         picked.append(int(np.argmin(losses)))
-        if min(losses) < best[0]:
-            best = (min(losses), {i: picked.count(i) for i in sorted(set(picked))})
+        score = min(losses) if held is None else loss(*held, picked)
+        if score < best[0]:
+            best = (score, {i: picked.count(i) for i in sorted(set(picked))})
     return best[1]
 
 
@@ -331,6 +336,42 @@ def test_greedy_bags_sum_the_picks_of_selections_on_bootstrap_resamples(tmp_path
     with torch.no_grad():
         by_hand = sum(c * models[i](xt) for i, c in counts.items()) / sum(counts.values())
         assert torch.allclose(Average.from_results(str(out / "results.h5"), task)(xt), by_hand, atol=1e-6)
+        assert float(task_loss(task, by_hand, yt)) == pytest.approx(result.test_loss, rel=1e-5)
+
+
+def test_greedy_stop_out_of_bag_keeps_each_bags_step_that_scores_best_on_the_rows_it_left_out(
+        tmp_path: Path) -> None:
+    """--greedy-stop out-of-bag: each bag selects on its resample as in bag, but keeps the step whose ensemble
+    scores best on the validation rows its resample did not draw; the returned weights are those picks summed,
+    rebuilt by hand from results.h5."""
+    from hsmpi.algorithm.streams import ENSEMBLE, derive_seed
+
+    task, bags = _Wide(), 4
+    result, out = _run(tmp_path, "oob", task=task, returns="greedy", greedy_bags=bags, greedy_stop="out-of-bag")
+    _, val, test = task.data(BASE["seed"])
+    models = _members(out, task)
+    x, y = val.tensors
+    with torch.no_grad():
+        outputs = [m(x) for m in models]
+    counts: dict[int, int] = {}
+    in_bag: dict[int, int] = {}
+    for bag in range(bags):
+        sample = torch.from_numpy(np.random.default_rng(derive_seed(BASE["seed"], ENSEMBLE, bag)).integers(
+            0, len(y), len(y)))
+        left = torch.tensor(sorted(set(range(len(y))) - set(sample.tolist())))
+        assert 0 < len(left) < len(y)
+        drawn = [o[sample] for o in outputs]
+        for i, c in _greedy_by_hand(drawn, y[sample], task, ([o[left] for o in outputs], y[left])).items():
+            counts[i] = counts.get(i, 0) + c
+        for i, c in _greedy_by_hand(drawn, y[sample], task).items():
+            in_bag[i] = in_bag.get(i, 0) + c
+    assert counts != in_bag  # the rows left out kept other steps than the resamples themselves would
+    assert result.returned == "greedy" and result.averaged == sorted(counts)
+    with h5py.File(out / "results.h5", "r") as f:
+        assert dict(zip(f["test/average_members"][()].tolist(), f["test/average_counts"][()].tolist())) == counts
+    xt, yt = test.tensors
+    with torch.no_grad():
+        by_hand = sum(c * models[i](xt) for i, c in counts.items()) / sum(counts.values())
         assert float(task_loss(task, by_hand, yt)) == pytest.approx(result.test_loss, rel=1e-5)
 
 

@@ -260,19 +260,24 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
     on the whole split, or with --greedy-bags N on each of N bootstrap resamples of it, a member's weight then
     its picks summed over them: each resample's selection overfits different samples, and the sum keeps what
     most of them agree on (docs/benchmarks.md, "Bagged ensemble selection", says where that helped and where
-    not). `mapped`: this rank's members'
-    outputs on the judged and test splits (of `shapes`), mapped by the task's `ensemble_in`. Every rank draws
-    the same resamples (from the run seed) and adds the same rows in the same order, so the ensemble and its
-    scores do not depend on the layout."""
+    not). With --greedy-stop out-of-bag each bag keeps the step that scores best on the rows its resample
+    left out. `mapped`: this rank's members' outputs on the judged and test splits (of `shapes`), mapped by
+    the task's `ensemble_in`. Every rank draws the same resamples (from the run seed) and adds the same rows
+    in the same order, so the ensemble and its scores do not depend on the layout."""
     config, objective = search.population.config, search.objective
     if config.greedy_bags == 1:
-        counts = _select(search, mapped, shapes[0], targets[0], candidates, None)
+        counts = _select(search, mapped, shapes[0], targets[0], candidates, None, None)
     else:
         counts, size = {}, len(targets[0])
         for bag in range(config.greedy_bags):
             rng = np.random.default_rng(derive_seed(config.seed, ENSEMBLE, bag))
             sample = torch.from_numpy(rng.integers(0, size, size))
-            for i, picks in _select(search, mapped, shapes[0], targets[0], candidates, sample).items():
+            stop = None
+            if config.greedy_stop == "out-of-bag":
+                left = np.ones(size, dtype=bool)
+                left[sample.numpy()] = False
+                stop = torch.from_numpy(np.flatnonzero(left)) if left.any() else None  # none left: its own rows
+            for i, picks in _select(search, mapped, shapes[0], targets[0], candidates, sample, stop).items():
                 counts[i] = counts.get(i, 0) + picks
     if not counts:
         return None
@@ -289,12 +294,12 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
 
 
 def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[int, ...], target: torch.Tensor,
-            candidates: list[int], sample: torch.Tensor | None) -> dict[int, int]:
+            candidates: list[int], sample: torch.Tensor | None, stop: torch.Tensor | None) -> dict[int, int]:
     """One ensemble selection on the judged split's rows `sample` (None: all of them, in order): from nothing,
     add the member whose addition scores best, with replacement, S times (at most GREEDY_STEPS), and keep the
-    best of those ensembles, as each member's picks in it; its first pick is the best member, so it can
-    be the member alone (collective: each step one MINLOC over the ranks' members' scores and one sum that
-    carries the chosen member's outputs to every rank)."""
+    ensemble of the step that scores best on the rows `stop` (None: on `sample`), as each member's picks in
+    it; its first pick is the best member, so it can be the member alone (collective: each step one MINLOC
+    over the ranks' members' scores and one sum that carries the chosen member's outputs to every rank)."""
     comm, task, objective = search.comm, search.population.task, search.objective
     back = getattr(task, "ensemble_out", lambda mean: mean)
     judged = target if sample is None else target[sample.to(target.device)]
@@ -304,6 +309,7 @@ def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[
 
     local = {i: rows(mapped[i][0]) for i in candidates if i in mapped}
     total: torch.Tensor | None = None
+    held: torch.Tensor | None = None  # with `stop`: the picks' outputs summed on those rows
     counts: dict[int, int] = {}
     best: tuple[float, dict[int, int]] = (math.inf, {})
     for step in range(min(len(candidates), GREEDY_STEPS)):
@@ -315,9 +321,15 @@ def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[
         score, chosen = comm.allreduce_minloc(scores, list(local))
         if not math.isfinite(score):
             break
-        row = rows(_row_of(comm, mapped, chosen, shape, 0))
+        full = _row_of(comm, mapped, chosen, shape, 0)
+        row = rows(full)
         total = row if total is None else total + row
         counts[chosen] = counts.get(chosen, 0) + 1
+        if stop is not None:  # the step is judged on rows this selection never saw
+            part = full[stop]
+            held = part if held is None else held + part
+            score = _score(task, objective, back((held / (step + 1)).float().to(target.device)),
+                           target[stop.to(target.device)])
         if score < best[0]:
             best = (score, dict(counts))
     return best[1]
