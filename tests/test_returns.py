@@ -305,38 +305,50 @@ def test_greedy_returns_the_ensemble_selection_rebuilt_from_the_files(tmp_path: 
     assert "(the run returned the greedy ensemble)" in summary(load_history(str(out / "results.h5")))
 
 
-def test_greedy_bags_sum_the_picks_of_selections_on_bootstrap_resamples(tmp_path: Path) -> None:
-    """--greedy-bags N: ensemble selection on each of N resamples of the validation split (drawn with
-    replacement from the run seed's ENSEMBLE streams), a member weighing its picks summed over them; the
-    returned model is that weighted average, rebuilt from results.h5 alone."""
+def _bagged(tmp_path: Path, name: str, bags: int, **settings: Any) -> tuple[Any, Path, list[torch.nn.Module],
+                                                                          list[torch.Tensor], torch.Tensor,
+                                                                          list[torch.Tensor]]:
+    """A --returns greedy run of _Wide with `bags` bags: its result and folder, its final members, their outputs
+    on the validation split and its targets, and each bag's resample, drawn as the run draws them (with
+    replacement, from the run seed's ENSEMBLE streams)."""
     from hsmpi.algorithm.streams import ENSEMBLE, derive_seed
 
-    task, bags = _Wide(), 4
-    result, out = _run(tmp_path, "bags", task=task, returns="greedy", greedy_bags=bags)
-    _, val, test = task.data(BASE["seed"])
+    task = _Wide()
+    result, out = _run(tmp_path, name, task=task, returns="greedy", greedy_bags=bags, **settings)
     models = _members(out, task)
-    x, y = val.tensors
+    x, y = task.data(BASE["seed"])[1].tensors
     with torch.no_grad():
         outputs = [m(x) for m in models]
-    counts: dict[int, int] = {}
-    draws = []
-    for bag in range(bags):
-        sample = torch.from_numpy(np.random.default_rng(derive_seed(BASE["seed"], ENSEMBLE, bag)).integers(
-            0, len(y), len(y)))
-        draws.append(sample)
-        for i, c in _greedy_by_hand([o[sample] for o in outputs], y[sample], task).items():
-            counts[i] = counts.get(i, 0) + c
-    assert len({tuple(d.tolist()) for d in draws}) == bags  # each bag its own resample
+    samples = [torch.from_numpy(np.random.default_rng(derive_seed(BASE["seed"], ENSEMBLE, bag)).integers(
+        0, len(y), len(y))) for bag in range(bags)]
+    return result, out, models, outputs, y, samples
+
+
+def _returns_the_picks(result: Any, out: Path, models: list[torch.nn.Module], counts: dict[int, int]) -> None:
+    """The run returned the members `counts` names, each weighing its count, in results.h5 and on test."""
     assert result.returned == "greedy" and result.averaged == sorted(counts)
     with h5py.File(out / "results.h5", "r") as f:
         assert dict(zip(f["test/average_members"][()].tolist(), f["test/average_counts"][()].tolist())) == counts
         assert f["test/greedy_picks"][()] == sum(counts.values())
-    assert counts != _greedy_by_hand(outputs, y, task)  # not what one selection on the whole split gives
-    xt, yt = test.tensors
+    task = _Wide()
+    xt, yt = task.data(BASE["seed"])[2].tensors
     with torch.no_grad():
         by_hand = sum(c * models[i](xt) for i, c in counts.items()) / sum(counts.values())
         assert torch.allclose(Average.from_results(str(out / "results.h5"), task)(xt), by_hand, atol=1e-6)
         assert float(task_loss(task, by_hand, yt)) == pytest.approx(result.test_loss, rel=1e-5)
+
+
+def test_greedy_bags_sum_the_picks_of_selections_on_bootstrap_resamples(tmp_path: Path) -> None:
+    """--greedy-bags N: ensemble selection on each of N resamples of the validation split, a member weighing
+    its picks summed over them; the returned model is that weighted average, rebuilt from results.h5 alone."""
+    result, out, models, outputs, y, samples = _bagged(tmp_path, "bags", 4)
+    counts: dict[int, int] = {}
+    for sample in samples:
+        for i, c in _greedy_by_hand([o[sample] for o in outputs], y[sample], _Wide()).items():
+            counts[i] = counts.get(i, 0) + c
+    assert len({tuple(d.tolist()) for d in samples}) == len(samples)  # each bag its own resample
+    assert counts != _greedy_by_hand(outputs, y, _Wide())  # not what one selection on the whole split gives
+    _returns_the_picks(result, out, models, counts)
 
 
 def test_greedy_stop_out_of_bag_keeps_each_bags_step_that_scores_best_on_the_rows_it_left_out(
@@ -344,35 +356,19 @@ def test_greedy_stop_out_of_bag_keeps_each_bags_step_that_scores_best_on_the_row
     """--greedy-stop out-of-bag: each bag selects on its resample as in bag, but keeps the step whose ensemble
     scores best on the validation rows its resample did not draw; the returned weights are those picks summed,
     rebuilt by hand from results.h5."""
-    from hsmpi.algorithm.streams import ENSEMBLE, derive_seed
-
-    task, bags = _Wide(), 4
-    result, out = _run(tmp_path, "oob", task=task, returns="greedy", greedy_bags=bags, greedy_stop="out-of-bag")
-    _, val, test = task.data(BASE["seed"])
-    models = _members(out, task)
-    x, y = val.tensors
-    with torch.no_grad():
-        outputs = [m(x) for m in models]
+    result, out, models, outputs, y, samples = _bagged(tmp_path, "oob", 4, greedy_stop="out-of-bag")
     counts: dict[int, int] = {}
     in_bag: dict[int, int] = {}
-    for bag in range(bags):
-        sample = torch.from_numpy(np.random.default_rng(derive_seed(BASE["seed"], ENSEMBLE, bag)).integers(
-            0, len(y), len(y)))
+    for sample in samples:
         left = torch.tensor(sorted(set(range(len(y))) - set(sample.tolist())))
         assert 0 < len(left) < len(y)
         drawn = [o[sample] for o in outputs]
-        for i, c in _greedy_by_hand(drawn, y[sample], task, ([o[left] for o in outputs], y[left])).items():
+        for i, c in _greedy_by_hand(drawn, y[sample], _Wide(), ([o[left] for o in outputs], y[left])).items():
             counts[i] = counts.get(i, 0) + c
-        for i, c in _greedy_by_hand(drawn, y[sample], task).items():
+        for i, c in _greedy_by_hand(drawn, y[sample], _Wide()).items():
             in_bag[i] = in_bag.get(i, 0) + c
     assert counts != in_bag  # the rows left out kept other steps than the resamples themselves would
-    assert result.returned == "greedy" and result.averaged == sorted(counts)
-    with h5py.File(out / "results.h5", "r") as f:
-        assert dict(zip(f["test/average_members"][()].tolist(), f["test/average_counts"][()].tolist())) == counts
-    xt, yt = test.tensors
-    with torch.no_grad():
-        by_hand = sum(c * models[i](xt) for i, c in counts.items()) / sum(counts.values())
-        assert float(task_loss(task, by_hand, yt)) == pytest.approx(result.test_loss, rel=1e-5)
+    _returns_the_picks(result, out, models, counts)
 
 
 def test_auto_returns_the_greedy_ensemble_when_enough_samples_judge_it(tmp_path: Path) -> None:
