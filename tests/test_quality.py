@@ -602,14 +602,16 @@ def _bagged_table(text: str) -> dict[str, list[str]]:
             if r.startswith("| ") and not r.startswith("| task")}
 
 
-def _bagged_cell(stored: dict[Any, dict[int, dict[str, Any]]], task: str, seeds: range) -> str:
-    """One cell as the section writes it: the two medians, the seeds where the bags are better / worse, p."""
+def _bagged_cell(stored: dict[Any, dict[int, dict[str, Any]]], task: str, seeds: range,
+                 variant: str = "hsmpi/bags-20", against: str = "hsmpi") -> str:
+    """One cell as the section writes it: the two medians (`against`'s, then `variant`'s), the seeds where
+    the variant is better / worse, p."""
     import statistics
 
     from scipy.stats import wilcoxon
 
-    base = [stored[(task, "hsmpi")][s]["test"] for s in seeds]
-    bags = [stored[(task, "hsmpi/bags-20")][s]["test"] for s in seeds]
+    base = [stored[(task, against)][s]["test"] for s in seeds]
+    bags = [stored[(task, variant)][s]["test"] for s in seeds]
     better, worse = sum(y < x for x, y in zip(base, bags)), sum(y > x for x, y in zip(base, bags))
     p = wilcoxon(bags, base).pvalue
     return f"{statistics.median(base):.4g}, {statistics.median(bags):.4g} ({better}/{worse}, p {tables.format_p(p)})"
@@ -623,7 +625,7 @@ def test_the_docs_tables_of_bagged_ensemble_selection_are_the_cells_in_docs_data
     from benchmarks.quality.compare import read_cells
 
     data, text = ROOT / "docs" / "data", (ROOT / "docs" / "benchmarks.md").read_text()
-    section = text[text.index("## Bagged ensemble selection"):text.index("## Against the issue's bar")]
+    section = text[text.index("## Bagged ensemble selection"):text.index("## Bags that judge their size out of bag")]
     main, between = section.split("**Between the two budgets.**")
     tasks = {"digits", "moons-schedule", "sparse-regression", "friedman1", "regression1d"}
     eighty = {"32x60": ["batched-32x60-seeds-0-39-2026-12-06.csv", "fresh-32x60-seeds-40-79-2026-12-06.csv",
@@ -644,3 +646,27 @@ def test_the_docs_tables_of_bagged_ensemble_selection_are_the_cells_in_docs_data
         stored = read_cells([str(data / f"greedy-bags-{budget}-seeds-0-39-2026-12-07.csv")])
         for task, cells in rows.items():
             assert cells[column] == _bagged_cell(stored, task, range(0, 40)), (budget, task)
+
+
+@pytest.mark.filterwarnings("ignore:Exact p-value calculation")  # a seed where both return the same ensemble
+def test_the_docs_table_of_bags_judged_out_of_bag_is_the_cells_in_docs_data() -> None:
+    """docs/benchmarks.md, "Bags that judge their size out of bag": each cell of its table is what docs/data's
+    cells give: --greedy-bags 20 --greedy-stop out-of-bag against the defaults per budget and seed set, then
+    against the bags in bag over seeds 0-79; the defaults' and the in-bag bags' cells are those stored before."""
+    from benchmarks.quality.compare import read_cells
+
+    data, text = ROOT / "docs" / "data", (ROOT / "docs" / "benchmarks.md").read_text()
+    section = text[text.index("## Bags that judge their size out of bag"):text.index("## Against the issue's bar")]
+    rows = _bagged_table(section)
+    assert set(rows) == {"digits", "moons-schedule", "sparse-regression", "friedman1", "regression1d"}
+    stored = {budget: read_cells([str(data / f"greedy-oob-{budget}-seeds-0-79-2026-12-07.csv"),
+                                  str(data / f"greedy-bags-{budget}-seeds-0-79-2026-12-07.csv")])
+              for budget in ("32x60", "16x30")}  # a cell that differed between the two would be an error
+    columns = [("32x60", range(0, 40), "hsmpi"), ("32x60", range(40, 80), "hsmpi"),
+               ("16x30", range(0, 40), "hsmpi"), ("16x30", range(40, 80), "hsmpi"),
+               ("32x60", range(0, 80), "hsmpi/bags-20"), ("16x30", range(0, 80), "hsmpi/bags-20")]
+    for task, cells in rows.items():
+        assert len(cells) == len(columns), task
+        for cell, (budget, seeds, against) in zip(cells, columns):
+            assert cell == _bagged_cell(stored[budget], task, seeds, "hsmpi/bags-20-oob", against), \
+                (budget, task, seeds, against)
