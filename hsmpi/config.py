@@ -207,7 +207,8 @@ class Search(_Group):
     greedy_stop: GreedyStopName = _field(
         "in-bag", "with `--greedy-bags` 2 or more: which rows choose how many picks each bag's selection keeps: "
         "`in-bag` (its own resample, as for one selection) or `out-of-bag` (the validation rows its resample "
-        "left out, which its picks never saw)")
+        "left out, which its picks never saw; with 20 bags better at S=32, M=60 on one task of five and worse on "
+        "none, at S=16, M=30 worse on one: docs/benchmarks.md)")
     independent_init: bool = _field(
         True,
         "each member its own initial weights, so the first session also chooses among starting points; "
