@@ -303,6 +303,7 @@ def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[
     comm, task, objective = search.comm, search.population.task, search.objective
     back = getattr(task, "ensemble_out", lambda mean: mean)
     judged = target if sample is None else target[sample.to(target.device)]
+    held_target = None if stop is None else target[stop.to(target.device)]  # what the kept step is judged on
 
     def rows(row: torch.Tensor) -> torch.Tensor:
         return row if sample is None else row[sample]
@@ -325,11 +326,10 @@ def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[
         row = rows(full)
         total = row if total is None else total + row
         counts[chosen] = counts.get(chosen, 0) + 1
-        if stop is not None:  # the step is judged on rows this selection never saw
+        if stop is not None and held_target is not None:  # the step is judged on rows this selection never saw
             part = full[stop]
             held = part if held is None else held + part
-            score = _score(task, objective, back((held / (step + 1)).float().to(target.device)),
-                           target[stop.to(target.device)])
+            score = _score(task, objective, back((held / (step + 1)).float().to(target.device)), held_target)
         if score < best[0]:
             best = (score, dict(counts))
     return best[1]
