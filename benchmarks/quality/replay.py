@@ -1,0 +1,271 @@
+"""Return rules replayed on stored final populations: a rule tried on 80 seeds in minutes, not a benchmark run.
+
+What a run returns is chosen from its final population's outputs on the validation split alone, so a rule for
+choosing it can be tried without training again:
+
+- `collect` runs hsmpi as the benchmark runs it (the defaults, one cell at a time in this process: its results
+  do not depend on the number of ranks) and keeps each final member's outputs on the validation and test
+  splits, mapped by the task's `ensemble_in` as `--returns` combines them, with the targets, the last
+  session's scores and the run's own cell, in `<dir>/<task>/S<S>-M<M>-m<m>/seed<k>.h5` (arrays and plain
+  attributes). Under mpirun the cells are spread over the ranks; a file already there is kept.
+- `rules` replays return rules on those files and writes their cells in the benchmark's `cells.csv` format.
+  A rule named as an ablation variant (`bags-20`, `bags-20-oob`, `average`) gives that variant's cells, and
+  `defaults` gives hsmpi's (labelled `hsmpi`), to the bit: `benchmarks.quality.compare` refuses two files that
+  disagree on a cell, so reading the replay beside a stored run checks that, and pairs the new rules with
+  every stored method.
+
+Only tasks whose validation split has `AUTO_FEW_SAMPLES` (128) samples or more: where the defaults return
+the greedy ensemble.
+
+    mpirun -n 2 python -m benchmarks.quality.replay collect --dir replay32 -S 32 -M 60 --seeds 40 \\
+        --tasks digits moons-schedule
+    python -m benchmarks.quality.replay rules --dir replay32 --rules defaults bags-20 blend --csv replay32.csv
+    python -m benchmarks.quality.compare --paired replay32.csv docs/data/greedy-bags-32x60-seeds-0-79-2026-12-07.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from benchmarks.quality import methods, tables
+from benchmarks.quality.runner import hsmpi_defaults
+from benchmarks.quality.trial import Problem
+from hsmpi.config import Config
+from hsmpi.engine.average import AUTO_FEW_SAMPLES, FOLDS, _evaluated, _greedy, _judged_score
+from hsmpi.io.files import replace_atomically
+from hsmpi.parallel.comm import SerialComm, world
+from hsmpi.tasks import BUILTIN, Objective, load_task
+
+SPLITS = ("val", "test")
+
+
+@dataclass
+class Population:
+    """One collected cell: every final member's mapped outputs on each split, and what the run returned."""
+
+    task_name: str
+    seed: int
+    outputs: dict[str, np.ndarray]  # split -> (S, *output shape), float64, mapped by the task's ensemble_in
+    targets: dict[str, torch.Tensor]
+    last_scores: np.ndarray  # (S,): the last session's scores, as its selection compared them
+    returned: float  # the run's test loss: the benchmark's cell
+    seconds: float  # the run's wall-clock
+
+
+def cell_path(folder: str, task_name: str, population: int, epochs: int, sessions: int, seed: int) -> str:
+    return os.path.join(folder, task_name, f"S{population}-M{epochs}-m{sessions}", f"seed{seed}.h5")
+
+
+def collect_one(task_name: str, seed: int, population: int, epochs: int, sessions: int, path: str) -> None:
+    """Run hsmpi's defaults on one cell, as the benchmark does, and write its final population to `path`."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    workdir = os.path.join(folder, f".run-seed{seed}")
+    problem = Problem(task_name, seed, population, epochs, sessions, workdir=workdir)
+    outcome = methods.hsmpi_method(problem, SerialComm(), hsmpi_defaults())
+    task = problem.task
+    into = getattr(task, "ensemble_in", lambda out: out)
+    outputs: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    with h5py.File(outcome.extra["results"], "r") as f:
+        last_scores = np.asarray(f["history/val_loss"][-1], dtype=float)  # the objective is the loss
+        weights = f["population/weights"]
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # building a model draws its initial weights
+            for i in range(population):
+                model = task.model()
+                model.load_state_dict({n: torch.from_numpy(np.asarray(weights[n][i])) for n in weights})
+                model.eval()
+                for s in SPLITS:  # as a member predicts (Member.predict), in the same batches
+                    out = torch.cat([model(x) for x, _ in problem.data[s].in_order()])
+                    outputs[s].append(into(out).double().cpu().numpy())
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            for s in SPLITS:
+                f[f"{s}/outputs"] = np.stack(outputs[s])
+                f[f"{s}/targets"] = torch.cat([y for _, y in problem.data[s].in_order()]).numpy()
+            f["last_scores"] = last_scores
+            f.attrs.update({"task": task_name, "seed": seed, "population": population, "epochs": epochs,
+                            "sessions": sessions, "returned": outcome.test, "seconds": outcome.seconds})
+
+    replace_atomically(path, write, suffix=".h5")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def load(path: str) -> Population:
+    with h5py.File(path, "r") as f:
+        a = f.attrs
+        return Population(str(a["task"]), int(a["seed"]),
+                          {s: np.asarray(f[f"{s}/outputs"][()]) for s in SPLITS},
+                          {s: torch.from_numpy(np.asarray(f[f"{s}/targets"][()])) for s in SPLITS},
+                          np.asarray(f["last_scores"][()]), float(a["returned"]), float(a["seconds"]))
+
+
+# ---- the rules ----
+
+def _candidates(pop: Population) -> list[int]:
+    """The members `--returns` combines: a finite last score, and finite outputs on both splits."""
+    return [i for i in range(len(pop.last_scores)) if math.isfinite(pop.last_scores[i])
+            and all(np.isfinite(pop.outputs[s][i]).all() for s in SPLITS)]
+
+
+def _ensemble(pop: Population, options: dict[str, Any] | None = None, fit: np.ndarray | None = None,
+              held: np.ndarray | None = None) -> tuple[dict[int, int], float]:
+    """hsmpi's own greedy selection (`hsmpi.engine.average`; `options`: the settings changed from the defaults,
+    such as `greedy_bags`) on the validation rows `fit` (None: all), scored on the validation rows `held`
+    (None: on the test split): each member's picks, and that score."""
+    task = load_task(pop.task_name)
+    config = Config(seed=pop.seed, **(options or {}))
+    run = SimpleNamespace(comm=SerialComm(), population=SimpleNamespace(config=config, task=task),
+                          objective=Objective())  # what the selection reads of a search
+    val, target = pop.outputs["val"], pop.targets["val"]
+    split_in = (val, target) if fit is None else (val[:, fit], target[fit])
+    split_out = (pop.outputs["test"], pop.targets["test"]) if held is None else (val[:, held], target[held])
+    candidates = _candidates(pop)
+    mapped = {i: [torch.from_numpy(split_in[0][i]), torch.from_numpy(split_out[0][i])] for i in candidates}
+    shapes = [tuple(split_in[0].shape[1:]), tuple(split_out[0].shape[1:])]
+    ensemble = _greedy(run, mapped, shapes, [split_in[1], split_out[1]], candidates)  # type: ignore[arg-type]
+    if ensemble is None:
+        return {}, math.inf
+    return dict(zip(ensemble.members, ensemble.counts)), ensemble.test["loss"]
+
+
+def _weighted(pop: Population, weights: dict[int, float], split: str = "test") -> float:
+    """The loss on `split` of the members' mapped outputs averaged with `weights`."""
+    task = load_task(pop.task_name)
+    total = np.zeros(pop.outputs[split].shape[1:])
+    for i in sorted(weights):
+        total += weights[i] * pop.outputs[split][i]
+    mean = torch.from_numpy(total / sum(weights.values()))
+    _, test = _evaluated(task, [mean, mean], [pop.targets[split], pop.targets[split]])
+    return test["loss"]
+
+
+def _blend(*picks: dict[int, int]) -> dict[int, float]:
+    """Equal weight to each ensemble, each one's picks normalised to sum to one."""
+    weights: dict[int, float] = {}
+    for counts in picks:
+        total = sum(counts.values())
+        for i, c in counts.items():
+            weights[i] = weights.get(i, 0.0) + c / total / len(picks)
+    return weights
+
+
+BAGS: dict[str, Any] = {"greedy_bags": 20}
+OOB: dict[str, Any] = {"greedy_bags": 20, "greedy_stop": "out-of-bag"}
+
+
+def _cv_choice(pop: Population, options: list[dict[str, Any]]) -> float:
+    """Of ensemble selections with `options`, the one whose selection, made on 4 of 5 folds of the validation
+    split, scores best on the fifth (summed over the folds, weighted by size); its test loss."""
+    size = len(pop.targets["val"])
+    folds = [np.arange(f, size, FOLDS) for f in range(FOLDS)]
+    task = load_task(pop.task_name)
+    scores = []
+    for option in options:
+        total = 0.0
+        for fold in folds:
+            rest = np.setdiff1d(np.arange(size), fold)
+            counts, _ = _ensemble(pop, option, rest, fold)
+            weights = {i: float(c) for i, c in counts.items()}
+            total += _fold_loss(pop, task, weights, fold) * len(fold)
+        scores.append(total)
+    best = options[int(np.argmin(scores))]
+    return _ensemble(pop, best)[1]
+
+
+def _fold_loss(pop: Population, task: Any, weights: dict[int, float], fold: np.ndarray) -> float:
+    total = np.zeros(pop.outputs["val"].shape[1:])
+    for i in sorted(weights):
+        total += weights[i] * pop.outputs["val"][i]
+    mean = torch.from_numpy((total / sum(weights.values()))[fold])
+    target = pop.targets["val"][fold]
+    judged, _ = _evaluated(task, [mean, mean], [target, target])
+    return _judged_score(Objective(), judged)
+
+
+Rule = Callable[[Population], float]
+# name -> (the method label its cells carry, the rule). A label that names an ablation variant must give that
+# variant's cells to the bit.
+RULES: dict[str, tuple[str, Rule]] = {
+    "defaults": ("hsmpi", lambda p: _ensemble(p)[1]),
+    "bags-20": ("hsmpi/bags-20", lambda p: _ensemble(p, BAGS)[1]),
+    "bags-20-oob": ("hsmpi/bags-20-oob", lambda p: _ensemble(p, OOB)[1]),
+    "average": ("hsmpi/average", lambda p: _weighted(p, {i: 1.0 for i in _candidates(p)})),
+    "blend": ("hsmpi/blend", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, BAGS)[0]))),
+    "blend-oob": ("hsmpi/blend-oob", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, OOB)[0]))),
+    "cv-oob": ("hsmpi/cv-oob", lambda p: _cv_choice(p, [{}, OOB])),
+}
+
+
+# ---- the command line ----
+
+def _collect(ns: argparse.Namespace) -> int:
+    comm = world()
+    cells = [(t, s) for t in ns.tasks for s in range(ns.first_seed, ns.first_seed + ns.seeds)]
+    for task_name, seed in cells[comm.rank::comm.size]:
+        path = cell_path(ns.dir, task_name, ns.population, ns.epochs, ns.sessions, seed)
+        if os.path.exists(path):
+            continue
+        start = time.perf_counter()
+        collect_one(task_name, seed, ns.population, ns.epochs, ns.sessions, path)
+        print(f"rank {comm.rank}: {task_name} seed {seed} in {time.perf_counter() - start:.0f} s", flush=True)
+    comm.barrier()
+    return 0
+
+
+def _rules(ns: argparse.Namespace) -> int:
+    paths = sorted(glob.glob(os.path.join(ns.dir, "*", f"S{ns.population}-M{ns.epochs}-m{ns.sessions}",
+                                          "seed*.h5")))
+    if not paths:
+        print(f"benchmarks.quality.replay: error: no collected cells for S={ns.population}, M={ns.epochs}, "
+              f"m={ns.sessions} under {ns.dir}", file=sys.stderr)
+        return 2
+    cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for path in paths:
+        pop = load(path)
+        if len(pop.targets["val"]) < AUTO_FEW_SAMPLES:
+            continue
+        for name in ns.rules:
+            label, rule = RULES[name]
+            cells.setdefault((pop.task_name, label), {})[pop.seed] = {"test": rule(pop), "seconds": pop.seconds}
+    rows = tables.write_csv(cells, ns.csv)
+    print(f"{rows} cells from {len(paths)} collected runs in {ns.csv}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality.replay", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("collect", "rules"):
+        q = sub.add_parser(name)
+        q.add_argument("--dir", required=True, help="the collected cells' folder")
+        q.add_argument("-S", "--population", type=int, default=16, help="members S (default 16)")
+        q.add_argument("-M", "--epochs", type=int, default=30, help="epochs M (default 30)")
+        q.add_argument("-m", "--sessions", type=int, default=6, help="sessions m (default 6)")
+        if name == "collect":
+            q.add_argument("--tasks", nargs="+", required=True, choices=sorted(BUILTIN))
+            q.add_argument("--seeds", type=int, default=10, help="how many seeds (default 10)")
+            q.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1 (default 0)")
+        else:
+            q.add_argument("--rules", nargs="+", default=["defaults"], choices=list(RULES))
+            q.add_argument("--csv", required=True, help="write the replayed cells here (cells.csv's format)")
+    ns = p.parse_args(argv)
+    return _collect(ns) if ns.command == "collect" else _rules(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

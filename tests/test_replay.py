@@ -1,0 +1,75 @@
+"""benchmarks.quality.replay: return rules replayed on a collected final population give what hsmpi itself
+returns with those settings, to the bit, and its cells read beside the benchmark's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmarks.quality import compare, methods, replay
+from benchmarks.quality.runner import hsmpi_defaults
+from benchmarks.quality.trial import Problem
+from hsmpi.parallel.comm import SerialComm
+
+TASK, SEED = "moons-schedule", 3  # 200 validation samples: the defaults return the greedy ensemble
+BUDGET = ["-S", "4", "-M", "2", "-m", "1"]
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One seed of moons-schedule and one of breast-cancer (100 validation samples: not replayed)."""
+    folder = str(tmp_path_factory.mktemp("replay"))
+    assert replay.main(["collect", "--dir", folder, *BUDGET, "--seeds", "1", "--first-seed", str(SEED),
+                        "--tasks", TASK, "breast-cancer"]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("rule, options", [("defaults", {}), ("bags-20", replay.BAGS), ("bags-20-oob", replay.OOB),
+                                           ("average", {"returns": "average"})])
+def test_a_rule_named_as_a_variant_gives_what_hsmpi_returns_with_its_settings(collected: str, rule: str,
+                                                                               options: dict[str, object]) -> None:
+    pop = replay.load(replay.cell_path(collected, TASK, 4, 2, 1, SEED))
+    outcome = methods.hsmpi_method(Problem(TASK, SEED, 4, 2, 1), SerialComm(), hsmpi_defaults(**options))
+    assert replay.RULES[rule][1](pop) == outcome.test
+    if rule == "defaults":
+        assert pop.returned == outcome.test and outcome.extra["returned"] == "greedy"
+
+
+def test_the_rules_write_cells_that_compare_reads(collected: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Each rule's cell under its label, the small split skipped; a cell file that disagrees with the
+    replay on a cell is refused beside it; a second collect keeps the files it finds."""
+    path = str(tmp_path / "r.csv")
+    assert replay.main(["rules", "--dir", collected, *BUDGET, "--csv", path,
+                        "--rules", "defaults", "bags-20-oob", "blend", "cv-oob"]) == 0
+    assert "4 cells from 2 collected runs" in capsys.readouterr().out
+    cells = compare.read_cells([path])
+    assert set(cells) == {(TASK, label) for label in ("hsmpi", "hsmpi/bags-20-oob", "hsmpi/blend", "hsmpi/cv-oob")}
+    returned = replay.load(replay.cell_path(collected, TASK, 4, 2, 1, SEED)).returned
+    assert cells[(TASK, "hsmpi")][SEED]["test"] == returned
+    # cv-oob returns one of the two ensembles it chooses between
+    assert cells[(TASK, "hsmpi/cv-oob")][SEED]["test"] in (returned, cells[(TASK, "hsmpi/bags-20-oob")][SEED]["test"])
+    other = tmp_path / "other.csv"
+    other.write_text(f"task,method,seed,test_loss,seconds\n{TASK},hsmpi,{SEED},{returned + 1e-9!r},1.0\n")
+    with pytest.raises(compare.CellsError, match="seed 3: test loss .* but "):
+        compare.read_cells([path, str(other)])
+
+    files = sorted(str(p) for p in Path(collected).rglob("*.h5"))
+    stamps = [os.stat(p).st_mtime_ns for p in files]
+    assert replay.main(["collect", "--dir", collected, *BUDGET, "--seeds", "1", "--first-seed", str(SEED),
+                        "--tasks", TASK]) == 0
+    assert [os.stat(p).st_mtime_ns for p in files] == stamps and capsys.readouterr().out == ""
+    assert not [p for p in Path(collected).rglob(".run-*")]  # each run's own folder is removed
+
+
+def test_no_collected_cells_at_that_budget_is_a_clear_error(collected: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert replay.main(["rules", "--dir", collected, "-S", "5", "--csv", str(tmp_path / "r.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: no collected cells for S=5, M=30, m=6") == 1
+
+
+def test_a_blend_gives_each_ensemble_half_the_weight() -> None:
+    assert replay._blend({0: 2, 1: 1}, {1: 4}) == pytest.approx({0: 1 / 3, 1: 1 / 6 + 1 / 2})
