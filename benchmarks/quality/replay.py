@@ -33,7 +33,8 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,7 +49,7 @@ from hsmpi.config import Config
 from hsmpi.engine.average import AUTO_FEW_SAMPLES, FOLDS, _evaluated, _greedy, _judged_score
 from hsmpi.io.files import replace_atomically
 from hsmpi.parallel.comm import SerialComm, world
-from hsmpi.tasks import BUILTIN, Objective, load_task
+from hsmpi.tasks import BUILTIN, Objective, load_task, task_loss
 
 SPLITS = ("val", "test")
 
@@ -64,6 +65,8 @@ class Population:
     last_scores: np.ndarray  # (S,): the last session's scores, as its selection compared them
     returned: float  # the run's test loss: the benchmark's cell
     seconds: float  # the run's wall-clock
+    # the ensembles selected so far, by settings and rows: several rules start from the same one
+    selected: dict[tuple[Any, ...], tuple[dict[int, int], float]] = field(default_factory=dict)
 
 
 def cell_path(folder: str, task_name: str, population: int, epochs: int, sessions: int, seed: int) -> str:
@@ -127,6 +130,15 @@ def _ensemble(pop: Population, options: dict[str, Any] | None = None, fit: np.nd
     """hsmpi's own greedy selection (`hsmpi.engine.average`; `options`: the settings changed from the defaults,
     such as `greedy_bags`) on the validation rows `fit` (None: all), scored on the validation rows `held`
     (None: on the test split): each member's picks, and that score."""
+    key = (tuple(sorted((options or {}).items())), None if fit is None else fit.tobytes(),
+           None if held is None else held.tobytes())
+    if key not in pop.selected:
+        pop.selected[key] = _selected(pop, options, fit, held)
+    return pop.selected[key]
+
+
+def _selected(pop: Population, options: dict[str, Any] | None, fit: np.ndarray | None,
+              held: np.ndarray | None) -> tuple[dict[int, int], float]:
     task = load_task(pop.task_name)
     config = Config(seed=pop.seed, **(options or {}))
     run = SimpleNamespace(comm=SerialComm(), population=SimpleNamespace(config=config, task=task),
@@ -164,6 +176,16 @@ def _blend(*picks: dict[int, int]) -> dict[int, float]:
     return weights
 
 
+def _best(pop: Population, part: int) -> list[int]:
+    """The best 1/`part` of the candidates by their last score (at least one)."""
+    ranked = sorted(_candidates(pop), key=lambda i: (pop.last_scores[i], i))
+    return ranked[:max(1, len(ranked) // part)]
+
+
+def _unit(counts: dict[int, int]) -> dict[int, float]:
+    return {i: float(c) for i, c in counts.items()}
+
+
 BAGS: dict[str, Any] = {"greedy_bags": 20}
 OOB: dict[str, Any] = {"greedy_bags": 20, "greedy_stop": "out-of-bag"}
 
@@ -197,6 +219,37 @@ def _fold_loss(pop: Population, task: Any, weights: dict[int, float], fold: np.n
     return _judged_score(Objective(), judged)
 
 
+def _mean(pop: Population, weights: dict[int, float], split: str) -> torch.Tensor:
+    """The members' mapped outputs on `split` averaged with `weights`, mapped back (float32, as `_evaluated`)."""
+    total = np.zeros(pop.outputs[split].shape[1:])
+    for i in sorted(weights):
+        total += weights[i] * pop.outputs[split][i]
+    back = getattr(load_task(pop.task_name), "ensemble_out", lambda mean: mean)
+    return back(torch.from_numpy(total / sum(weights.values())).float())
+
+
+TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(4.0), 97))
+
+
+def _calibrated(pop: Population, weights: dict[int, float], affine: bool) -> float:
+    """The ensemble's test loss after a calibration fitted on the validation split: for class labels, one
+    temperature dividing its log-probabilities (the grid's best on validation); for a regression with
+    `affine`, a * output + b by least squares on validation (without, left as it is)."""
+    task = load_task(pop.task_name)
+    val, test = _mean(pop, weights, "val"), _mean(pop, weights, "test")
+    target = pop.targets["val"]
+    if not (target.is_floating_point() or target.is_complex()):
+        with torch.no_grad():
+            losses = [float(task_loss(task, val / float(t), target)) for t in TEMPERATURES]
+            return float(task_loss(task, test / float(TEMPERATURES[int(np.argmin(losses))]), pop.targets["test"]))
+    if not affine:
+        return float(task_loss(task, test, pop.targets["test"]))
+    x, y = val.double().reshape(-1).numpy(), target.double().reshape(-1).numpy()
+    a, b = np.polyfit(x, y, 1)
+    with torch.no_grad():
+        return float(task_loss(task, (a * test.double() + b).float(), pop.targets["test"]))
+
+
 Rule = Callable[[Population], float]
 # name -> (the method label its cells carry, the rule). A label that names an ablation variant must give that
 # variant's cells to the bit.
@@ -207,7 +260,15 @@ RULES: dict[str, tuple[str, Rule]] = {
     "average": ("hsmpi/average", lambda p: _weighted(p, {i: 1.0 for i in _candidates(p)})),
     "blend": ("hsmpi/blend", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, BAGS)[0]))),
     "blend-oob": ("hsmpi/blend-oob", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, OOB)[0]))),
+    "top-half": ("hsmpi/top-half", lambda p: _weighted(p, _unit({i: 1 for i in _best(p, 2)}))),
+    "top-quarter": ("hsmpi/top-quarter", lambda p: _weighted(p, _unit({i: 1 for i in _best(p, 4)}))),
+    "blend-average": ("hsmpi/blend-average", lambda p: _weighted(p, _blend(_ensemble(p)[0], {i: 1 for i in _candidates(p)}))),
+    "blend-oob-average": ("hsmpi/blend-oob-average",
+                          lambda p: _weighted(p, _blend(_ensemble(p, OOB)[0], {i: 1 for i in _candidates(p)}))),
     "cv-oob": ("hsmpi/cv-oob", lambda p: _cv_choice(p, [{}, OOB])),
+    "temperature": ("hsmpi/temperature", lambda p: _calibrated(p, _unit(_ensemble(p)[0]), affine=False)),
+    "calibrated": ("hsmpi/calibrated", lambda p: _calibrated(p, _unit(_ensemble(p)[0]), affine=True)),
+    "oob-temperature": ("hsmpi/oob-temperature", lambda p: _calibrated(p, _unit(_ensemble(p, OOB)[0]), affine=False)),
 }
 
 
@@ -227,6 +288,16 @@ def _collect(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _replayed(path: str, names: list[str], tasks: list[str] | None) -> tuple[str, int, float, dict[str, float]] | None:
+    """One collected cell's rules: (task, seed, the run's seconds, label -> test loss); None: a split too
+    small for the greedy ensemble."""
+    torch.set_num_threads(1)  # small tensors: one thread is many times faster than several contending
+    pop = load(path)
+    if len(pop.targets["val"]) < AUTO_FEW_SAMPLES or (tasks and pop.task_name not in tasks):
+        return None
+    return pop.task_name, pop.seed, pop.seconds, {RULES[n][0]: RULES[n][1](pop) for n in names}
+
+
 def _rules(ns: argparse.Namespace) -> int:
     paths = sorted(glob.glob(os.path.join(ns.dir, "*", f"S{ns.population}-M{ns.epochs}-m{ns.sessions}",
                                           "seed*.h5")))
@@ -235,13 +306,12 @@ def _rules(ns: argparse.Namespace) -> int:
               f"m={ns.sessions} under {ns.dir}", file=sys.stderr)
         return 2
     cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for path in paths:
-        pop = load(path)
-        if len(pop.targets["val"]) < AUTO_FEW_SAMPLES:
-            continue
-        for name in ns.rules:
-            label, rule = RULES[name]
-            cells.setdefault((pop.task_name, label), {})[pop.seed] = {"test": rule(pop), "seconds": pop.seconds}
+    with ProcessPoolExecutor(ns.jobs) as pool:
+        for done in pool.map(_replayed, paths, [ns.rules] * len(paths), [ns.tasks] * len(paths)):
+            if done is not None:
+                task_name, seed, seconds, losses = done
+                for label, loss in losses.items():
+                    cells.setdefault((task_name, label), {})[seed] = {"test": loss, "seconds": seconds}
     rows = tables.write_csv(cells, ns.csv)
     print(f"{rows} cells from {len(paths)} collected runs in {ns.csv}")
     return 0
@@ -263,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             q.add_argument("--rules", nargs="+", default=["defaults"], choices=list(RULES))
             q.add_argument("--csv", required=True, help="write the replayed cells here (cells.csv's format)")
+            q.add_argument("--tasks", nargs="+", help="only these tasks (default: every one collected)")
+            q.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                           help="processes replaying cells at once (default: one per core)")
     ns = p.parse_args(argv)
     return _collect(ns) if ns.command == "collect" else _rules(ns)
 
