@@ -3,6 +3,7 @@ returns with those settings, to the bit, and its cells read beside the benchmark
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -73,3 +74,16 @@ def test_no_collected_cells_at_that_budget_is_a_clear_error(collected: str, tmp_
 
 def test_a_blend_gives_each_ensemble_half_the_weight() -> None:
     assert replay._blend({0: 2, 1: 1}, {1: 4}) == pytest.approx({0: 1 / 3, 1: 1 / 6 + 1 / 2})
+
+
+def test_every_rule_gives_a_finite_loss_and_the_blends_ends_are_their_parts(collected: str) -> None:
+    """Each rule on the collected cell; the blend with the average at share 0 is the greedy ensemble's loss
+    and at share 1 the average's; the cross-validated share is one of the blends on its grid."""
+    pop = replay.load(replay.cell_path(collected, TASK, 4, 2, 1, SEED))
+    losses = {name: rule(pop) for name, (_, rule) in replay.RULES.items()}
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    greedy, everyone = replay._ensemble(pop)[0], {i: 1 for i in replay._candidates(pop)}
+    assert replay._weighted(pop, replay._blend(greedy, everyone, share=0.0)) == pytest.approx(losses["defaults"])
+    assert replay._weighted(pop, replay._blend(greedy, everyone, share=1.0)) == pytest.approx(losses["average"])
+    blends = [replay._weighted(pop, replay._blend(greedy, everyone, share=s)) for s in replay.SHARES]
+    assert losses["cv-share"] in blends and losses["blend-average"] == blends[2]

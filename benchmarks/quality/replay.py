@@ -166,14 +166,36 @@ def _weighted(pop: Population, weights: dict[int, float], split: str = "test") -
     return test["loss"]
 
 
-def _blend(*picks: dict[int, int]) -> dict[int, float]:
-    """Equal weight to each ensemble, each one's picks normalised to sum to one."""
+def _blend(*picks: dict[int, int], share: float = 0.5) -> dict[int, float]:
+    """Two ensembles' weighted sum, each one's picks normalised to sum to one: the first weighs 1 - `share`,
+    the second `share`."""
     weights: dict[int, float] = {}
-    for counts in picks:
+    for counts, part in zip(picks, (1 - share, share)):
         total = sum(counts.values())
         for i, c in counts.items():
-            weights[i] = weights.get(i, 0.0) + c / total / len(picks)
-    return weights
+            weights[i] = weights.get(i, 0.0) + part * c / total
+    return {i: w for i, w in weights.items() if w > 0}
+
+
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _cv_share(pop: Population, options: dict[str, Any] | None = None) -> float:
+    """The average's share in a blend of the greedy ensemble (`options`) with the plain average, chosen by
+    5-fold cross-validation: on each fold, the ensemble selected on the other four, blended with the average
+    at each share of SHARES, scored on it; the share with the lowest summed score (ties: the smaller), then
+    the blend of the ensemble selected on the whole split at that share; its test loss."""
+    size = len(pop.targets["val"])
+    task = load_task(pop.task_name)
+    everyone = {i: 1 for i in _candidates(pop)}
+    totals = np.zeros(len(SHARES))
+    for f in range(FOLDS):
+        fold = np.arange(f, size, FOLDS)
+        counts, _ = _ensemble(pop, options, np.setdiff1d(np.arange(size), fold), fold)
+        for k, share in enumerate(SHARES):
+            totals[k] += _fold_loss(pop, task, _blend(counts, everyone, share=share), fold) * len(fold)
+    share = SHARES[int(np.argmin(totals))]
+    return _weighted(pop, _blend(_ensemble(pop, options)[0], everyone, share=share))
 
 
 def _best(pop: Population, part: int) -> list[int]:
@@ -262,9 +284,11 @@ RULES: dict[str, tuple[str, Rule]] = {
     "blend-oob": ("hsmpi/blend-oob", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, OOB)[0]))),
     "top-half": ("hsmpi/top-half", lambda p: _weighted(p, _unit({i: 1 for i in _best(p, 2)}))),
     "top-quarter": ("hsmpi/top-quarter", lambda p: _weighted(p, _unit({i: 1 for i in _best(p, 4)}))),
-    "blend-average": ("hsmpi/blend-average", lambda p: _weighted(p, _blend(_ensemble(p)[0], {i: 1 for i in _candidates(p)}))),
+    "blend-average": ("hsmpi/blend-average",
+                      lambda p: _weighted(p, _blend(_ensemble(p)[0], {i: 1 for i in _candidates(p)}))),
     "blend-oob-average": ("hsmpi/blend-oob-average",
                           lambda p: _weighted(p, _blend(_ensemble(p, OOB)[0], {i: 1 for i in _candidates(p)}))),
+    "cv-share": ("hsmpi/cv-share", lambda p: _cv_share(p)),
     "cv-oob": ("hsmpi/cv-oob", lambda p: _cv_choice(p, [{}, OOB])),
     "temperature": ("hsmpi/temperature", lambda p: _calibrated(p, _unit(_ensemble(p)[0]), affine=False)),
     "calibrated": ("hsmpi/calibrated", lambda p: _calibrated(p, _unit(_ensemble(p)[0]), affine=True)),
