@@ -44,7 +44,7 @@ def test_the_rules_write_cells_that_compare_reads(collected: str, tmp_path: Path
     replay on a cell is refused beside it; a second collect keeps the files it finds."""
     path = str(tmp_path / "r.csv")
     assert replay.main(["rules", "--dir", collected, *BUDGET, "--csv", path,
-                        "--rules", "defaults", "bags-20-oob", "blend", "cv-oob"]) == 0
+                        "--rules", "defaults", "bags-20-oob", "blend", "cv-oob", "--seeds", "0-5"]) == 0
     assert "4 cells from 2 collected runs" in capsys.readouterr().out
     cells = compare.read_cells([path])
     assert set(cells) == {(TASK, label) for label in ("hsmpi", "hsmpi/bags-20-oob", "hsmpi/blend", "hsmpi/cv-oob")}
@@ -70,6 +70,11 @@ def test_no_collected_cells_at_that_budget_is_a_clear_error(collected: str, tmp_
     assert replay.main(["rules", "--dir", collected, "-S", "5", "--csv", str(tmp_path / "r.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("error: no collected cells for S=5, M=30, m=6") == 1
+    assert replay.main(["rules", "--dir", collected, *BUDGET, "--seeds", "4-9", "--csv", str(tmp_path / "r.csv")]) == 0
+    assert "0 cells from 2 collected runs" in capsys.readouterr().out  # seed 3 left out
+    with pytest.raises(SystemExit):
+        replay.main(["rules", "--dir", collected, "--seeds", "9-4", "--csv", str(tmp_path / "r.csv")])
+    assert "the range '9-4' is empty" in capsys.readouterr().err
 
 
 def test_a_blend_gives_each_ensemble_half_the_weight() -> None:

@@ -312,12 +312,14 @@ def _collect(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _replayed(path: str, names: list[str], tasks: list[str] | None) -> tuple[str, int, float, dict[str, float]] | None:
+def _replayed(path: str, names: list[str], tasks: list[str] | None,
+              seeds: tuple[int, int]) -> tuple[str, int, float, dict[str, float]] | None:
     """One collected cell's rules: (task, seed, the run's seconds, label -> test loss); None: a split too
-    small for the greedy ensemble."""
+    small for the greedy ensemble, or a task or seed not asked for."""
     torch.set_num_threads(1)  # small tensors: one thread is many times faster than several contending
     pop = load(path)
-    if len(pop.targets["val"]) < AUTO_FEW_SAMPLES or (tasks and pop.task_name not in tasks):
+    if len(pop.targets["val"]) < AUTO_FEW_SAMPLES or (tasks and pop.task_name not in tasks) or not (
+            seeds[0] <= pop.seed <= seeds[1]):
         return None
     return pop.task_name, pop.seed, pop.seconds, {RULES[n][0]: RULES[n][1](pop) for n in names}
 
@@ -331,7 +333,8 @@ def _rules(ns: argparse.Namespace) -> int:
         return 2
     cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     with ProcessPoolExecutor(ns.jobs) as pool:
-        for done in pool.map(_replayed, paths, [ns.rules] * len(paths), [ns.tasks] * len(paths)):
+        for done in pool.map(_replayed, paths, [ns.rules] * len(paths), [ns.tasks] * len(paths),
+                              [ns.seeds] * len(paths)):
             if done is not None:
                 task_name, seed, seconds, losses = done
                 for label, loss in losses.items():
@@ -339,6 +342,17 @@ def _rules(ns: argparse.Namespace) -> int:
     rows = tables.write_csv(cells, ns.csv)
     print(f"{rows} cells from {len(paths)} collected runs in {ns.csv}")
     return 0
+
+
+def _seed_range(text: str) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    try:
+        low, high = int(first), int(last)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seed range A-B: {text!r}") from None
+    if low > high:
+        raise argparse.ArgumentTypeError(f"the range {text!r} is empty")
+    return low, high
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("--rules", nargs="+", default=["defaults"], choices=list(RULES))
             q.add_argument("--csv", required=True, help="write the replayed cells here (cells.csv's format)")
             q.add_argument("--tasks", nargs="+", help="only these tasks (default: every one collected)")
+            q.add_argument("--seeds", type=_seed_range, default=(0, sys.maxsize), metavar="A-B",
+                           help="only seeds A to B, both included (default: every one collected)")
             q.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                            help="processes replaying cells at once (default: one per core)")
     ns = p.parse_args(argv)
