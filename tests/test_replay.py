@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,61 @@ def test_every_rule_gives_a_finite_loss_and_the_blends_ends_are_their_parts(coll
     assert replay._weighted(pop, replay._blend(greedy, everyone, share=1.0)) == pytest.approx(losses["average"])
     blends = [replay._weighted(pop, replay._blend(greedy, everyone, share=s)) for s in replay.SHARES]
     assert losses["cv-share"] in blends and losses["blend-average"] == blends[2]
+
+
+@pytest.mark.filterwarnings("ignore:Exact p-value calculation")  # seeds where a rule returns the same ensemble
+def test_the_docs_tables_of_replayed_rules_are_the_cells_in_docs_data() -> None:
+    """docs/benchmarks.md, "Return rules replayed on stored populations": each cell of its three tables is what
+    docs/data's replay files give (the rule's median, the seeds where it is better / worse than the defaults,
+    p); and the replay's cells equal the benchmark's stored ones wherever both hold a cell, to the bit."""
+    import statistics
+
+    from scipy.stats import wilcoxon
+
+    from benchmarks.quality import tables
+
+    root = Path(__file__).resolve().parent.parent
+    data, text = root / "docs" / "data", (root / "docs" / "benchmarks.md").read_text()
+    start, end = text.index("## Return rules replayed on stored populations"), text.index("## Against the issue's bar")
+    section = text[start:end]
+    cells = {budget: compare.read_cells([str(data / f"replay-{budget}-2026-12-07.csv")])
+             for budget in ("32x60", "16x30")}
+    stored = {"32x60": ["greedy-oob-32x60-seeds-0-79-2026-12-07.csv", "greedy-bags-32x60-seeds-0-79-2026-12-07.csv",
+                        "moons-schedule-32x60-variants-seeds-0-79-2026-12-07.csv"],
+              "16x30": ["greedy-oob-16x30-seeds-0-79-2026-12-07.csv", "greedy-bags-16x30-seeds-0-79-2026-12-07.csv"]}
+    for budget, names in stored.items():  # a cell that differed between the files would be an error
+        both = compare.read_cells([str(data / f"replay-{budget}-2026-12-07.csv")] + [str(data / n) for n in names])
+        assert len(both[("digits", "hsmpi/bags-20-oob")]) == 120 and len(both[("digits", "hsmpi")]) == 120
+
+    def cell(by: dict[Any, dict[int, dict[str, Any]]], task: str, rule: str, seeds: range) -> str:
+        if (task, f"hsmpi/{rule}") not in by or not all(s in by[(task, f"hsmpi/{rule}")] for s in seeds):
+            return "-"
+        base = [by[(task, "hsmpi")][s]["test"] for s in seeds]
+        new = [by[(task, f"hsmpi/{rule}")][s]["test"] for s in seeds]
+        better, worse = sum(y < x for x, y in zip(base, new)), sum(y > x for x, y in zip(base, new))
+        p = wilcoxon(new, base).pvalue if better + worse else math.nan
+        return f"{statistics.median(new):.4g} ({better}/{worse}, {tables.format_p(p)})"
+
+    blocks = [b for b in section.split("\n\n") if b.startswith("| ")]
+    assert len(blocks) == 3
+    rows = [[c.strip() for c in r.strip("|").split("|")] for b in blocks for r in b.splitlines()[2:]]
+    tasks = ["digits", "moons-schedule", "sparse-regression", "friedman1", "regression1d"]
+    checked = 0
+    for budget, block in zip(("32x60", "16x30"), blocks[:2]):
+        assert block.splitlines()[0] == "| rule | " + " | ".join(tasks) + " |"
+        for row in [[c.strip() for c in r.strip("|").split("|")] for r in block.splitlines()[2:]]:
+            for task, written in zip(tasks, row[1:]):
+                if row[0].startswith("defaults"):
+                    expected = f"{statistics.median(cells[budget][(task, 'hsmpi')][s]['test'] for s in range(80)):.4g}"
+                else:
+                    expected = cell(cells[budget], task, row[0], range(80))
+                assert written == expected, (budget, row[0], task)
+                checked += 1
+    fresh = ["bags-20-oob", "blend-oob", "blend-average", "blend-oob-average"]
+    for row in [[c.strip() for c in r.strip("|").split("|")] for r in blocks[2].splitlines()[2:]]:
+        task, budget = row[0].split(", ")
+        by = cells[budget.replace(" x ", "x")]
+        assert row[1] == f"{statistics.median(by[(task, 'hsmpi')][s]['test'] for s in range(80, 120)):.4g}"
+        assert row[2:] == [cell(by, task, rule, range(80, 120)) for rule in fresh], row[0]
+        checked += 1
+    assert checked == 2 * 10 * 5 + 10 and len(rows) == 30
