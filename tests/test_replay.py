@@ -76,6 +76,12 @@ def test_no_collected_cells_at_that_budget_is_a_clear_error(collected: str, tmp_
     with pytest.raises(SystemExit):
         replay.main(["rules", "--dir", collected, "--seeds", "9-4", "--csv", str(tmp_path / "r.csv")])
     assert "the range '9-4' is empty" in capsys.readouterr().err
+    for bad, message in ((["rules", "--dir", collected, "--csv", "r.csv", "--jobs", "0"], "need --jobs 1 or more"),
+                         (["collect", "--dir", collected, "-M", "2", "-m", "3", "--tasks", TASK], "1 <= -m <= -M"),
+                         (["collect", "--dir", collected, "--seeds", "0", "--tasks", TASK], "need --seeds 1")):
+        with pytest.raises(SystemExit):
+            replay.main(bad)
+        assert capsys.readouterr().err.count(message) == 1
 
 
 def test_a_blend_gives_each_ensemble_half_the_weight() -> None:

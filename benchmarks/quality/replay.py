@@ -155,14 +155,18 @@ def _selected(pop: Population, options: dict[str, Any] | None, fit: np.ndarray |
     return dict(zip(ensemble.members, ensemble.counts)), ensemble.test["loss"]
 
 
-def _weighted(pop: Population, weights: dict[int, float], split: str = "test") -> float:
-    """The loss on `split` of the members' mapped outputs averaged with `weights`."""
-    task = load_task(pop.task_name)
+def _averaged(pop: Population, weights: dict[int, float], split: str) -> np.ndarray:
+    """The members' mapped outputs on `split` averaged with `weights` (float64, summed in member order)."""
     total = np.zeros(pop.outputs[split].shape[1:])
     for i in sorted(weights):
         total += weights[i] * pop.outputs[split][i]
-    mean = torch.from_numpy(total / sum(weights.values()))
-    _, test = _evaluated(task, [mean, mean], [pop.targets[split], pop.targets[split]])
+    return total / sum(weights.values())
+
+
+def _weighted(pop: Population, weights: dict[int, float], split: str = "test") -> float:
+    """The loss on `split` of the members' mapped outputs averaged with `weights`."""
+    mean = torch.from_numpy(_averaged(pop, weights, split))
+    _, test = _evaluated(load_task(pop.task_name), [mean, mean], [pop.targets[split], pop.targets[split]])
     return test["loss"]
 
 
@@ -223,19 +227,15 @@ def _cv_choice(pop: Population, options: list[dict[str, Any]]) -> float:
         total = 0.0
         for fold in folds:
             rest = np.setdiff1d(np.arange(size), fold)
-            counts, _ = _ensemble(pop, option, rest, fold)
-            weights = {i: float(c) for i, c in counts.items()}
-            total += _fold_loss(pop, task, weights, fold) * len(fold)
+            total += _fold_loss(pop, task, _unit(_ensemble(pop, option, rest, fold)[0]), fold) * len(fold)
         scores.append(total)
     best = options[int(np.argmin(scores))]
     return _ensemble(pop, best)[1]
 
 
 def _fold_loss(pop: Population, task: Any, weights: dict[int, float], fold: np.ndarray) -> float:
-    total = np.zeros(pop.outputs["val"].shape[1:])
-    for i in sorted(weights):
-        total += weights[i] * pop.outputs["val"][i]
-    mean = torch.from_numpy((total / sum(weights.values()))[fold])
+    """The score on the validation rows `fold` of the members' outputs averaged with `weights`."""
+    mean = torch.from_numpy(_averaged(pop, weights, "val")[fold])
     target = pop.targets["val"][fold]
     judged, _ = _evaluated(task, [mean, mean], [target, target])
     return _judged_score(Objective(), judged)
@@ -243,11 +243,8 @@ def _fold_loss(pop: Population, task: Any, weights: dict[int, float], fold: np.n
 
 def _mean(pop: Population, weights: dict[int, float], split: str) -> torch.Tensor:
     """The members' mapped outputs on `split` averaged with `weights`, mapped back (float32, as `_evaluated`)."""
-    total = np.zeros(pop.outputs[split].shape[1:])
-    for i in sorted(weights):
-        total += weights[i] * pop.outputs[split][i]
     back = getattr(load_task(pop.task_name), "ensemble_out", lambda mean: mean)
-    return back(torch.from_numpy(total / sum(weights.values())).float())
+    return back(torch.from_numpy(_averaged(pop, weights, split)).float())
 
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(4.0), 97))
@@ -282,7 +279,6 @@ RULES: dict[str, tuple[str, Rule]] = {
     "average": ("hsmpi/average", lambda p: _weighted(p, {i: 1.0 for i in _candidates(p)})),
     "blend": ("hsmpi/blend", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, BAGS)[0]))),
     "blend-oob": ("hsmpi/blend-oob", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, OOB)[0]))),
-    "top-half": ("hsmpi/top-half", lambda p: _weighted(p, _unit({i: 1 for i in _best(p, 2)}))),
     "top-quarter": ("hsmpi/top-quarter", lambda p: _weighted(p, _unit({i: 1 for i in _best(p, 4)}))),
     "blend-average": ("hsmpi/blend-average",
                       lambda p: _weighted(p, _blend(_ensemble(p)[0], {i: 1 for i in _candidates(p)}))),
@@ -292,7 +288,6 @@ RULES: dict[str, tuple[str, Rule]] = {
     "cv-oob": ("hsmpi/cv-oob", lambda p: _cv_choice(p, [{}, OOB])),
     "temperature": ("hsmpi/temperature", lambda p: _calibrated(p, _unit(_ensemble(p)[0]), affine=False)),
     "calibrated": ("hsmpi/calibrated", lambda p: _calibrated(p, _unit(_ensemble(p)[0]), affine=True)),
-    "oob-temperature": ("hsmpi/oob-temperature", lambda p: _calibrated(p, _unit(_ensemble(p, OOB)[0]), affine=False)),
 }
 
 
@@ -377,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                            help="processes replaying cells at once (default: one per core)")
     ns = p.parse_args(argv)
+    if ns.population < 2 or ns.epochs < 1 or not 1 <= ns.sessions <= ns.epochs:
+        p.error("need -S 2 or more, -M 1 or more and 1 <= -m <= -M")
+    if ns.command == "collect" and ns.seeds < 1:
+        p.error("need --seeds 1 or more")
+    if ns.command == "rules" and ns.jobs < 1:
+        p.error("need --jobs 1 or more")
     return _collect(ns) if ns.command == "collect" else _rules(ns)
 
 
