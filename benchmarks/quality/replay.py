@@ -184,18 +184,22 @@ def _blend(*picks: dict[int, int], share: float = 0.5) -> dict[int, float]:
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def _folds(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The validation split's FOLDS folds, each as (the other rows, its rows), as `--returns auto` folds it."""
+    every = np.arange(size)
+    return [(np.setdiff1d(every, fold), fold) for fold in (every[f::FOLDS] for f in range(FOLDS))]
+
+
 def _cv_share(pop: Population, options: dict[str, Any] | None = None) -> float:
     """The average's share in a blend of the greedy ensemble (`options`) with the plain average, chosen by
     5-fold cross-validation: on each fold, the ensemble selected on the other four, blended with the average
     at each share of SHARES, scored on it; the share with the lowest summed score (ties: the smaller), then
     the blend of the ensemble selected on the whole split at that share; its test loss."""
-    size = len(pop.targets["val"])
     task = load_task(pop.task_name)
     everyone = {i: 1 for i in _candidates(pop)}
     totals = np.zeros(len(SHARES))
-    for f in range(FOLDS):
-        fold = np.arange(f, size, FOLDS)
-        counts, _ = _ensemble(pop, options, np.setdiff1d(np.arange(size), fold), fold)
+    for rest, fold in _folds(len(pop.targets["val"])):
+        counts, _ = _ensemble(pop, options, rest, fold)
         for k, share in enumerate(SHARES):
             totals[k] += _fold_loss(pop, task, _blend(counts, everyone, share=share), fold) * len(fold)
     share = SHARES[int(np.argmin(totals))]
@@ -219,14 +223,12 @@ OOB: dict[str, Any] = {"greedy_bags": 20, "greedy_stop": "out-of-bag"}
 def _cv_choice(pop: Population, options: list[dict[str, Any]]) -> float:
     """Of ensemble selections with `options`, the one whose selection, made on 4 of 5 folds of the validation
     split, scores best on the fifth (summed over the folds, weighted by size); its test loss."""
-    size = len(pop.targets["val"])
-    folds = [np.arange(f, size, FOLDS) for f in range(FOLDS)]
+    folds = _folds(len(pop.targets["val"]))
     task = load_task(pop.task_name)
     scores = []
     for option in options:
         total = 0.0
-        for fold in folds:
-            rest = np.setdiff1d(np.arange(size), fold)
+        for rest, fold in folds:
             total += _fold_loss(pop, task, _unit(_ensemble(pop, option, rest, fold)[0]), fold) * len(fold)
         scores.append(total)
     best = options[int(np.argmin(scores))]
@@ -312,9 +314,12 @@ def _replayed(path: str, names: list[str], tasks: list[str] | None,
     """One collected cell's rules: (task, seed, the run's seconds, label -> test loss); None: a split too
     small for the greedy ensemble, or a task or seed not asked for."""
     torch.set_num_threads(1)  # small tensors: one thread is many times faster than several contending
+    with h5py.File(path, "r") as f:  # its task and seed first: a file not asked for is not read
+        task_name, seed = str(f.attrs["task"]), int(f.attrs["seed"])
+    if (tasks and task_name not in tasks) or not seeds[0] <= seed <= seeds[1]:
+        return None
     pop = load(path)
-    if len(pop.targets["val"]) < AUTO_FEW_SAMPLES or (tasks and pop.task_name not in tasks) or not (
-            seeds[0] <= pop.seed <= seeds[1]):
+    if len(pop.targets["val"]) < AUTO_FEW_SAMPLES:
         return None
     return pop.task_name, pop.seed, pop.seconds, {RULES[n][0]: RULES[n][1](pop) for n in names}
 
