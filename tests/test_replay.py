@@ -66,6 +66,31 @@ def test_the_rules_write_cells_that_compare_reads(collected: str, tmp_path: Path
     assert not [p for p in Path(collected).rglob(".run-*")]  # each run's own folder is removed
 
 
+def test_hsmpi_pbt_collected_beside_hsmpi_replays_under_its_own_label(collected: str, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """hsmpi-pbt's final population kept beside hsmpi's: its defaults rule gives what hsmpi-pbt returns, to the
+    bit, labelled hsmpi-pbt, and its rules' labels start with hsmpi-pbt/."""
+    folder = str(tmp_path / "both")
+    for f in Path(collected).rglob(f"seed{SEED}.h5"):  # hsmpi's cell, as collected
+        target = Path(folder) / f.relative_to(collected)
+        target.parent.mkdir(parents=True)
+        target.write_bytes(f.read_bytes())
+    assert replay.main(["collect", "--dir", folder, *BUDGET, "--seeds", "1", "--first-seed", str(SEED),
+                        "--tasks", TASK, "--method", "hsmpi-pbt"]) == 0
+    pbt = replay.load(replay.cell_path(folder, TASK, 4, 2, 1, SEED, "hsmpi-pbt"))
+    outcome = methods.hsmpi_method(Problem(TASK, SEED, 4, 2, 1), SerialComm(),
+                                   hsmpi_defaults(**replay.COLLECTED["hsmpi-pbt"]))
+    assert pbt.method == "hsmpi-pbt" and pbt.returned == outcome.test
+    path = str(tmp_path / "r.csv")
+    assert replay.main(["rules", "--dir", folder, *BUDGET, "--csv", path, "--rules", "defaults", "bags-20-oob"]) == 0
+    cells = compare.read_cells([path])
+    assert set(cells) == {(TASK, label) for label in ("hsmpi", "hsmpi/bags-20-oob", "hsmpi-pbt",
+                                                      "hsmpi-pbt/bags-20-oob")}
+    assert cells[(TASK, "hsmpi-pbt")][SEED]["test"] == outcome.test
+    assert cells[(TASK, "hsmpi")][SEED]["test"] == replay.load(replay.cell_path(collected, TASK, 4, 2, 1,
+                                                                                 SEED)).returned
+
+
 def test_no_collected_cells_at_that_budget_is_a_clear_error(collected: str, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert replay.main(["rules", "--dir", collected, "-S", "5", "--csv", str(tmp_path / "r.csv")]) == 2

@@ -60,6 +60,7 @@ class Population:
 
     task_name: str
     seed: int
+    method: str  # the method that trained it: a key of COLLECTED
     outputs: dict[str, np.ndarray]  # split -> (S, *output shape), float64, mapped by the task's ensemble_in
     targets: dict[str, torch.Tensor]
     last_scores: np.ndarray  # (S,): the last session's scores, as its selection compared them
@@ -69,17 +70,24 @@ class Population:
     selected: dict[tuple[Any, ...], tuple[dict[int, int], float]] = field(default_factory=dict)
 
 
-def cell_path(folder: str, task_name: str, population: int, epochs: int, sessions: int, seed: int) -> str:
-    return os.path.join(folder, task_name, f"S{population}-M{epochs}-m{sessions}", f"seed{seed}.h5")
+def cell_path(folder: str, task_name: str, population: int, epochs: int, sessions: int, seed: int,
+              method: str = "hsmpi") -> str:
+    name = f"seed{seed}.h5" if method == "hsmpi" else f"{method}-seed{seed}.h5"
+    return os.path.join(folder, task_name, f"S{population}-M{epochs}-m{sessions}", name)
 
 
-def collect_one(task_name: str, seed: int, population: int, epochs: int, sessions: int, path: str) -> None:
-    """Run hsmpi's defaults on one cell, as the benchmark does, and write its final population to `path`."""
+COLLECTED = {"hsmpi": {}, "hsmpi-pbt": {"select": "truncation", "sampler": "perturb"}}  # as runner.baselines
+
+
+def collect_one(task_name: str, seed: int, population: int, epochs: int, sessions: int, path: str,
+                method: str = "hsmpi") -> None:
+    """Run `method` (hsmpi's defaults, or hsmpi-pbt's) on one cell, as the benchmark does, and write its final
+    population to `path`."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     workdir = os.path.join(folder, f".run-seed{seed}")
     problem = Problem(task_name, seed, population, epochs, sessions, workdir=workdir)
-    outcome = methods.hsmpi_method(problem, SerialComm(), hsmpi_defaults())
+    outcome = methods.hsmpi_method(problem, SerialComm(), hsmpi_defaults(**COLLECTED[method]))
     task = problem.task
     into = getattr(task, "ensemble_in", lambda out: out)
     outputs: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
@@ -101,8 +109,9 @@ def collect_one(task_name: str, seed: int, population: int, epochs: int, session
                 f[f"{s}/outputs"] = np.stack(outputs[s])
                 f[f"{s}/targets"] = torch.cat([y for _, y in problem.data[s].in_order()]).numpy()
             f["last_scores"] = last_scores
-            f.attrs.update({"task": task_name, "seed": seed, "population": population, "epochs": epochs,
-                            "sessions": sessions, "returned": outcome.test, "seconds": outcome.seconds})
+            f.attrs.update({"method": method, "task": task_name, "seed": seed, "population": population,
+                            "epochs": epochs, "sessions": sessions, "returned": outcome.test,
+                            "seconds": outcome.seconds})
 
     replace_atomically(path, write, suffix=".h5")
     shutil.rmtree(workdir, ignore_errors=True)
@@ -111,7 +120,7 @@ def collect_one(task_name: str, seed: int, population: int, epochs: int, session
 def load(path: str) -> Population:
     with h5py.File(path, "r") as f:
         a = f.attrs
-        return Population(str(a["task"]), int(a["seed"]),
+        return Population(str(a["task"]), int(a["seed"]), str(a.get("method", "hsmpi")),
                           {s: np.asarray(f[f"{s}/outputs"][()]) for s in SPLITS},
                           {s: torch.from_numpy(np.asarray(f[f"{s}/targets"][()])) for s in SPLITS},
                           np.asarray(f["last_scores"][()]), float(a["returned"]), float(a["seconds"]))
@@ -299,12 +308,13 @@ def _collect(ns: argparse.Namespace) -> int:
     comm = world()
     cells = [(t, s) for t in ns.tasks for s in range(ns.first_seed, ns.first_seed + ns.seeds)]
     for task_name, seed in cells[comm.rank::comm.size]:
-        path = cell_path(ns.dir, task_name, ns.population, ns.epochs, ns.sessions, seed)
+        path = cell_path(ns.dir, task_name, ns.population, ns.epochs, ns.sessions, seed, ns.method)
         if os.path.exists(path):
             continue
         start = time.perf_counter()
-        collect_one(task_name, seed, ns.population, ns.epochs, ns.sessions, path)
-        print(f"rank {comm.rank}: {task_name} seed {seed} in {time.perf_counter() - start:.0f} s", flush=True)
+        collect_one(task_name, seed, ns.population, ns.epochs, ns.sessions, path, ns.method)
+        seconds = time.perf_counter() - start
+        print(f"rank {comm.rank}: {ns.method} {task_name} seed {seed} in {seconds:.0f} s", flush=True)
     comm.barrier()
     return 0
 
@@ -321,12 +331,14 @@ def _replayed(path: str, names: list[str], tasks: list[str] | None,
     pop = load(path)
     if len(pop.targets["val"]) < AUTO_FEW_SAMPLES:
         return None
-    return pop.task_name, pop.seed, pop.seconds, {RULES[n][0]: RULES[n][1](pop) for n in names}
+    # a rule's label names hsmpi; another collected method's cells carry its own name in its place
+    return pop.task_name, pop.seed, pop.seconds, {pop.method + RULES[n][0][len("hsmpi"):]: RULES[n][1](pop)
+                                                  for n in names}
 
 
 def _rules(ns: argparse.Namespace) -> int:
     paths = sorted(glob.glob(os.path.join(ns.dir, "*", f"S{ns.population}-M{ns.epochs}-m{ns.sessions}",
-                                          "seed*.h5")))
+                                          "*seed*.h5")))
     if not paths:
         print(f"benchmarks.quality.replay: error: no collected cells for S={ns.population}, M={ns.epochs}, "
               f"m={ns.sessions} under {ns.dir}", file=sys.stderr)
@@ -368,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("--tasks", nargs="+", required=True, choices=sorted(BUILTIN))
             q.add_argument("--seeds", type=int, default=10, help="how many seeds (default 10)")
             q.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1 (default 0)")
+            q.add_argument("--method", default="hsmpi", choices=list(COLLECTED),
+                           help="the method whose final populations are kept (default hsmpi)")
         else:
             q.add_argument("--rules", nargs="+", default=["defaults"], choices=list(RULES))
             q.add_argument("--csv", required=True, help="write the replayed cells here (cells.csv's format)")
