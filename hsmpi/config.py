@@ -209,6 +209,10 @@ class Search(_Group):
         "`in-bag` (its own resample, as for one selection) or `out-of-bag` (the validation rows its resample "
         "left out, which its picks never saw; with 20 bags better at S=32, M=60 on one task of five and worse on "
         "none, at S=16, M=30 worse on one: docs/benchmarks.md)")
+    greedy_whole: bool = _field(
+        False, "with `--greedy-bags` 2 or more: half the ensemble's weight from one selection on the whole "
+        "validation split, half from the bags' summed picks (each half's picks normalised: a member weighs its "
+        "picks in one times the other's total, summed)")
     independent_init: bool = _field(
         True,
         "each member its own initial weights, so the first session also chooses among starting points; "

@@ -38,6 +38,7 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, ses
                 returns="auto", average_top=None,  # and these with the returned average
                 greedy_bags=1,  # and this with bagged ensemble selection
                 greedy_stop="in-bag",  # and this with its steps judged out of bag
+                greedy_whole=False,  # and this with half the weight from one selection on the whole split
                 smooth=1,  # and this with smoothed selection
                 islands=1, migrate_every=2,  # and these with sub-populations
                 prune_at=None, prune_fraction=0.25,  # and these with rungs

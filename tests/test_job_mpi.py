@@ -65,9 +65,10 @@ LAYOUT_CASES = {
     "islands": (TinyAdam(), dict(select="truncation", islands=3, migrate_every=1)),
     "returns-auto-top": (NegLoss(), dict(select="truncation", returns="auto", average_top=3)),
     "returns-greedy": (Tiny(), dict(select="truncation", returns="greedy")),
-    # out of bag: each bag's selection on its resample, as in bag, and its step judged on the rows left out
+    # out of bag: each bag's selection on its resample, as in bag, and its step judged on the rows left out;
+    # half the weight from one selection on the whole split
     "returns-greedy-bags": (Tiny(), dict(select="truncation", returns="greedy", greedy_bags=3,
-                                         greedy_stop="out-of-bag")),
+                                         greedy_stop="out-of-bag", greedy_whole=True)),
     "rungs": (TinyAdam(), dict(select="truncation", prune_at=0.5)),
     "rungs-islands": (Tiny(), dict(select="winner", islands=2, prune_at=0.5, prune_fraction=0.5)),
     "plateau": (TinyAdam(), dict(select="truncation", plateau=0.3, epochs=9)),

@@ -236,11 +236,12 @@ NEW_FLAGS = ["--objective", "mae", "--direction", "maximize", "--workers", "2", 
              "--tie-break", "loss",  # added with ties broken by the loss
              "--explore", "0.1",  # added with the box's fresh draws
              "--greedy-bags", "20",  # added with bagged ensemble selection
-             "--greedy-stop", "out-of-bag"]  # added with its steps judged out of bag
+             "--greedy-stop", "out-of-bag",  # added with its steps judged out of bag
+             "--greedy-whole"]  # added with half the weight from one selection on the whole split
 NEW_VALUES = dict(objective="mae", direction="maximize", workers=2, checkpoint_async=False, returns="member",
                   average_top=4, smooth=2, islands=2, migrate_every=3, candidates=8,
                   session_growth=1.5, prune_at=0.5, prune_fraction=0.125, plateau=0.02, tie_break="loss",
-                  explore=0.1, greedy_bags=20, greedy_stop="out-of-bag")
+                  explore=0.1, greedy_bags=20, greedy_stop="out-of-bag", greedy_whole=True)
 
 
 def test_every_old_flag_still_parses_to_the_same_value() -> None:

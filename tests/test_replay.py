@@ -29,7 +29,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.parametrize("rule, options", [("defaults", {}), ("bags-20", replay.BAGS), ("bags-20-oob", replay.OOB),
-                                           ("average", {"returns": "average"})])
+                                           ("blend-oob", replay.BLEND_OOB), ("average", {"returns": "average"})])
 def test_a_rule_named_as_a_variant_gives_what_hsmpi_returns_with_its_settings(collected: str, rule: str,
                                                                                options: dict[str, object]) -> None:
     pop = replay.load(replay.cell_path(collected, TASK, 4, 2, 1, SEED))

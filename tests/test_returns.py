@@ -5,6 +5,7 @@ members chosen greedily on validation (`greedy`), or one of them by the size of 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -369,6 +370,38 @@ def test_greedy_stop_out_of_bag_keeps_each_bags_step_that_scores_best_on_the_row
             in_bag[i] = in_bag.get(i, 0) + c
     assert counts != in_bag  # the rows left out kept other steps than the resamples themselves would
     _returns_the_picks(result, out, models, counts)
+
+
+def test_greedy_whole_gives_half_the_weight_to_one_selection_on_the_whole_split(tmp_path: Path) -> None:
+    """--greedy-whole: the out-of-bag bags' summed picks and one selection on the whole split each weigh half:
+    a member weighs its picks in one times the other's total, summed, in lowest terms; rebuilt by hand from
+    results.h5."""
+    result, out, models, outputs, y, samples = _bagged(tmp_path, "whole", 4, greedy_stop="out-of-bag",
+                                                       greedy_whole=True)
+    bags: dict[int, int] = {}
+    for sample in samples:
+        left = torch.tensor(sorted(set(range(len(y))) - set(sample.tolist())))
+        held = ([o[left] for o in outputs], y[left])
+        for i, c in _greedy_by_hand([o[sample] for o in outputs], y[sample], _Wide(), held).items():
+            bags[i] = bags.get(i, 0) + c
+    whole = _greedy_by_hand(outputs, y, _Wide())
+    n_bags, n_whole = sum(bags.values()), sum(whole.values())
+    weights = {i: whole.get(i, 0) * n_bags + bags.get(i, 0) * n_whole for i in set(whole) | set(bags)}
+    divisor = math.gcd(*weights.values())
+    counts = {i: w // divisor for i, w in weights.items()}
+    for i in counts:  # each half weighs its members as its own picks do, normalised
+        share = whole.get(i, 0) / n_whole / 2 + bags.get(i, 0) / n_bags / 2
+        assert counts[i] / sum(counts.values()) == pytest.approx(share)
+    assert counts not in (bags, whole)
+    _returns_the_picks(result, out, models, counts)
+
+
+def test_halves_keeps_integer_weights_in_lowest_terms() -> None:
+    from hsmpi.engine.average import _halves
+
+    assert _halves({0: 2, 1: 1}, {1: 4}) == {0: 1, 1: 2}  # 2/3 and 1/3, then 0 and 1, halved: 1/3 and 2/3
+    assert _halves({0: 1}, {0: 3}) == {0: 1}
+    assert _halves({}, {2: 5}) == {2: 5} and _halves({2: 5}, {}) == {2: 5}
 
 
 def test_auto_returns_the_greedy_ensemble_when_enough_samples_judge_it(tmp_path: Path) -> None:

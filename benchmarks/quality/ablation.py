@@ -24,6 +24,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "auto-top4": {"returns": "auto", "average_top": 4},
     "bags-20": {"greedy_bags": 20},  # where auto returns the greedy ensemble: selected on 20 resamples, summed
     "bags-20-oob": {"greedy_bags": 20, "greedy_stop": "out-of-bag"},  # each bag's size chosen on the rows it left out
+    # half the weight from one selection on the whole split, half from those bags
+    "blend-oob": {"greedy_bags": 20, "greedy_stop": "out-of-bag", "greedy_whole": True},
     "smooth-2": {"smooth": 2},  # select on the mean of the validation scores after a session's last 2 epochs
     "smooth-3": {"smooth": 3},  # ... its last 3
     "islands-2": {"islands": 2},  # two sub-populations of 8, the best of all migrating every 2 sessions

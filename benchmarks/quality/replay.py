@@ -227,6 +227,7 @@ def _unit(counts: dict[int, int]) -> dict[int, float]:
 
 BAGS: dict[str, Any] = {"greedy_bags": 20}
 OOB: dict[str, Any] = {"greedy_bags": 20, "greedy_stop": "out-of-bag"}
+BLEND_OOB: dict[str, Any] = {**OOB, "greedy_whole": True}  # half one selection, half the out-of-bag bags
 
 
 def _cv_choice(pop: Population, options: list[dict[str, Any]]) -> float:
@@ -289,7 +290,7 @@ RULES: dict[str, tuple[str, Rule]] = {
     "bags-20-oob": ("hsmpi/bags-20-oob", lambda p: _ensemble(p, OOB)[1]),
     "average": ("hsmpi/average", lambda p: _weighted(p, {i: 1.0 for i in _candidates(p)})),
     "blend": ("hsmpi/blend", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, BAGS)[0]))),
-    "blend-oob": ("hsmpi/blend-oob", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, OOB)[0]))),
+    "blend-oob": ("hsmpi/blend-oob", lambda p: _ensemble(p, BLEND_OOB)[1]),
     "top-quarter": ("hsmpi/top-quarter", lambda p: _weighted(p, _unit({i: 1 for i in _best(p, 4)}))),
     "blend-average": ("hsmpi/blend-average",
                       lambda p: _weighted(p, _blend(_ensemble(p)[0], {i: 1 for i in _candidates(p)}))),

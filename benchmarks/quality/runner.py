@@ -47,7 +47,7 @@ class Method:
 # under other defaults is then never mistaken for one of the current defaults.
 ALGORITHM = ("sampler", "radius", "radius_final", "explore", "candidates", "resample_probability", "select",
              "truncation_fraction", "elitism", "holdout", "independent_init", "batch_size", "returns", "average_top",
-             "greedy_bags", "greedy_stop", "smooth", "islands", "migrate_every", "session_growth",
+             "greedy_bags", "greedy_stop", "greedy_whole", "smooth", "islands", "migrate_every", "session_growth",
              "prune_at", "prune_fraction", "plateau", "tie_break")
 
 

@@ -261,7 +261,8 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
     its picks summed over them: each resample's selection overfits different samples, and the sum keeps what
     most of them agree on (docs/benchmarks.md, "Bagged ensemble selection", says where that helped and where
     not). With --greedy-stop out-of-bag each bag keeps the step that scores best on the rows its resample
-    left out. `mapped`: this rank's members' outputs on the judged and test splits (of `shapes`), mapped by
+    left out. With --greedy-whole half the weight goes to one selection on the whole split and half to the
+    bags (`_halves`). `mapped`: this rank's members' outputs on the judged and test splits (of `shapes`), mapped by
     the task's `ensemble_in`. Every rank draws the same resamples (from the run seed) and adds the same rows
     in the same order, so the ensemble and its scores do not depend on the layout."""
     config, objective = search.population.config, search.objective
@@ -279,6 +280,8 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
                 stop = torch.from_numpy(np.flatnonzero(left)) if left.any() else None  # none left: its own rows
             for i, picks in _select(search, mapped, shapes[0], targets[0], candidates, sample, stop).items():
                 counts[i] = counts.get(i, 0) + picks
+        if config.greedy_whole:
+            counts = _halves(_select(search, mapped, shapes[0], targets[0], candidates, None, None), counts)
     if not counts:
         return None
     members = sorted(counts)
@@ -291,6 +294,18 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
         means.append(weighted / sum(weights))
     judged, test = _evaluated(search.population.task, means, targets)
     return Ensemble(members, weights, judged, test, _judged_score(objective, judged))
+
+
+def _halves(first: dict[int, int], second: dict[int, int]) -> dict[int, int]:
+    """Two ensembles' picks as one ensemble's integer weights in which each weighs half: a member's picks in
+    one times the other's total, summed, divided by the weights' greatest common divisor (either empty: the
+    other)."""
+    if not first or not second:
+        return dict(first or second)
+    n1, n2 = sum(first.values()), sum(second.values())
+    weights = {i: first.get(i, 0) * n2 + second.get(i, 0) * n1 for i in sorted(set(first) | set(second))}
+    divisor = math.gcd(*weights.values())
+    return {i: w // divisor for i, w in weights.items()}
 
 
 def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[int, ...], target: torch.Tensor,
