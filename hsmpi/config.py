@@ -201,18 +201,18 @@ class Search(_Group):
         "only", metavar="K",
         means="every member with a finite validation score", minimum=1)
     greedy_bags: int = _field(
-        1, "`greedy` (and `auto` where it returns it): select on N bootstrap resamples of the validation split "
-        "and weigh each member by its picks summed over them; `1`: once, on the whole split (20 helped at S=32, M=60, "
-        "not at S=16, M=30: docs/benchmarks.md)", metavar="N", minimum=1)
+        20, "`greedy` (and `auto` where it returns it): select on N bootstrap resamples of the validation split "
+        "and weigh each member by its picks summed over them (with `--greedy-whole`, half the weight); `1`: once, "
+        "on the whole split, the default until 2026-12-07 (docs/benchmarks.md, \"Defaults from the evidence: "
+        "the greedy ensemble's weights\")", metavar="N", minimum=1)
     greedy_stop: GreedyStopName = _field(
-        "in-bag", "with `--greedy-bags` 2 or more: which rows choose how many picks each bag's selection keeps: "
-        "`in-bag` (its own resample, as for one selection) or `out-of-bag` (the validation rows its resample "
-        "left out, which its picks never saw; with 20 bags better at S=32, M=60 on one task of five and worse on "
-        "none, at S=16, M=30 worse on one: docs/benchmarks.md)")
+        "out-of-bag", "with `--greedy-bags` 2 or more: which rows choose how many picks each bag's selection "
+        "keeps: `in-bag` (its own resample, as for one selection) or `out-of-bag` (the validation rows its "
+        "resample left out, which its picks never saw)")
     greedy_whole: bool = _field(
-        False, "with `--greedy-bags` 2 or more: half the ensemble's weight from one selection on the whole "
+        True, "with `--greedy-bags` 2 or more: half the ensemble's weight from one selection on the whole "
         "validation split, half from the bags' summed picks (each half's picks normalised: a member weighs its "
-        "picks in one times the other's total, summed)")
+        "picks in one times the other's total, summed); `--no-greedy-whole`: the bags alone")
     independent_init: bool = _field(
         True,
         "each member its own initial weights, so the first session also chooses among starting points; "
@@ -234,9 +234,6 @@ class Search(_Group):
         _check_fields(self, Search)
         if self.sessions > self.epochs:
             raise ConfigError(f"sessions (-m) must not exceed epochs (-M), but got m={self.sessions} > M={self.epochs}")
-        if self.greedy_stop == "out-of-bag" and self.greedy_bags == 1:
-            raise ConfigError("greedy-stop out-of-bag needs greedy-bags 2 or more: one selection uses the whole "
-                              "validation split, so no rows are out of its bag")
         if self.plateau is not None and (self.smooth > 1 or self.prune_at is not None):
             raise ConfigError(f"plateau does not go together with {'smooth' if self.smooth > 1 else 'prune-at'}: "
                               "it validates after every epoch and ends each session where the scores settle; "

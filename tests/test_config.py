@@ -36,9 +36,9 @@ DEFAULTS = dict(task="regression1d", population=None, epochs=30, sessions=6, ses
                 objective=None, direction=None, workers=0,  # these three came with the task hooks
                 checkpoint_async=True,  # and this one with sharded checkpoints
                 returns="auto", average_top=None,  # and these with the returned average
-                greedy_bags=1,  # and this with bagged ensemble selection
-                greedy_stop="in-bag",  # and this with its steps judged out of bag
-                greedy_whole=False,  # and this with half the weight from one selection on the whole split
+                # these three with bagged ensemble selection, its steps judged out of bag and half the weight from
+                # one selection on the whole split; 1, "in-bag" and False until 2026-12-07
+                greedy_bags=20, greedy_stop="out-of-bag", greedy_whole=True,
                 smooth=1,  # and this with smoothed selection
                 islands=1, migrate_every=2,  # and these with sub-populations
                 prune_at=None, prune_fraction=0.25,  # and these with rungs
@@ -197,8 +197,6 @@ BAD = [
     ({"plateau": 1}, r"plateau must be a fraction in \(0, 1\), but got 1"),
     ({"plateau": 0.01, "smooth": 2}, r"plateau does not go together with smooth: .*give one of them"),
     ({"plateau": 0.01, "prune_at": 0.5}, r"plateau does not go together with prune-at"),
-    ({"greedy_stop": "out-of-bag"}, r"greedy-stop out-of-bag needs greedy-bags 2 or more: one selection uses "
-                                    r"the whole validation split"),
     ({"greedy_stop": "oob", "greedy_bags": 20}, r"greedy-stop must be one of \['in-bag', 'out-of-bag'\], "
                                                 r"but got 'oob'"),
     ({"holdout": 1.0}, r"holdout must be a fraction in \[0, 1\), but got 1\.0"),

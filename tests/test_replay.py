@@ -29,7 +29,8 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.parametrize("rule, options", [("defaults", {}), ("bags-20", replay.BAGS), ("bags-20-oob", replay.OOB),
-                                           ("blend-oob", replay.BLEND_OOB), ("average", {"returns": "average"})])
+                                           ("blend-oob", replay.BLEND_OOB), ("one-selection", replay.ONE),
+                                           ("average", {"returns": "average"})])
 def test_a_rule_named_as_a_variant_gives_what_hsmpi_returns_with_its_settings(collected: str, rule: str,
                                                                                options: dict[str, object]) -> None:
     pop = replay.load(replay.cell_path(collected, TASK, 4, 2, 1, SEED))
@@ -45,14 +46,17 @@ def test_the_rules_write_cells_that_compare_reads(collected: str, tmp_path: Path
     replay on a cell is refused beside it; a second collect keeps the files it finds."""
     path = str(tmp_path / "r.csv")
     assert replay.main(["rules", "--dir", collected, *BUDGET, "--csv", path,
-                        "--rules", "defaults", "bags-20-oob", "blend", "cv-oob", "--seeds", "0-5"]) == 0
-    assert "4 cells from 2 collected runs" in capsys.readouterr().out
+                        "--rules", "defaults", "one-selection", "bags-20-oob", "blend", "cv-oob",
+                        "--seeds", "0-5"]) == 0
+    assert "5 cells from 2 collected runs" in capsys.readouterr().out
     cells = compare.read_cells([path])
-    assert set(cells) == {(TASK, label) for label in ("hsmpi", "hsmpi/bags-20-oob", "hsmpi/blend", "hsmpi/cv-oob")}
+    assert set(cells) == {(TASK, label) for label in ("hsmpi", "hsmpi/one-selection", "hsmpi/bags-20-oob",
+                                                      "hsmpi/blend", "hsmpi/cv-oob")}
     returned = replay.load(replay.cell_path(collected, TASK, 4, 2, 1, SEED)).returned
     assert cells[(TASK, "hsmpi")][SEED]["test"] == returned
     # cv-oob returns one of the two ensembles it chooses between
-    assert cells[(TASK, "hsmpi/cv-oob")][SEED]["test"] in (returned, cells[(TASK, "hsmpi/bags-20-oob")][SEED]["test"])
+    assert cells[(TASK, "hsmpi/cv-oob")][SEED]["test"] in (cells[(TASK, "hsmpi/one-selection")][SEED]["test"],
+                                                          cells[(TASK, "hsmpi/bags-20-oob")][SEED]["test"])
     other = tmp_path / "other.csv"
     other.write_text(f"task,method,seed,test_loss,seconds\n{TASK},hsmpi,{SEED},{returned + 1e-9!r},1.0\n")
     with pytest.raises(compare.CellsError, match="seed 3: test loss .* but "):
@@ -91,6 +95,28 @@ def test_hsmpi_pbt_collected_beside_hsmpi_replays_under_its_own_label(collected:
                                                                                  SEED)).returned
 
 
+def test_beside_keeps_the_stored_cells_of_what_the_replay_does_not_write(collected: str, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """--beside: a stored file's cells go into the replay's file for every task and method the replay does not
+    write; where it does (a default changed), the replayed cells take their place; --seeds applies to both."""
+    stored = tmp_path / "stored.csv"
+    stored.write_text("task,method,seed,test_loss,seconds\n"
+                      f"{TASK},hsmpi,{SEED},0.5,1.0\n{TASK},random,{SEED},0.25,2.0\n{TASK},random,9,0.75,2.0\n"
+                      f"breast-cancer,hsmpi,{SEED},0.125,3.0\n")
+    path = str(tmp_path / "r.csv")
+    assert replay.main(["rules", "--dir", collected, *BUDGET, "--csv", path, "--seeds", "0-5",
+                        "--beside", str(stored)]) == 0
+    assert "3 cells from 2 collected runs, beside 2 stored tasks and methods" in capsys.readouterr().out
+    cells = compare.read_cells([path])
+    returned = replay.load(replay.cell_path(collected, TASK, 4, 2, 1, SEED)).returned
+    assert set(cells[(TASK, "hsmpi")]) == {SEED} and cells[(TASK, "hsmpi")][SEED]["test"] == returned
+    assert cells[(TASK, "random")] == {SEED: {"test": 0.25, "seconds": 2.0}}  # seed 9 is outside 0-5
+    assert cells[("breast-cancer", "hsmpi")] == {SEED: {"test": 0.125, "seconds": 3.0}}  # not replayed: kept
+    assert replay.main(["rules", "--dir", collected, *BUDGET, "--csv", path, "--beside",
+                        str(tmp_path / "missing.csv")]) == 2
+    assert capsys.readouterr().err.count("benchmarks.quality.replay: ") == 1
+
+
 def test_no_collected_cells_at_that_budget_is_a_clear_error(collected: str, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert replay.main(["rules", "--dir", collected, "-S", "5", "--csv", str(tmp_path / "r.csv")]) == 2
@@ -119,8 +145,8 @@ def test_every_rule_gives_a_finite_loss_and_the_blends_ends_are_their_parts(coll
     pop = replay.load(replay.cell_path(collected, TASK, 4, 2, 1, SEED))
     losses = {name: rule(pop) for name, (_, rule) in replay.RULES.items()}
     assert all(math.isfinite(v) for v in losses.values()), losses
-    greedy, everyone = replay._ensemble(pop)[0], {i: 1 for i in replay._candidates(pop)}
-    assert replay._weighted(pop, replay._blend(greedy, everyone, share=0.0)) == pytest.approx(losses["defaults"])
+    greedy, everyone = replay._ensemble(pop, replay.ONE)[0], {i: 1 for i in replay._candidates(pop)}
+    assert replay._weighted(pop, replay._blend(greedy, everyone, share=0.0)) == pytest.approx(losses["one-selection"])
     assert replay._weighted(pop, replay._blend(greedy, everyone, share=1.0)) == pytest.approx(losses["average"])
     blends = [replay._weighted(pop, replay._blend(greedy, everyone, share=s)) for s in replay.SHARES]
     assert losses["cv-share"] in blends and losses["blend-average"] == blends[2]

@@ -342,7 +342,7 @@ def _returns_the_picks(result: Any, out: Path, models: list[torch.nn.Module], co
 def test_greedy_bags_sum_the_picks_of_selections_on_bootstrap_resamples(tmp_path: Path) -> None:
     """--greedy-bags N: ensemble selection on each of N resamples of the validation split, a member weighing
     its picks summed over them; the returned model is that weighted average, rebuilt from results.h5 alone."""
-    result, out, models, outputs, y, samples = _bagged(tmp_path, "bags", 4)
+    result, out, models, outputs, y, samples = _bagged(tmp_path, "bags", 4, greedy_stop="in-bag", greedy_whole=False)
     counts: dict[int, int] = {}
     for sample in samples:
         for i, c in _greedy_by_hand([o[sample] for o in outputs], y[sample], _Wide()).items():
@@ -357,7 +357,8 @@ def test_greedy_stop_out_of_bag_keeps_each_bags_step_that_scores_best_on_the_row
     """--greedy-stop out-of-bag: each bag selects on its resample as in bag, but keeps the step whose ensemble
     scores best on the validation rows its resample did not draw; the returned weights are those picks summed,
     rebuilt by hand from results.h5."""
-    result, out, models, outputs, y, samples = _bagged(tmp_path, "oob", 4, greedy_stop="out-of-bag")
+    result, out, models, outputs, y, samples = _bagged(tmp_path, "oob", 4, greedy_stop="out-of-bag",
+                                                       greedy_whole=False)
     counts: dict[int, int] = {}
     in_bag: dict[int, int] = {}
     for sample in samples:

@@ -22,9 +22,13 @@ VARIANTS: dict[str, dict[str, object]] = {
     "average-top4": {"returns": "average", "average_top": 4},  # ... of its best 4 on validation
     "auto": {"returns": "auto"},  # the average when it validates better than the best member (now the default)
     "auto-top4": {"returns": "auto", "average_top": 4},
-    "bags-20": {"greedy_bags": 20},  # where auto returns the greedy ensemble: selected on 20 resamples, summed
-    "bags-20-oob": {"greedy_bags": 20, "greedy_stop": "out-of-bag"},  # each bag's size chosen on the rows it left out
-    # half the weight from one selection on the whole split, half from those bags
+    # where auto returns the greedy ensemble: one selection on the whole split (the default until 2026-12-07)
+    "one-selection": {"greedy_bags": 1},
+    # ... selected on 20 resamples, picks summed
+    "bags-20": {"greedy_bags": 20, "greedy_stop": "in-bag", "greedy_whole": False},
+    # ... each bag's size chosen on the rows it left out
+    "bags-20-oob": {"greedy_bags": 20, "greedy_stop": "out-of-bag", "greedy_whole": False},
+    # ... half the weight from one selection on the whole split, half from those bags (the default since 2026-12-07)
     "blend-oob": {"greedy_bags": 20, "greedy_stop": "out-of-bag", "greedy_whole": True},
     "smooth-2": {"smooth": 2},  # select on the mean of the validation scores after a session's last 2 epochs
     "smooth-3": {"smooth": 3},  # ... its last 3

@@ -42,7 +42,7 @@ import h5py
 import numpy as np
 import torch
 
-from benchmarks.quality import methods, tables
+from benchmarks.quality import compare, methods, tables
 from benchmarks.quality.runner import hsmpi_defaults
 from benchmarks.quality.trial import Problem
 from hsmpi.config import Config
@@ -199,7 +199,7 @@ def _folds(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.setdiff1d(every, fold), fold) for fold in (every[f::FOLDS] for f in range(FOLDS))]
 
 
-def _cv_share(pop: Population, options: dict[str, Any] | None = None) -> float:
+def _cv_share(pop: Population, options: dict[str, Any]) -> float:
     """The average's share in a blend of the greedy ensemble (`options`) with the plain average, chosen by
     5-fold cross-validation: on each fold, the ensemble selected on the other four, blended with the average
     at each share of SHARES, scored on it; the share with the lowest summed score (ties: the smaller), then
@@ -225,8 +225,10 @@ def _unit(counts: dict[int, int]) -> dict[int, float]:
     return {i: float(c) for i, c in counts.items()}
 
 
-BAGS: dict[str, Any] = {"greedy_bags": 20}
-OOB: dict[str, Any] = {"greedy_bags": 20, "greedy_stop": "out-of-bag"}
+# The greedy ensemble's settings, each written out in full (the defaults changed on 2026-12-07 from ONE to BLEND_OOB)
+ONE: dict[str, Any] = {"greedy_bags": 1}  # one selection on the whole split
+BAGS: dict[str, Any] = {"greedy_bags": 20, "greedy_stop": "in-bag", "greedy_whole": False}
+OOB: dict[str, Any] = {"greedy_bags": 20, "greedy_stop": "out-of-bag", "greedy_whole": False}
 BLEND_OOB: dict[str, Any] = {**OOB, "greedy_whole": True}  # half one selection, half the out-of-bag bags
 
 
@@ -286,20 +288,21 @@ Rule = Callable[[Population], float]
 # variant's cells to the bit.
 RULES: dict[str, tuple[str, Rule]] = {
     "defaults": ("hsmpi", lambda p: _ensemble(p)[1]),
+    "one-selection": ("hsmpi/one-selection", lambda p: _ensemble(p, ONE)[1]),
     "bags-20": ("hsmpi/bags-20", lambda p: _ensemble(p, BAGS)[1]),
     "bags-20-oob": ("hsmpi/bags-20-oob", lambda p: _ensemble(p, OOB)[1]),
     "average": ("hsmpi/average", lambda p: _weighted(p, {i: 1.0 for i in _candidates(p)})),
-    "blend": ("hsmpi/blend", lambda p: _weighted(p, _blend(_ensemble(p)[0], _ensemble(p, BAGS)[0]))),
+    "blend": ("hsmpi/blend", lambda p: _weighted(p, _blend(_ensemble(p, ONE)[0], _ensemble(p, BAGS)[0]))),
     "blend-oob": ("hsmpi/blend-oob", lambda p: _ensemble(p, BLEND_OOB)[1]),
     "top-quarter": ("hsmpi/top-quarter", lambda p: _weighted(p, _unit({i: 1 for i in _best(p, 4)}))),
     "blend-average": ("hsmpi/blend-average",
-                      lambda p: _weighted(p, _blend(_ensemble(p)[0], {i: 1 for i in _candidates(p)}))),
+                      lambda p: _weighted(p, _blend(_ensemble(p, ONE)[0], {i: 1 for i in _candidates(p)}))),
     "blend-oob-average": ("hsmpi/blend-oob-average",
                           lambda p: _weighted(p, _blend(_ensemble(p, OOB)[0], {i: 1 for i in _candidates(p)}))),
-    "cv-share": ("hsmpi/cv-share", lambda p: _cv_share(p)),
-    "cv-oob": ("hsmpi/cv-oob", lambda p: _cv_choice(p, [{}, OOB])),
-    "temperature": ("hsmpi/temperature", lambda p: _calibrated(p, _unit(_ensemble(p)[0]), affine=False)),
-    "calibrated": ("hsmpi/calibrated", lambda p: _calibrated(p, _unit(_ensemble(p)[0]), affine=True)),
+    "cv-share": ("hsmpi/cv-share", lambda p: _cv_share(p, ONE)),
+    "cv-oob": ("hsmpi/cv-oob", lambda p: _cv_choice(p, [ONE, OOB])),
+    "temperature": ("hsmpi/temperature", lambda p: _calibrated(p, _unit(_ensemble(p, ONE)[0]), affine=False)),
+    "calibrated": ("hsmpi/calibrated", lambda p: _calibrated(p, _unit(_ensemble(p, ONE)[0]), affine=True)),
 }
 
 
@@ -352,8 +355,16 @@ def _rules(ns: argparse.Namespace) -> int:
                 task_name, seed, seconds, losses = done
                 for label, loss in losses.items():
                     cells.setdefault((task_name, label), {})[seed] = {"test": loss, "seconds": seconds}
+    replayed = len(cells)
+    if ns.beside:  # the stored cells of every task and method the replay did not write, in the same file
+        stored = compare.cells_or_say("benchmarks.quality.replay", ns.beside, range(ns.seeds[0], ns.seeds[1] + 1))
+        if stored is None:
+            return 2
+        cells.update({key: by_seed for key, by_seed in stored.items() if key not in cells
+                      and (not ns.tasks or key[0] in ns.tasks)})
     rows = tables.write_csv(cells, ns.csv)
-    print(f"{rows} cells from {len(paths)} collected runs in {ns.csv}")
+    kept = f", beside {len(cells) - replayed} stored tasks and methods" if ns.beside else ""
+    print(f"{rows} cells from {len(paths)} collected runs{kept} in {ns.csv}")
     return 0
 
 
@@ -389,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("--tasks", nargs="+", help="only these tasks (default: every one collected)")
             q.add_argument("--seeds", type=_seed_range, default=(0, sys.maxsize), metavar="A-B",
                            help="only seeds A to B, both included (default: every one collected)")
+            q.add_argument("--beside", nargs="+", metavar="CELLS",
+                           help="cells.csv files whose cells go into --csv too, for every task and method the "
+                                "replay does not write (a default changed: its cells take the stored ones' place)")
             q.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                            help="processes replaying cells at once (default: one per core)")
     ns = p.parse_args(argv)

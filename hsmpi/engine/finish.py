@@ -107,7 +107,7 @@ def finish(search: Search, checkpoints: Checkpoints, log: Callable[[str], None],
                 for w in ("member", "average", "greedy")}
         test = record["test"]
         greedy = (f" | greedy ensemble {test['greedy_loss']:.5g} ({test['greedy_members']} members, "
-                  f"{test['greedy_picks']} picks){mark['greedy']}" if "greedy_loss" in test else "")
+                  f"weights summing to {test['greedy_picks']}){mark['greedy']}" if "greedy_loss" in test else "")
         log(f"test loss: best member {result.member_test_loss:.5g} (member {result.best_member}, "
             f"{search.unit} {result.best_session + 1}){mark['member']} | population average "
             f"{result.ensemble_test_loss:.5g} ({test['ensemble_members']} members){mark['average']}{greedy}"
