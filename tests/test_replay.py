@@ -219,3 +219,33 @@ def test_the_docs_tables_of_replayed_rules_are_the_cells_in_docs_data() -> None:
         assert row[2:] == [cell(by, task, rule, range(40)) for rule in ("bags-20-oob", "blend-oob")], row[0]
         checked += 1
     assert checked == 2 * 10 * 5 + 10 + 10 and len(rows) == 40
+
+
+@pytest.mark.filterwarnings("ignore:Exact p-value calculation")
+def test_the_docs_table_of_the_greedy_defaults_evidence_is_the_replay_cells_in_docs_data() -> None:
+    """docs/benchmarks.md, "Defaults from the evidence: the greedy ensemble's weights": each cell of its
+    evidence table (the seeds where blend-oob is better / worse than one selection, and p) is what docs/data's
+    replay files give."""
+    from scipy.stats import wilcoxon
+
+    from benchmarks.quality import tables
+
+    root = Path(__file__).resolve().parent.parent
+    data, text = root / "docs" / "data", (root / "docs" / "benchmarks.md").read_text()
+    start = text.index("## Defaults from the evidence: the greedy ensemble's weights")
+    section = text[start:text.index("\n## ", start + 1)]
+    block = next(b for b in section.split("\n\n") if b.startswith("| budget, seeds"))
+    files = {"32 x 60": "replay-32x60-2026-12-07.csv", "16 x 30": "replay-16x30-2026-12-07.csv",
+             "32 x 30": "replay-32x30-seeds-0-39-2026-12-07.csv", "16 x 60": "replay-16x60-seeds-0-39-2026-12-07.csv"}
+    tasks = ["digits", "moons-schedule", "sparse-regression", "friedman1", "regression1d"]
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in block.splitlines()[2:]]
+    for row in rows:
+        budget, seeds_text = row[0].split(", ")
+        first, last = seeds_text.removeprefix("fresh ").split("-")
+        cells = compare.read_cells([str(data / files[budget])])
+        for task, written in zip(tasks, row[1:]):
+            old = [cells[(task, "hsmpi")][s]["test"] for s in range(int(first), int(last) + 1)]
+            new = [cells[(task, "hsmpi/blend-oob")][s]["test"] for s in range(int(first), int(last) + 1)]
+            better, worse = sum(y < x for x, y in zip(old, new)), sum(y > x for x, y in zip(old, new))
+            assert written == f"{better}/{worse}, {tables.format_p(wilcoxon(new, old).pvalue)}", (row[0], task)
+    assert len(rows) == 6
