@@ -9,10 +9,11 @@ choosing it can be tried without training again:
   session's scores and the run's own cell, in `<dir>/<task>/S<S>-M<M>-m<m>/seed<k>.h5` (arrays and plain
   attributes). Under mpirun the cells are spread over the ranks; a file already there is kept.
 - `rules` replays return rules on those files and writes their cells in the benchmark's `cells.csv` format.
-  A rule named as an ablation variant (`bags-20`, `bags-20-oob`, `average`) gives that variant's cells, and
-  `defaults` gives hsmpi's (labelled `hsmpi`), to the bit: `benchmarks.quality.compare` refuses two files that
-  disagree on a cell, so reading the replay beside a stored run checks that, and pairs the new rules with
-  every stored method.
+  A rule named as an ablation variant (`one-selection`, `bags-20`, `bags-20-oob`, `blend-oob`, `average`) gives
+  that variant's cells, and `defaults` gives hsmpi's (labelled `hsmpi`; hsmpi-pbt's for its collected runs), to
+  the bit: `benchmarks.quality.compare` refuses two files that disagree on a cell, so reading the replay beside
+  a stored run checks that, and pairs the new rules with every stored method. `--beside` writes stored cells
+  of the tasks and methods the replay does not write into the same file.
 
 Only tasks whose validation split has `AUTO_FEW_SAMPLES` (128) samples or more: where the defaults return
 the greedy ensemble.
