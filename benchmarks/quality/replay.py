@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import h5py
@@ -151,15 +150,14 @@ def _selected(pop: Population, options: dict[str, Any] | None, fit: np.ndarray |
               held: np.ndarray | None) -> tuple[dict[int, int], float]:
     task = load_task(pop.task_name)
     config = Config(seed=pop.seed, **(options or {}))
-    run = SimpleNamespace(comm=SerialComm(), population=SimpleNamespace(config=config, task=task),
-                          objective=Objective())  # what the selection reads of a search
     val, target = pop.outputs["val"], pop.targets["val"]
     split_in = (val, target) if fit is None else (val[:, fit], target[fit])
     split_out = (pop.outputs["test"], pop.targets["test"]) if held is None else (val[:, held], target[held])
     candidates = _candidates(pop)
     mapped = {i: [torch.from_numpy(split_in[0][i]), torch.from_numpy(split_out[0][i])] for i in candidates}
     shapes = [tuple(split_in[0].shape[1:]), tuple(split_out[0].shape[1:])]
-    ensemble = _greedy(run, mapped, shapes, [split_in[1], split_out[1]], candidates)  # type: ignore[arg-type]
+    ensemble = _greedy(SerialComm(), task, Objective(), config, mapped, shapes, [split_in[1], split_out[1]],
+                       candidates)
     if ensemble is None:
         return {}, math.inf
     return dict(zip(ensemble.members, ensemble.counts)), ensemble.test["loss"]

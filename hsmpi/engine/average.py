@@ -22,6 +22,7 @@ from hsmpi.algorithm.streams import ENSEMBLE, derive_seed
 from hsmpi.tasks import Objective, task_loss, task_metrics
 
 if TYPE_CHECKING:
+    from hsmpi.config import Config
     from hsmpi.engine.search import Search
 
 
@@ -228,7 +229,8 @@ def population_average(search: Search) -> PopulationAverage:
         means.append(torch.from_numpy(summed[offset:offset + size].reshape(shape) / len(members)))
         offset += size
     judged, test = _evaluated(task, means, targets)
-    greedy = _greedy(search, kept, shapes, targets, members) if greedy_wanted else None
+    greedy = (_greedy(comm, task, objective, pop.config, kept, shapes, targets, members) if greedy_wanted
+              else None)
     return PopulationAverage(members, judged, test, _judged_score(objective, judged), cv, samples,
                              median if math.isfinite(median) else math.inf, classes, greedy)
 
@@ -254,8 +256,8 @@ def _judged_score(objective: Any, judged: dict[str, float]) -> float:
     return score if math.isfinite(score) else math.inf
 
 
-def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[tuple[int, ...]],
-            targets: list[torch.Tensor], candidates: list[int]) -> Ensemble | None:
+def _greedy(comm: Any, task: Any, objective: Any, config: Config, mapped: dict[int, list[torch.Tensor]],
+            shapes: list[tuple[int, ...]], targets: list[torch.Tensor], candidates: list[int]) -> Ensemble | None:
     """Greedy ensemble selection over `candidates` on the judged split (Caruana et al., 2004; `_select`), once
     on the whole split, or with --greedy-bags N on each of N bootstrap resamples of it, a member's weight then
     its picks summed over them: each resample's selection overfits different samples, and the sum keeps what
@@ -264,10 +266,13 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
     left out. With --greedy-whole half the weight goes to one selection on the whole split and half to the
     bags (`_halves`). `mapped`: this rank's members' outputs on the judged and test splits (of `shapes`), mapped by
     the task's `ensemble_in`. Every rank draws the same resamples (from the run seed) and adds the same rows
-    in the same order, so the ensemble and its scores do not depend on the layout."""
-    config, objective = search.population.config, search.objective
+    in the same order, so the ensemble and its scores do not depend on the layout. `comm`, `task`, `objective`
+    and `config` are the run's; the replay passes its own, serial."""
+    def select(sample: torch.Tensor | None, stop: torch.Tensor | None) -> dict[int, int]:
+        return _select(comm, task, objective, mapped, shapes[0], targets[0], candidates, sample, stop)
+
     if config.greedy_bags == 1:
-        counts = _select(search, mapped, shapes[0], targets[0], candidates, None, None)
+        counts = select(None, None)
     else:
         counts, size = {}, len(targets[0])
         for bag in range(config.greedy_bags):
@@ -278,10 +283,10 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
                 left = np.ones(size, dtype=bool)
                 left[sample.numpy()] = False
                 stop = torch.from_numpy(np.flatnonzero(left)) if left.any() else None  # none left: its own rows
-            for i, picks in _select(search, mapped, shapes[0], targets[0], candidates, sample, stop).items():
+            for i, picks in select(sample, stop).items():
                 counts[i] = counts.get(i, 0) + picks
         if config.greedy_whole:
-            counts = _halves(_select(search, mapped, shapes[0], targets[0], candidates, None, None), counts)
+            counts = _halves(select(None, None), counts)
     if not counts:
         return None
     members = sorted(counts)
@@ -290,9 +295,9 @@ def _greedy(search: Search, mapped: dict[int, list[torch.Tensor]], shapes: list[
     for split, shape in enumerate(shapes):  # the kept ensemble, summed member by member in one order
         weighted = torch.zeros(shape, dtype=torch.float64)
         for i, w in zip(members, weights):
-            weighted += w * _row_of(search.comm, mapped, i, shape, split)
+            weighted += w * _row_of(comm, mapped, i, shape, split)
         means.append(weighted / sum(weights))
-    judged, test = _evaluated(search.population.task, means, targets)
+    judged, test = _evaluated(task, means, targets)
     return Ensemble(members, weights, judged, test, _judged_score(objective, judged))
 
 
@@ -308,14 +313,14 @@ def _halves(first: dict[int, int], second: dict[int, int]) -> dict[int, int]:
     return {i: w // divisor for i, w in weights.items()}
 
 
-def _select(search: Search, mapped: dict[int, list[torch.Tensor]], shape: tuple[int, ...], target: torch.Tensor,
-            candidates: list[int], sample: torch.Tensor | None, stop: torch.Tensor | None) -> dict[int, int]:
+def _select(comm: Any, task: Any, objective: Any, mapped: dict[int, list[torch.Tensor]], shape: tuple[int, ...],
+            target: torch.Tensor, candidates: list[int], sample: torch.Tensor | None,
+            stop: torch.Tensor | None) -> dict[int, int]:
     """One ensemble selection on the judged split's rows `sample` (None: all of them, in order): from nothing,
     add the member whose addition scores best, with replacement, S times (at most GREEDY_STEPS), and keep the
     ensemble of the step that scores best on the rows `stop` (None: on `sample`), as each member's picks in
     it; its first pick is the best member, so it can be the member alone (collective: each step one MINLOC
     over the ranks' members' scores and one sum that carries the chosen member's outputs to every rank)."""
-    comm, task, objective = search.comm, search.population.task, search.objective
     back = getattr(task, "ensemble_out", lambda mean: mean)
     judged = target if sample is None else target[sample.to(target.device)]
     held_target = None if stop is None else target[stop.to(target.device)]  # what the kept step is judged on
