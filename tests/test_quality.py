@@ -680,3 +680,49 @@ def test_the_docs_table_of_bags_judged_out_of_bag_is_the_cells_in_docs_data() ->
         for cell, (budget, seeds, against) in zip(cells, columns):
             assert cell == _bagged_cell(stored[budget], task, seeds, "hsmpi/bags-20-oob", against), \
                 (budget, task, seeds, against)
+
+
+def test_the_docs_table_of_the_closest_calls_on_fresh_seeds_is_the_cells_in_docs_data() -> None:
+    """docs/benchmarks.md, "The closest calls on fresh seeds 80-239": each cell of its table (the medians, the
+    lowest in bold, the seeds where hsmpi is better / worse, p, and the share of resampled seed sets where
+    hsmpi's median is the lowest) is what docs/data's cells give, on the fresh seeds alone and pooled with the bar's."""
+    import statistics
+
+    from scipy.stats import wilcoxon
+
+    from benchmarks.quality.compare import read_cells
+
+    data, text = ROOT / "docs" / "data", (ROOT / "docs" / "benchmarks.md").read_text()
+    start = text.index("**The closest calls on fresh seeds 80-239")
+    section = text[start:text.index("**Reading.**", start)]
+    rows = [[c.strip() for c in r.strip()[1:-1].split("|")] for r in section.splitlines()
+            if r.startswith("| ") and not r.startswith("| cell")]
+    assert len(rows) == 6
+    methods = ["hsmpi", "hsmpi-pbt", "optuna-hyperband"]
+    label = ""
+    for row in rows:
+        label = row[0] or label
+        task, budget = label.split(", ")
+        budget = budget.replace(" ", "")
+        fresh = data / f"{task}-{budget}-seeds-80-239-2026-12-08.csv"
+        seeds = range(80, 240) if row[1] == "80-239" else range(0, 240)
+        files = [fresh] if seeds.start == 80 else [data / f"bar-{budget}-2026-12-07.csv", fresh]
+        cells = read_cells([str(f) for f in files])
+        ran = [m for m in methods if (task, m) in cells and set(seeds) <= set(cells[(task, m)])]
+        assert ran[0] == "hsmpi" and len(ran) >= 2, row
+        losses = {m: [cells[(task, m)][s]["test"] for s in seeds] for m in ran}
+        medians = {m: statistics.median(v) for m, v in losses.items()}
+        lowest = min(medians, key=lambda m: medians[m])
+        for column, m in enumerate(methods, start=2):
+            if m not in ran:
+                assert row[column] in ("not run", ""), (row, m)
+                continue
+            expect = f"{medians[m]:.4g}"
+            expect = f"**{expect}**" if m == lowest else expect
+            if m != "hsmpi":
+                h = losses["hsmpi"]
+                better = sum(a < b for a, b in zip(h, losses[m]))
+                worse = sum(a > b for a, b in zip(h, losses[m]))
+                expect += f" ({better}/{worse}, {tables.format_p(wilcoxon(h, losses[m]).pvalue)})"
+            assert row[column] == expect, (label, row[1], m)
+        assert row[5] == f"{tables.lowest_share(cells, task, ran):.0%}", (label, row[1])
