@@ -686,11 +686,7 @@ def test_the_docs_table_of_the_closest_calls_on_fresh_seeds_is_the_cells_in_docs
     """docs/benchmarks.md, "The closest calls on fresh seeds": each cell of its table (the medians, the lowest in
     bold, the seeds where hsmpi is better / worse, p, and the share of resampled seed sets where hsmpi's median is
     the lowest) is what docs/data's cells give, on the fresh seeds alone and pooled with the bar's."""
-    import statistics
-
-    from scipy.stats import wilcoxon
-
-    from benchmarks.quality.compare import read_cells
+    from benchmarks.quality.compare import only_seeds, read_cells, seed_range
 
     data, text = ROOT / "docs" / "data", (ROOT / "docs" / "benchmarks.md").read_text()
     start = text.index("**The closest calls on fresh seeds")
@@ -704,28 +700,24 @@ def test_the_docs_table_of_the_closest_calls_on_fresh_seeds_is_the_cells_in_docs
         label = row[0] or label
         task, budget = label.split(", ")
         budget = budget.replace(" ", "")
-        first, last = (int(x) for x in row[1].split("-"))
-        seeds = range(first, last + 1)
+        seeds = seed_range(row[1])
         fresh = data / f"closest-calls-{budget}-2026-12-08.csv"
         files = [fresh] if row[0] else [data / f"bar-{budget}-2026-12-07.csv", fresh]
-        cells = read_cells([str(f) for f in files])
+        cells = only_seeds(read_cells([str(f) for f in files]), seeds)
         shown = {"hsmpi": row[2], "hsmpi-pbt": row[3]}  # method -> its cell as the table writes it
         for part in row[4].split("; ") if row[4] not in ("not run", "") else []:
             name, rest = part.split(" ", 1)
             shown[tools[name]] = rest
         ran = [m for m, cell in shown.items() if cell not in ("not run", "")]
         assert ran[0] == "hsmpi" and len(ran) >= 2, (label, row[1])
-        assert all(set(seeds) <= set(cells[(task, m)]) for m in ran), (label, row[1])
-        losses = {m: [cells[(task, m)][s]["test"] for s in seeds] for m in ran}
-        medians = {m: statistics.median(v) for m, v in losses.items()}
+        assert all(set(cells[(task, m)]) == set(seeds) for m in ran), (label, row[1])
+        medians = {m: float(np.median([c["test"] for c in cells[(task, m)].values()])) for m in ran}
         lowest = min(medians, key=lambda m: medians[m])
         for m in ran:
             expect = f"{medians[m]:.4g}"
             expect = f"**{expect}**" if m == lowest else expect
             if m != "hsmpi":
-                h = losses["hsmpi"]
-                better = sum(a < b for a, b in zip(h, losses[m]))
-                worse = sum(a > b for a, b in zip(h, losses[m]))
-                expect += f" ({better}/{worse}, {tables.format_p(wilcoxon(h, losses[m]).pvalue)})"
+                better, worse, p = tables.paired_counts(cells[(task, "hsmpi")], cells[(task, m)])
+                expect += f" ({better}/{worse}, {tables.format_p(p)})"
             assert shown[m] == expect, (label, row[1], m)
         assert row[5] == f"{tables.lowest_share(cells, task, ran):.0%}", (label, row[1])
